@@ -1,0 +1,78 @@
+"""The 32-wide block Hadamard rotation.
+
+``rotate(x, dim)`` splits ``dim`` into blocks of 32 and multiplies each block
+(as a row vector) by ``H_b = D @ H``, where ``H`` is the 32x32 Sylvester
+Hadamard matrix scaled by ``1/sqrt(32)`` (orthonormal and symmetric) and ``D``
+an optional diagonal of +-1 signs.  ``rotate(..., inverse=True)`` multiplies by
+``H_b^T = H @ D``.
+
+The product is evaluated as the fast Walsh-Hadamard butterfly in a fixed
+order (five stages of pairwise sums and differences, strides 16, 8, 4, 2, 1,
+then one multiplication by ``1/sqrt(32)`` in float32).  Each stage is one
+addition per element, so any implementation that follows the same stages,
+the Triton kernels included, produces the same bits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .formats import GROUP_SIZE
+
+HADAMARD_NORM = float(torch.tensor(1.0 / math.sqrt(GROUP_SIZE), dtype=torch.float32))
+"""``1/sqrt(32)`` rounded to float32: the one rounding step of the rotation."""
+
+_STAGE_STRIDES = (16, 8, 4, 2, 1)
+
+
+def hadamard_matrix(size: int = GROUP_SIZE, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The orthonormal Sylvester Hadamard matrix of order ``size`` (a power of two)."""
+    if size < 1 or size & (size - 1):
+        raise ValueError(f"Hadamard order must be a power of two, got {size}")
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < size:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return (h / math.sqrt(size)).to(dtype)
+
+
+def _butterfly(blocks: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard transform of the last dimension (size 32)."""
+    for stride in _STAGE_STRIDES:
+        pairs = blocks.unflatten(-1, (-1, 2, stride))
+        low, high = pairs[..., 0, :], pairs[..., 1, :]
+        blocks = torch.stack((low + high, low - high), dim=-2).flatten(-3)
+    return blocks
+
+
+def check_signs(signs: torch.Tensor | None) -> None:
+    if signs is None:
+        return
+    if signs.shape != (GROUP_SIZE,):
+        raise ValueError(f"rotation signs must have shape ({GROUP_SIZE},), got {tuple(signs.shape)}")
+
+
+def rotate(
+    x: torch.Tensor,
+    dim: int = -1,
+    signs: torch.Tensor | None = None,
+    inverse: bool = False,
+) -> torch.Tensor:
+    """Rotate ``x`` along ``dim`` in blocks of 32; float32 result.
+
+    Forward: ``(x * signs) @ H`` per block.  Inverse: ``(x @ H) * signs``.
+    """
+    check_signs(signs)
+    size = x.shape[dim]
+    if size % GROUP_SIZE:
+        raise ValueError(f"cannot rotate a dimension of size {size} in blocks of {GROUP_SIZE}")
+    moved = x.float().movedim(dim, -1)
+    blocks = moved.unflatten(-1, (-1, GROUP_SIZE))
+    sign_vector = None if signs is None else signs.to(torch.float32, copy=False).to(x.device)
+    if sign_vector is not None and not inverse:
+        blocks = blocks * sign_vector
+    blocks = _butterfly(blocks) * HADAMARD_NORM
+    if sign_vector is not None and inverse:
+        blocks = blocks * sign_vector
+    return blocks.flatten(-2).movedim(-1, dim)
