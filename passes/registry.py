@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch.fx
-
 from fp4.target import Target
 
 

@@ -3,8 +3,7 @@
 Importing this package registers the ``torch.ops.fp4`` op set.
 """
 
-from . import formats, hadamard, philox, reference
-from . import ops
+from . import formats, hadamard, ops, philox, reference
 from .oracle import QuartetLinear, QuartetLinearFunction, quartet_linear, quartetize
 
 __all__ = [
