@@ -1,0 +1,15 @@
+# Constructed by hand
+def literals(x: "f32[4, 8]", i: "i64[4]", b: "b8[4, 8]"):
+    full: "f16[2, 3]" = torch.ops.aten.full.default([2, 3], float("inf"), dtype=torch.float16, layout=torch.strided, device=torch.device("cpu"), pin_memory=False)
+    fill: "f32[4, 8]" = torch.ops.aten.masked_fill.Scalar(x, b, float("-inf"))
+    add_nan: "f32[4, 8]" = torch.ops.aten.add.Scalar(x, float("nan"))
+    neg: "f32[4, 8]" = torch.ops.aten.mul.Scalar(x, -2.5e-07)
+    clone: "f32[4, 8]" = torch.ops.aten.clone.default(x, memory_format=torch.contiguous_format)
+    gelu: "f32[4, 8]" = torch.ops.aten.gelu.default(x, approximate='tanh')
+    index: "f32[4, 8]" = torch.ops.aten.index.Tensor(x, [i])
+    empty: "bf16[0]" = torch.ops.aten.empty.memory_format([0], dtype=torch.bfloat16, layout=torch.strided, device=torch.device("cpu"), pin_memory=None)
+    cuda: "cuda:0 f32[4, 8]" = torch.ops.aten._to_copy.default(x, device=torch.device("cuda", 0))
+    scalar: "f32[]" = torch.ops.aten.sum.default(x)
+    split: "[f32[2, 8], f32[2, 8]]" = torch.ops.aten.split.Tensor(x, 2)
+    first: "f32[2, 8]" = operator.getitem(split, 0)
+    return (full, fill, add_nan, neg, clone, gelu, index, empty, cuda, scalar, first, None)
