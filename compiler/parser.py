@@ -387,6 +387,8 @@ def _build(function: ast.FunctionDef) -> torch.fx.GraphModule:
             raise GraphParseError("the left-hand side must be one name", line)
         if target.id in nodes:
             raise GraphParseError(f"{target.id!r} is defined twice", line)
+        if isinstance(statement.value, ast.Attribute) and _dotted(statement.value.value) == "self":
+            raise GraphParseError(f"{target.id!r} reads a tensor constant, whose data the text does not hold", line)
         if not isinstance(statement.value, ast.Call):
             raise GraphParseError(f"{target.id!r} must be the result of a call", line)
         declared = parse_type(annotation, line) if annotation is not None else UNKNOWN

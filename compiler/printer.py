@@ -32,6 +32,8 @@ The rules, which the parser relies on:
   ``float("-inf")``, ``float("nan")`` for the non-finite ones), bools, None,
   strings, lists and tuples, ``torch.<dtype>``, ``torch.device("cuda", 0)``,
   ``torch.strided`` (layouts), ``torch.contiguous_format`` (memory formats).
+* A constant attribute of the GraphModule prints as ``name: "<type>" = self.<attr>``;
+  its data is not in the text, so the parser rejects it.
 * The last line is ``return <value>``, the output node's argument as is
   (usually a tuple of names, ``None`` where an output is absent).
 
@@ -254,9 +256,8 @@ def format_graph(gm_or_graph, produced_by: str = "capture", name: str | None = N
         elif node.op == "output":
             returns = f"    return {format_arg(node.args[0])}"
         elif node.op == "get_attr":
-            raise UnsupportedGraphError(
-                f"node {node.name!r} reads the attribute {node.target!r}: tensor constants cannot be printed"
-            )
+            # Printed for reading; the parser refuses it (the constant's data is not in the text).
+            body.append(f'    {node.name}: "{_node_type(node)}" = self.{node.target}')
         else:
             raise UnsupportedGraphError(f"node {node.name!r} is a {node.op}: only call_function graphs are printable")
     signature = f"def {name}({', '.join(params)}):"
