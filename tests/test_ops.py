@@ -1,0 +1,153 @@
+"""The torch.ops.fp4 op set: opcheck, fake implementations against real ones, agreement with the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fp4.runtime import ops
+from fp4.runtime import reference as ref
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+fp4 = torch.ops.fp4
+SEED = torch.tensor(20240601, dtype=torch.int64)
+
+
+def quantized(rows, k, seed=0):
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
+    return fp4.quest_quantize(x, True)
+
+
+def _cases():
+    """(op name, args) covering several shapes, dtypes and optional arguments of every op."""
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    a, sa, amask = quantized(16, 64, 1)
+    b, sb, _ = quantized(32, 64, 2)
+    cases = [
+        ("quest_quantize", (randn(8, 32), True)),
+        ("quest_quantize", (randn(2, 3, 64, dtype=torch.bfloat16), False)),
+        ("quest_quantize", (randn(4, 96, dtype=torch.float16), True)),
+        ("sr_quantize", (randn(8, 64), SEED, 0, 2, False)),
+        ("sr_quantize", (randn(40, 32, dtype=torch.bfloat16), SEED, ops.NO_SIGNS, 4, True)),
+        ("sr_quantize", (randn(8, 40), SEED, 1, 5, False)),
+        ("requantize_sr", (a, sa, SEED, 0, 3)),
+        ("requantize_sr", (*quantized(40, 32, 3)[:2], SEED, ops.NO_SIGNS, 5)),
+        ("mxfp4_gemm", (a, sa, b, sb, 1.0, None, "none", None, None, None, False, torch.float32)),
+        (
+            "mxfp4_gemm",
+            (
+                a,
+                sa,
+                b,
+                sb,
+                0.5,
+                randn(32, dtype=torch.bfloat16),
+                "gelu_tanh",
+                randn(16, 32, dtype=torch.bfloat16),
+                randn(16, 32, dtype=torch.bfloat16),
+                None,
+                False,
+                torch.bfloat16,
+            ),
+        ),  # fmt: skip
+        ("mxfp4_gemm", (a, sa, b, sb, 1 / 9, None, "silu", None, None, amask[:, :4], True, torch.float16)),
+        ("dequantize", (a, sa, 1.0, torch.float32)),
+        ("dequantize", (b, sb, 1 / 3, torch.bfloat16)),
+        ("bias_grad", (randn(24, 32), torch.float32)),
+        ("bias_grad", (randn(24, 16, dtype=torch.bfloat16), torch.bfloat16)),
+    ]
+    return cases
+
+
+CASES = _cases()
+CASE_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(("name", "args"), CASES, ids=CASE_IDS)
+def test_opcheck(name, args):
+    torch.library.opcheck(getattr(fp4, name).default, args)
+
+
+def test_opcheck_draw_seeds():
+    # draw_seeds is random: the AOT-dispatch check would compare two different draws.
+    for n in (0, 1, 5):
+        torch.library.opcheck(
+            fp4.draw_seeds.default, (n,), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+        )
+
+
+def _describe(value):
+    if isinstance(value, (tuple, list)):
+        return [_describe(item) for item in value]
+    return (tuple(value.shape), value.dtype, value.device.type)
+
+
+@pytest.mark.parametrize(("name", "args"), CASES, ids=CASE_IDS)
+def test_fake_matches_real(name, args):
+    op = getattr(fp4, name).default
+    real = op(*args)
+    with FakeTensorMode() as mode:
+        fake_args = [mode.from_tensor(arg) if isinstance(arg, torch.Tensor) else arg for arg in args]
+        fake = op(*fake_args)
+    assert _describe(fake) == _describe(real)
+
+
+def test_fake_draw_seeds():
+    with FakeTensorMode():
+        fake = fp4.draw_seeds(3)
+    assert _describe(fake) == _describe(fp4.draw_seeds(3))
+
+
+def test_draw_seeds_is_governed_by_manual_seed():
+    torch.manual_seed(5)
+    together = fp4.draw_seeds(4)
+    torch.manual_seed(5)
+    one_by_one = torch.cat([fp4.draw_seeds(1) for _ in range(4)])
+    assert torch.equal(together, one_by_one)
+    assert together.dtype == torch.int64 and together.device.type == "cpu"
+    assert bool(((together >= 0) & (together < 2**62)).all()) and len(set(together.tolist())) == 4
+    torch.manual_seed(6)
+    assert not torch.equal(fp4.draw_seeds(4), together)
+    assert fp4.draw_seeds(0).shape == (0,)
+    assert torch.Tag.nondeterministic_seeded in fp4.draw_seeds.default.tags
+
+
+def test_ops_compute_the_reference():
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(7))
+    seed = int(SEED)
+    assert all(torch.equal(a, b) for a, b in zip(fp4.quest_quantize(x, True), ref.quest_quantize(x, True)))
+    signs = ref.rotation_signs(seed, 1)
+    got = fp4.sr_quantize(x, SEED, 1, 4, True)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref.sr_quantize(x, signs, seed, 4, True)))
+    no_signs = fp4.sr_quantize(x, SEED, ops.NO_SIGNS, 4, False)
+    assert all(torch.equal(a, b) for a, b in zip(no_signs, ref.sr_quantize(x, None, seed, 4, False)))
+    codes, scales, _ = ref.quest_quantize(x, True)
+    got = fp4.requantize_sr(codes, scales, SEED, 0, 3)
+    expected = ref.sr_quantize(ref.dequantize(codes, scales), ref.rotation_signs(seed, 0), seed, 3, transpose=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert torch.equal(fp4.dequantize(codes, scales, 1.0, torch.bfloat16), ref.dequantize(codes, scales).bfloat16())
+
+
+def test_op_errors():
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        fp4.quest_quantize(torch.randn(4, 48), True)
+    with pytest.raises(ValueError, match="seed must be a one-element int64 tensor"):
+        fp4.sr_quantize(torch.randn(4, 32), torch.tensor(1.0), 0, 2, False)
+    with pytest.raises(ValueError, match="2-D"):
+        fp4.sr_quantize(torch.randn(2, 4, 32), SEED, 0, 2, False)
+    a, sa, _ = quantized(8, 64)
+    b, sb, _ = quantized(8, 32)
+    with FakeTensorMode() as mode:
+        fa, fsa, fb, fsb = (mode.from_tensor(t) for t in (a, sa, b, sb))
+        with pytest.raises(ValueError, match="contraction sizes differ"):
+            fp4.mxfp4_gemm(fa, fsa, fb, fsb, 1.0, None, "none", None, None, None, False, torch.float32)
+        with pytest.raises(ValueError, match="unknown activation"):
+            fp4.mxfp4_gemm(fa, fsa, fa, fsa, 1.0, None, "tanh", None, None, None, False, torch.float32)
+
+
+def test_every_op_is_covered():
+    covered = {name for name, _ in CASES} | {"draw_seeds"}
+    assert covered == set(ops.OPS)
