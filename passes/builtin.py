@@ -3,4 +3,15 @@
 Add new pass modules here.
 """
 
-from . import dce  # noqa: F401
+from . import (  # noqa: F401
+    dce,
+    fuse_activation,
+    fuse_bias,
+    fuse_bias_grad,
+    fuse_clip_mask,
+    fuse_gate,
+    fuse_inverse_rotation,
+    fuse_output_cast,
+    fuse_residual,
+    quartet_linear,
+)

@@ -1,0 +1,317 @@
+"""Capture: AOTAutograd joint graph -> fp4 passes -> partition -> Inductor (or plain FX).
+
+Dynamo hands the backend a forward graph.  AOTAutograd traces the joint
+forward+backward graph; the fp4 pipeline rewrites it *before* partitioning,
+so a layer's forward, input-grad and weight-grad GEMMs are rewritten together
+and the partitioner saves FP4 codes, scales, masks and seeds for the
+backward instead of model-dtype activations.
+
+* ``inductor=True``: ``compile_fx`` with the pipeline as Inductor's
+  ``joint_custom_pre_pass`` (it runs on the joint graph before Inductor's own
+  joint passes and partitioner, and on inference graphs).  The graph is
+  decomposed with Inductor's table except for the ops the fusions match
+  (mm/addmm/silu/gelu).  fp4 ops stay opaque calls in the generated code.
+* ``inductor=False``: ``aot_module_simplified`` without decompositions and a
+  partition function that runs the pipeline, then
+  ``min_cut_rematerialization_partition``; the partitioned FX graphs run as
+  they are (eager ATen ops, bitwise equal to eager PyTorch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import torch
+import torch.fx
+from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+from . import report as report_lib
+from .options import Options
+from .passes.fx_tools import is_joint
+from .passes.registry import PassContext, parse_pipeline
+from .target import Target
+
+# Ops the fusion passes match; kept whole when the graph is decomposed for Inductor.
+KEEP_UNDECOMPOSED = ("mm", "addmm", "silu", "gelu")
+
+
+def graph_text(gm: torch.fx.GraphModule, produced_by: str) -> str:
+    """The ``.fx`` text of a graph; graphs the printer cannot print (symbolic sizes) as FX code."""
+    from .printer import format_graph
+
+    try:
+        return format_graph(gm, produced_by=produced_by)
+    except ValueError:
+        return f"# Constructed by {produced_by} (symbolic shapes: FX code)\n" + gm.print_readable(
+            print_output=False, include_stride=False
+        )
+
+
+def copy_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy with its own nodes (meta dicts copied, fake values shared)."""
+    graph = torch.fx.Graph()
+    graph._codegen = gm.graph._codegen
+    output = graph.graph_copy(gm.graph, {})
+    graph.output(output)
+    return torch.fx.GraphModule(gm, graph)
+
+
+def _has_symbolic_sizes(gm: torch.fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.SymInt) or (
+            isinstance(value, torch.Tensor) and any(isinstance(s, torch.SymInt) for s in value.shape)
+        ):
+            return True
+    return False
+
+
+class GraphRewriter:
+    """Runs the fp4 pipeline on one captured graph and records what it did in a :class:`CompileReport`."""
+
+    def __init__(self, options: Options, target: Target, report: report_lib.CompileReport, parameters=()):
+        self.options, self.target, self.report = options, target, report
+        self.parameters = set(parameters)  # primal indices that are module parameters
+        self.unrewritten: torch.fx.GraphModule | None = None
+        self.num_forward_outputs: int | None = None
+
+    def parameter_names(self) -> set[str]:
+        return {f"primals_{index + 1}" for index in self.parameters}
+
+    def __call__(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from .pipeline import PassManager
+
+        joint = is_joint(gm.graph)
+        self.report.kind = "training" if joint else "inference"
+        if joint:
+            placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+            primals = [n for n in placeholders if not n.name.startswith("tangents")]
+            outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+            # The joint graph returns the forward outputs, then one gradient per primal.
+            self.num_forward_outputs = len(torch.fx.node.map_aggregate(outputs, lambda x: x)) - len(primals)
+            if self.options.measure_saved:
+                self.unrewritten = copy_graph_module(gm)
+        ctx = PassContext(target=self.target, options=self.options, counters=Counter(), records={})
+        passes = parse_pipeline(self.options.pipeline_text())
+        if _has_symbolic_sizes(gm):
+            # The printer and the verifier need static sizes: run the passes directly.
+            self.report.stages.append(("input", graph_text(gm, "capture")))
+            for graph_pass in passes:
+                gm = graph_pass.apply(gm, ctx).graph_module
+                self.report.stages.append((graph_pass.spec(), graph_text(gm, graph_pass.spec())))
+        else:
+            gm.meta["fp4.produced_by"] = "capture"
+            manager = PassManager(passes, ctx, verify=self.options.verify)
+            gm = manager.run(gm)
+            self.report.stages.extend(manager.stages)
+        self.report.layers.extend(ctx.records.get("linear_layers", []))
+        self.report.counters.update(ctx.counters)
+        self.report.counters["graphs"] += 1
+        from .svg import rewritten_region
+
+        self.report.region = rewritten_region(gm)
+        return gm
+
+    def measure_before(self, joint_inputs, **partition_kwargs) -> None:
+        """Partition the unrewritten joint graph to learn what it would have saved for the backward."""
+        if self.unrewritten is None or self.num_forward_outputs is None:
+            return
+        forward, _ = min_cut_rematerialization_partition(
+            self.unrewritten, joint_inputs, num_fwd_outputs=self.num_forward_outputs, **partition_kwargs
+        )
+        self.report.saved_before = report_lib.saved_tensors(forward, self.num_forward_outputs, self.parameter_names())
+        self.unrewritten = None
+
+    def record_forward(self, forward: torch.fx.GraphModule, training: bool) -> None:
+        self.report.forward_graph = graph_text(forward, "partition (forward)" if training else "inference")
+        if training and self.num_forward_outputs is not None:
+            self.report.saved_after = report_lib.saved_tensors(
+                forward, self.num_forward_outputs, self.parameter_names()
+            )
+
+    def record_backward(self, backward: torch.fx.GraphModule) -> None:
+        self.report.backward_graph = graph_text(backward, "partition (backward)")
+        dump(self.report, self.options)
+
+
+def _partition_kwargs(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k == "static_lifetime_input_indices"}
+
+
+FORWARD_ONLY_OPS = ("draw_seeds",)
+"""fp4 ops that must run in the forward even though only the backward reads them (they draw random seeds)."""
+
+
+def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter, **kwargs):
+    """``min_cut_rematerialization_partition`` that keeps the seed draw in the forward.
+
+    The partitioner puts a node that no forward output depends on into the
+    backward, and ``draw_seeds`` feeds only backward ops: drawn there, it would
+    consume torch's generator at backward time instead of at the layer's
+    forward call.  So it is listed as an extra forward output while
+    partitioning (making it a forward node; random ops are never recomputed,
+    so the backward receives its result as a saved tensor), and the extra
+    output is dropped from the forward graph afterwards.
+    """
+    rewriter.parameters.update(kwargs.get("static_lifetime_input_indices") or ())
+    rewriter.measure_before(joint_inputs, **_partition_kwargs(kwargs))
+    num_forward_outputs = kwargs.pop("num_fwd_outputs")
+    output = next(n for n in joint.graph.nodes if n.op == "output")
+    original = output.args
+    flat = list(output.args[0])
+    forced = [
+        n for n in joint.graph.nodes if n.op == "call_function" and getattr(n.target, "namespace", None) == "fp4"
+        and n.target._opname in FORWARD_ONLY_OPS
+    ]  # fmt: skip
+    output.args = (flat[:num_forward_outputs] + forced + flat[num_forward_outputs:],)
+    original_descs = output.meta.get("desc")
+    if original_descs is not None:
+        descs = list(original_descs)
+        output.meta["desc"] = descs[:num_forward_outputs] + [None] * len(forced) + descs[num_forward_outputs:]
+    try:
+        forward, backward = min_cut_rematerialization_partition(
+            joint, joint_inputs, num_fwd_outputs=num_forward_outputs + len(forced), **kwargs
+        )
+    finally:
+        output.args = original
+        if original_descs is not None:
+            output.meta["desc"] = original_descs
+    if forced:
+        forward_output = next(n for n in forward.graph.nodes if n.op == "output")
+        values = list(forward_output.args[0])
+        del values[num_forward_outputs : num_forward_outputs + len(forced)]
+        forward_output.args = (values,)
+        if forward_output.meta.get("desc") is not None:
+            descs = list(forward_output.meta["desc"])
+            del descs[num_forward_outputs : num_forward_outputs + len(forced)]
+            forward_output.meta["desc"] = descs
+        forward.recompile()
+    rewriter.record_forward(forward, training=True)
+    rewriter.record_backward(backward)
+    return forward, backward
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, sink: list | None = None):
+    """Compile one Dynamo graph with the fp4 backend; returns the compiled callable."""
+    target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
+    report = report_lib.CompileReport(options=options, target=str(target))
+    parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
+    rewriter = GraphRewriter(options, target, report, parameters)
+    compiled = (
+        _compile_inductor(gm, example_inputs, rewriter)
+        if options.inductor
+        else _compile_plain(gm, example_inputs, rewriter)
+    )
+    report_lib.publish(report)
+    if sink is not None:
+        sink.append(report)
+    dump(report, options)
+    return compiled
+
+
+def _detect_target(example_inputs) -> Target:
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor):
+            return Target.detect(value.device)
+    return Target("cpu")
+
+
+def _compile_plain(gm, example_inputs, rewriter: GraphRewriter):
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def rewrite_and_partition(joint, joint_inputs, **kwargs):
+        return partition(rewriter(joint), joint_inputs, rewriter, **kwargs)
+
+    def run_as_is(graph, inputs):
+        return make_boxed_func(graph)
+
+    def inference(graph, inputs):
+        graph = rewriter(graph)
+        rewriter.record_forward(graph, training=False)
+        return make_boxed_func(graph)
+
+    return aot_module_simplified(
+        gm,
+        example_inputs,
+        fw_compiler=run_as_is,
+        bw_compiler=run_as_is,
+        inference_compiler=inference,
+        partition_fn=rewrite_and_partition,
+        decompositions={},
+        keep_inference_input_mutations=True,
+    )
+
+
+def inductor_decompositions() -> dict:
+    from torch._inductor.decomposition import select_decomp_table
+
+    return {
+        op: fn
+        for op, fn in select_decomp_table().items()
+        if getattr(getattr(op, "overloadpacket", None), "__name__", None) not in KEEP_UNDECOMPOSED
+    }
+
+
+def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+    from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn
+
+    class Fp4JointPass(CustomGraphPass):
+        """The fp4 pipeline as Inductor's joint-graph pre-pass (training and inference graphs)."""
+
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            module = graph.owning_module
+            if rewriter(module) is not module:
+                raise AssertionError("fp4 passes must edit the graph in place")
+
+        def uuid(self):
+            # None bypasses Inductor's FX graph cache: every compile runs the passes and reports.
+            return None
+
+    class Fp4Partitioner(CustomPartitionerFn):
+        def __call__(self, joint, joint_inputs, **kwargs):
+            kwargs.pop("compiler", None)
+            return partition(joint, joint_inputs, rewriter, compiler="inductor", **kwargs)
+
+        def uuid(self):
+            return None
+
+    def inner_compile(graph, inputs, **kwargs):
+        if not kwargs.get("is_backward") and kwargs.get("is_inference", False):
+            rewriter.record_forward(graph, training=False)
+        return compile_fx_inner(graph, inputs, **kwargs)
+
+    return compile_fx(
+        gm,
+        example_inputs,
+        inner_compile=inner_compile,
+        config_patches={"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()},
+        decompositions=inductor_decompositions(),
+    )
+
+
+def dump(report: report_lib.CompileReport, options: Options) -> None:
+    """Write every stage, the partitioned graphs, the summary and the SVG under ``options.dump_dir``."""
+    if not options.dump_dir:
+        return
+    directory = os.path.join(options.dump_dir, f"graph_{report.graph_id}")
+    os.makedirs(directory, exist_ok=True)
+    files = {}
+    for index, (spec, text) in enumerate(report.stages):
+        files[f"{index:02d}-{spec.split('{')[0]}.fx"] = text
+    if report.forward_graph:
+        files["forward.fx"] = report.forward_graph
+    if report.backward_graph:
+        files["backward.fx"] = report.backward_graph
+    files["summary.txt"] = report.summary() + "\n"
+    region = getattr(report, "region", None)
+    if region is not None:
+        from .svg import render_svg
+
+        files["rewritten.svg"] = render_svg(region, title=f"fp4 graph {report.graph_id}")
+    for name, text in files.items():
+        with open(os.path.join(directory, name), "w") as handle:
+            handle.write(text)
+    report.files = sorted(os.path.join(directory, name) for name in files)

@@ -1,0 +1,213 @@
+"""What one fp4 compilation did: rewritten and skipped layers, pass stages, saved-activation bytes.
+
+Every graph the backend compiles leaves a :class:`CompileReport` in
+:func:`reports` (and in its configured backend's ``.reports``); its counters
+are also added to ``torch._dynamo.utils.counters["fp4"]`` so tests can observe
+every rewrite the way they observe ``counters["inductor"]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+
+_GRAPH_IDS = itertools.count()
+_REPORTS: list[CompileReport] = []
+MAX_KEPT_REPORTS = 64
+
+
+def counters() -> Counter:
+    """The fp4 counters (``torch._dynamo.utils.counters["fp4"]``); cleared by ``counters.clear()`` there."""
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    return dynamo_counters["fp4"]
+
+
+def reports() -> list[CompileReport]:
+    """Reports of the most recent compilations in this process, oldest first."""
+    return list(_REPORTS)
+
+
+def clear_reports() -> None:
+    _REPORTS.clear()
+
+
+@dataclass
+class SavedTensor:
+    """A tensor the forward keeps for the backward.
+
+    ``activation`` is False for values computed from parameters alone (FP4 copies
+    of weights, seeds): their size scales with the model, not with the tokens.
+    """
+
+    name: str
+    shape: tuple
+    dtype: torch.dtype
+    nbytes: int
+    activation: bool = True
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        kind = "" if self.activation else " (from parameters)"
+        return f"{self.name}: {str(self.dtype).removeprefix('torch.')}[{dims}] {self.nbytes} B{kind}"
+
+
+@dataclass
+class CompileReport:
+    """The record of one captured graph (a training joint graph or an inference graph)."""
+
+    graph_id: int = field(default_factory=lambda: next(_GRAPH_IDS))
+    kind: str = "training"  # or "inference"
+    options: object = None
+    target: str = "cpu"
+    layers: list = field(default_factory=list)  # fp4.passes.quartet_linear.LinearLayer
+    stages: list = field(default_factory=list)  # (pass spec, graph text) of the joint/inference graph
+    forward_graph: str | None = None  # the partitioned graphs, as compiled
+    backward_graph: str | None = None
+    saved_before: list | None = None  # SavedTensor of the unrewritten partition
+    saved_after: list | None = None
+    counters: Counter = field(default_factory=Counter)
+    region: object = None  # networkx.DiGraph of the rewritten region (fp4.svg)
+    files: list = field(default_factory=list)
+
+    @property
+    def saved_bytes_before(self) -> int | None:
+        """Activation bytes the unrewritten graph saves for the backward (parameters excluded)."""
+        return None if self.saved_before is None else sum(t.nbytes for t in self.saved_before if t.activation)
+
+    @property
+    def saved_bytes_after(self) -> int | None:
+        """Activation bytes the rewritten graph saves for the backward (parameters excluded)."""
+        return None if self.saved_after is None else sum(t.nbytes for t in self.saved_after if t.activation)
+
+    @property
+    def saved_parameter_bytes_after(self) -> int | None:
+        """Bytes saved that derive from parameters only (the FP4 weight copies and seeds)."""
+        return None if self.saved_after is None else sum(t.nbytes for t in self.saved_after if not t.activation)
+
+    @property
+    def saved_ratio(self) -> float | None:
+        before, after = self.saved_bytes_before, self.saved_bytes_after
+        return before / after if before and after else None
+
+    def rewritten(self) -> list:
+        return [layer for layer in self.layers if layer.status == "rewritten"]
+
+    def skipped(self) -> list:
+        return [layer for layer in self.layers if layer.status == "skipped"]
+
+    def svg(self) -> str:
+        """An SVG picture of the rewritten region of the graph."""
+        from .svg import render_svg
+
+        if self.region is None:
+            raise ValueError("this report holds no graph region")
+        return render_svg(self.region, title=f"fp4 graph {self.graph_id} ({self.kind})")
+
+    def stage(self, name: str) -> str:
+        """The graph text after the pass ``name`` (or ``"input"``)."""
+        for spec, text in self.stages:
+            if spec == name or spec.split("{")[0] == name:
+                return text
+        raise KeyError(f"no stage {name!r}; stages: {[spec for spec, _ in self.stages]}")
+
+    def summary(self) -> str:
+        """A table of every linear layer: which GEMMs were rewritten, or why it was skipped."""
+        lines = [f"fp4 graph {self.graph_id} ({self.kind}, target {self.target}):"]
+        width = max([len(layer.name) for layer in self.layers] + [5])
+        for layer in self.layers:
+            shape = f"{layer.in_features}->{layer.out_features}"
+            if layer.status == "rewritten":
+                kinds = [k for k in ("forward", "input_grad", "weight_grad", "bias_grad") if k in layer.gemms]
+                detail = "FP4 " + " ".join(kinds)
+                if layer.missing:
+                    detail += "  (no " + ", ".join(f"{k}: {why}" for k, why in layer.missing.items()) + ")"
+            else:
+                detail = f"skipped: {layer.reason}"
+            lines.append(f"  {layer.name:<{width}}  {layer.module_type:<10} {shape:<11} {detail}")
+        if not self.layers:
+            lines.append("  (no linear layers in this graph)")
+        fused = {k.split(".")[0]: v for k, v in self.counters.items() if k.endswith(".fused")}
+        if fused:
+            lines.append("  fused: " + ", ".join(f"{name} x{count}" for name, count in sorted(fused.items())))
+        if self.saved_after is not None:
+            before = self.saved_bytes_before
+            ratio = f" ({self.saved_ratio:.2f}x less)" if self.saved_ratio else ""
+            lines.append(
+                f"  activations saved for backward: {_kib(before)} unrewritten -> {_kib(self.saved_bytes_after)}{ratio}"
+                if before is not None
+                else f"  activations saved for backward: {_kib(self.saved_bytes_after)}"
+            )
+            lines.append(f"  plus FP4 weight copies and seeds: {_kib(self.saved_parameter_bytes_after)}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _kib(nbytes) -> str:
+    return "?" if nbytes is None else f"{nbytes / 1024:.1f} KiB"
+
+
+def publish(report: CompileReport) -> None:
+    _REPORTS.append(report)
+    del _REPORTS[:-MAX_KEPT_REPORTS]
+    counters().update(report.counters)
+
+
+def summarize(all_reports=None) -> str:
+    """Summaries of several reports (default: every report kept in this process)."""
+    chosen = reports() if all_reports is None else all_reports
+    return "\n".join(report.summary() for report in chosen) if chosen else "fp4: nothing compiled yet"
+
+
+# ----------------------------------------------------------------------------
+# saved activations
+
+
+def tensor_bytes(value: torch.Tensor) -> int:
+    """Bytes of a (fake, possibly symbolic) tensor's elements, symbolic sizes taken at their hint."""
+    numel = 1
+    for size in value.shape:
+        numel *= _hint(size)
+    return numel * value.element_size()
+
+
+def _hint(size) -> int:
+    if isinstance(size, torch.SymInt):
+        from torch.fx.experimental.symbolic_shapes import size_hint
+
+        try:
+            return int(size_hint(size))
+        except Exception:
+            return int(size.node.hint) if size.node.hint is not None else 1
+    return int(size)
+
+
+def saved_tensors(forward: torch.fx.GraphModule, num_forward_outputs: int, parameters=frozenset()) -> list[SavedTensor]:
+    """Tensors the forward graph returns for the backward, without the parameters themselves (kept anyway).
+
+    ``parameters`` holds the names of forward placeholders that are module parameters;
+    a saved tensor computed from them alone is marked ``activation=False``.
+    """
+    from_activation: set[torch.fx.Node] = set()
+    for node in forward.graph.nodes:
+        if (node.op == "placeholder" and node.name not in parameters) or any(
+            arg in from_activation for arg in node.all_input_nodes
+        ):
+            from_activation.add(node)
+    output = next(node for node in forward.graph.nodes if node.op == "output")
+    saved = []
+    for node in output.args[0][num_forward_outputs:]:
+        if not isinstance(node, torch.fx.Node) or node.name in parameters:
+            continue
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor):
+            saved.append(
+                SavedTensor(node.name, tuple(value.shape), value.dtype, tensor_bytes(value), node in from_activation)
+            )
+    return saved

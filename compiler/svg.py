@@ -1,0 +1,134 @@
+"""A picture of the rewritten part of a graph: networkx layered layout, written as SVG by hand.
+
+:func:`rewritten_region` keeps the fp4 ops of a graph plus their direct
+inputs and consumers (tuple ``getitem`` nodes folded into their producer),
+as a small ``networkx.DiGraph`` that a report can hold after the FX graph is
+gone.  :func:`render_svg` lays it out in topological layers (``networkx``'s
+``topological_generations``) and draws boxes and arrows; no graphviz needed.
+"""
+
+from __future__ import annotations
+
+import html
+import operator
+
+import networkx as nx
+import torch.fx
+
+BOX_WIDTH, BOX_HEIGHT, GAP_X, GAP_Y, MARGIN = 210, 44, 24, 46, 20
+COLORS = {"fp4": "#fde2c4", "input": "#dbe9f6", "output": "#e3f1dc", "other": "#f2f2f2"}
+BORDERS = {"fp4": "#c06a00", "input": "#3b6fa0", "output": "#4a8a35", "other": "#8a8a8a"}
+
+
+def _short_target(node: torch.fx.Node) -> str:
+    target = node.target
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    name = getattr(target, "__name__", str(target))
+    if hasattr(target, "_schema"):
+        name = target._schema.name.split("::")[-1]
+    return name
+
+
+def _type_text(node: torch.fx.Node) -> str:
+    value = node.meta.get("val")
+    if isinstance(value, torch.Tensor):
+        dims = ",".join(str(d) for d in value.shape)
+        return f"{str(value.dtype).removeprefix('torch.')}[{dims}]"
+    if isinstance(value, (tuple, list)):
+        return f"({len(value)} tensors)"
+    return ""
+
+
+def _is_fp4(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "namespace", None) == "fp4"
+
+
+def _detail(node: torch.fx.Node) -> str:
+    """The epilogue of a GEMM, e.g. ``bias+mask+rot->bf16``, to show what was fused."""
+    if getattr(node.target, "__name__", "") != "mxfp4_gemm.default":
+        return _type_text(node)
+    from fp4.passes.epilogue import gemm_args
+
+    args = gemm_args(node)
+    parts = [name for name in ("bias", "gate", "residual", "clip_mask") if args[name] is not None]
+    if args["inverse_rotate"]:
+        parts.append("rot^-1")
+    if args["activation"] != "none":
+        parts.append(args["activation"])
+    epilogue = "+".join(parts) if parts else "plain"
+    return f"{epilogue} -> {str(args['out_dtype']).removeprefix('torch.')}"
+
+
+def rewritten_region(gm: torch.fx.GraphModule) -> nx.DiGraph:
+    """fp4 ops, their inputs and their consumers, with ``getitem`` folded into the tuple-producing op."""
+
+    def owner(node: torch.fx.Node) -> torch.fx.Node:
+        return node.args[0] if node.op == "call_function" and node.target is operator.getitem else node
+
+    region = nx.DiGraph()
+    core = [n for n in gm.graph.nodes if _is_fp4(n)]
+    keep: set[torch.fx.Node] = set(core)
+    for node in core:
+        keep.update(owner(arg) for arg in node.all_input_nodes)
+        for user in node.users:
+            targets = user.users if user.target is operator.getitem else [user]
+            keep.update(t for t in targets if t.target is not operator.getitem)
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    for node in sorted(keep, key=order.get):
+        kind = "fp4" if _is_fp4(node) else "input" if node.op == "placeholder" else "output"
+        kind = kind if node.op in ("placeholder", "output") or _is_fp4(node) else "other"
+        region.add_node(node.name, label=_short_target(node), detail=_detail(node), kind=kind, order=order[node])
+    for node in keep:
+        for arg in node.all_input_nodes:
+            source = owner(arg)
+            if source in keep and source is not node:
+                region.add_edge(source.name, node.name)
+    return region
+
+
+def layout(region: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Top-to-bottom layers (longest path from the inputs), nodes ordered by graph order in a layer."""
+    positions = {}
+    for depth, layer in enumerate(nx.topological_generations(region)):
+        for column, name in enumerate(sorted(layer, key=lambda n: region.nodes[n]["order"])):
+            positions[name] = (MARGIN + column * (BOX_WIDTH + GAP_X), MARGIN + 30 + depth * (BOX_HEIGHT + GAP_Y))
+    return positions
+
+
+def render_svg(region: nx.DiGraph, title: str = "fp4 rewritten region") -> str:
+    """The region as a standalone SVG document."""
+    positions = layout(region)
+    width = max([x for x, _ in positions.values()] + [0]) + BOX_WIDTH + MARGIN
+    height = max([y for _, y in positions.values()] + [0]) + BOX_HEIGHT + MARGIN
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="11">',
+        '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="7" refY="4" orient="auto">'
+        '<path d="M0,0 L8,4 L0,8 z" fill="#555"/></marker></defs>',
+        f'<text x="{MARGIN}" y="{MARGIN + 10}" font-size="14">{html.escape(title)}</text>',
+    ]
+    for source, target in region.edges:
+        (x1, y1), (x2, y2) = positions[source], positions[target]
+        parts.append(
+            f'<line x1="{x1 + BOX_WIDTH / 2}" y1="{y1 + BOX_HEIGHT}" x2="{x2 + BOX_WIDTH / 2}" y2="{y2}" '
+            'stroke="#555" stroke-width="1" marker-end="url(#arrow)"/>'
+        )
+    for name, (x, y) in positions.items():
+        data = region.nodes[name]
+        kind = data["kind"]
+        parts.append(
+            f"<g><title>{html.escape(name)}</title>"
+            f'<rect x="{x}" y="{y}" width="{BOX_WIDTH}" height="{BOX_HEIGHT}" rx="5" '
+            f'fill="{COLORS[kind]}" stroke="{BORDERS[kind]}"/>'
+            f'<text x="{x + 6}" y="{y + 17}" font-weight="bold">{html.escape(_clip(data["label"] + " " + name))}'
+            f'</text><text x="{x + 6}" y="{y + 34}">{html.escape(_clip(data["detail"]))}</text></g>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _clip(text: str, width: int = 32) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"

@@ -1,0 +1,151 @@
+"""What the ``fuse-*`` passes share: reading and editing an ``fp4::mxfp4_gemm`` node's epilogue.
+
+The epilogue of :func:`fp4.runtime.reference.mxfp4_gemm` runs in a fixed order::
+
+    acc = alpha * acc (+ bias) (* clip_mask) (rotate^-1)   float32
+    out = acc.to(out_dtype)                                 the output cast
+    out = activation(out);  out = out * gate;  out = out + residual
+
+A step can be folded into a GEMM only if no later step is already folded;
+steps before the cast also need ``out_dtype == float32`` (the unfused graph
+applies them to the float32 accumulator).  The op applied to the GEMM's result
+must be its single user (through single-user views for elementwise steps), so
+no other node, the backward included, needs the intermediate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from .fx_tools import VIEW_OPS, Builder, aten, fake_mode_of, fake_value, is_contiguous, shape, single_user
+
+GEMM = torch.ops.fp4.mxfp4_gemm.default
+GEMM_ARGS = (
+    "a", "a_scales", "b", "b_scales", "alpha", "bias", "activation", "gate", "residual", "clip_mask",
+    "inverse_rotate", "out_dtype",
+)  # fmt: skip
+
+# Epilogue steps in the order the reference applies them.
+STEPS = ("bias", "clip_mask", "inverse_rotate", "cast", "activation", "gate", "residual")
+
+
+def gemm_args(node: torch.fx.Node) -> dict:
+    """The GEMM node's arguments by name (positional or keyword)."""
+    args = dict(zip(GEMM_ARGS, node.args))
+    args.update(node.kwargs)
+    return args
+
+
+def folded_steps(args: dict) -> set[str]:
+    steps = set()
+    if args["bias"] is not None:
+        steps.add("bias")
+    if args["clip_mask"] is not None:
+        steps.add("clip_mask")
+    if args["inverse_rotate"]:
+        steps.add("inverse_rotate")
+    if args["out_dtype"] != torch.float32:
+        steps.add("cast")
+    if args["activation"] != "none":
+        steps.add("activation")
+    if args["gate"] is not None:
+        steps.add("gate")
+    if args["residual"] is not None:
+        steps.add("residual")
+    return steps
+
+
+def can_fold(gemm: torch.fx.Node, step: str) -> bool:
+    """Whether ``step`` may still be folded into ``gemm`` (no later step folded, float32 before the cast)."""
+    if gemm.op != "call_function" or gemm.target is not GEMM:
+        return False
+    args = gemm_args(gemm)
+    later = STEPS[STEPS.index(step) :]
+    if folded_steps(args) & set(later):
+        return False
+    if STEPS.index(step) < STEPS.index("cast") and args["out_dtype"] != torch.float32:
+        return False
+    return True
+
+
+def set_gemm_args(gemm: torch.fx.Node, **changes) -> None:
+    """Rewrite the GEMM's arguments (all positional) and recompute its ``meta['val']``."""
+    args = gemm_args(gemm)
+    args.update(changes)
+    gemm.args = tuple(args[name] for name in GEMM_ARGS)
+    gemm.kwargs = {}
+    refresh(gemm)
+
+
+def refresh(node: torch.fx.Node) -> None:
+    node.meta["val"] = fake_value(node.target, node.args, node.kwargs, fake_mode_of(node.graph))
+
+
+def gemm_through_views(operand, consumer: torch.fx.Node) -> tuple[torch.fx.Node | None, list[torch.fx.Node]]:
+    """``consumer(view(view(gemm)))`` -> ``(gemm, [view, view])`` when each link's only user is the next link.
+
+    ``operand`` is the argument of ``consumer`` to follow; ``(None, [])`` if it is not such a chain.
+    """
+    views: list[torch.fx.Node] = []
+    node, user = operand, consumer
+    while isinstance(node, torch.fx.Node) and node.op == "call_function":
+        if single_user(node) is not user:
+            return None, []
+        if node.target is GEMM:
+            return node, views
+        if node.target not in VIEW_OPS:
+            return None, []
+        views.insert(0, node)
+        node, user = node.args[0], node
+    return None, []
+
+
+def sole_consumer(gemm: torch.fx.Node) -> torch.fx.Node | None:
+    """The one node that consumes the GEMM's result (None if it has several users or is a graph output)."""
+    user = single_user(gemm)
+    if user is None or user.op == "output":
+        return None
+    return user
+
+
+def replace_with_chain(op_node: torch.fx.Node, gemm: torch.fx.Node, views: list[torch.fx.Node]) -> None:
+    """Replace ``op_node`` (now folded into ``gemm``) by the end of ``gemm``'s view chain."""
+    for view in views:
+        refresh(view)
+    end = views[-1] if views else gemm
+    op_node.replace_all_uses_with(end)
+    op_node.graph.erase_node(op_node)
+
+
+def as_gemm_operand(
+    other: torch.fx.Node, gemm: torch.fx.Node, views: list[torch.fx.Node], op_node: torch.fx.Node
+) -> torch.fx.Node | None:
+    """``other`` reshaped to the GEMM's 2-D result shape, or None if that is not a plain view.
+
+    ``other`` must have exactly the shape the view chain ends with (no broadcasting).  If
+    ``other`` is computed after the GEMM, the GEMM and its views move down to just before
+    ``op_node`` (legal: their inputs all come before their old place).
+    """
+    target_shape = shape(views[-1]) if views else shape(gemm)
+    if shape(other) != target_shape or not isinstance(other, torch.fx.Node):
+        return None
+    if views and not is_contiguous(other):
+        return None
+    if not comes_before(other, gemm):
+        for node in [gemm, *views]:
+            op_node.prepend(node)
+    if not views:
+        return other
+    with gemm.graph.inserting_before(gemm):
+        return Builder(gemm.graph).call(aten.view.default, other, [-1, shape(gemm)[-1]])
+
+
+def comes_before(a: torch.fx.Node, b: torch.fx.Node) -> bool:
+    """Whether ``a`` is defined before ``b`` in graph order."""
+    for node in a.graph.nodes:
+        if node is a:
+            return True
+        if node is b:
+            return False
+    return False

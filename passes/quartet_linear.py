@@ -1,0 +1,414 @@
+"""``quartet-linear``: rewrite every selected linear layer's GEMMs into the Quartet FP4 algorithm.
+
+Works on a joint forward+backward graph (placeholders ``primals_*`` and
+``tangents_*``) or on a forward-only graph (inference).  A linear layer is a
+forward ``mm(x, t(w))`` / ``addmm(b, x, t(w))`` whose ``w`` is a graph input
+(possibly through a dtype cast); its backward GEMMs are found in the joint
+graph through transposes and views:
+
+* input grad  ``mm(dy, w)``           (or ``t(mm(t(w), t(dy)))``)    contract N
+* weight grad ``mm(t(dy), x)``        (or ``t(mm(t(x), dy))``)       contract T
+* bias grad   ``sum(dy, [0])``
+
+and matched to their forward GEMM by structure plus the autograd sequence
+number ``seq_nr`` that AOTAutograd copies onto backward nodes.  All GEMMs of
+a layer are rewritten together, sharing the forward's FP4 codes, scales, clip
+masks and the layer's seed, exactly as :mod:`fp4.runtime.oracle` composes the
+ops.  Layer ``i`` (forward program order) uses seed ``i`` of one
+``draw_seeds(n)`` at the start of the graph.
+
+The epilogue is emitted unfused (float32 GEMM, then ``+ bias``, clip mask,
+inverse rotation and the cast to the model dtype as separate nodes); the
+``fuse-*`` passes fold them into the GEMM bit for bit.
+
+Before (one layer, joint graph)::
+
+    t = aten.t(primals_1)
+    addmm = aten.addmm(primals_2, x, t)
+    ...
+    mm_dx = aten.mm(dy, t_t)            # t_t = aten.t(t)
+    mm_dw = aten.mm(t_dy, x)            # t_dy = aten.t(dy)
+    sum_1 = aten.sum.dim_IntList(dy, [0], True)
+
+After::
+
+    draw_seeds = fp4.draw_seeds(1);  select = aten.select.int(draw_seeds, 0, 0)
+    quest_quantize = fp4.quest_quantize(x, True)             # codes, scales, mask of x
+    quest_quantize_1 = fp4.quest_quantize(primals_1, True)   # ... of w
+    mxfp4_gemm = fp4.mxfp4_gemm(x_codes, x_scales, w_codes, w_scales, 1.0, None, 'none', None, None, None,
+                                False, torch.float32)
+    add = aten.add.Tensor(mxfp4_gemm, primals_2);  convert = prims.convert_element_type(add, bf16)
+    ...
+    sr_quantize = fp4.sr_quantize(dy, select, 0, 2, False)
+    requantize_sr = fp4.requantize_sr(w_codes, w_scales, select, 0, 3)
+    mxfp4_gemm_1 = fp4.mxfp4_gemm(..., 0.111, None, 'none', None, None, None, False, torch.float32)
+    apply_clip_mask = fp4.apply_clip_mask(mxfp4_gemm_1, x_mask)
+    inverse_rotate = fp4.inverse_rotate(apply_clip_mask);  convert_1 = prims.convert_element_type(..., bf16)
+    ... (weight grad likewise, with streams 1, 4, 5 and w's mask)
+    bias_grad = fp4.bias_grad(dy, bf16)
+
+Layers the pass leaves alone are recorded with the reason in
+``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
+backward GEMMs not matched unambiguously).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+from fp4.runtime import reference as ref
+from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
+from fp4.runtime.formats import GROUP_SIZE
+
+from .fx_tools import (
+    Builder,
+    aten,
+    is_joint,
+    module_of,
+    peel_transposes,
+    provenance,
+    same_value,
+    shape,
+    tangent_closure,
+    value,
+    weight_source,
+)
+from .registry import GraphPass, PassContext, PassResult, register_pass
+
+fp4 = torch.ops.fp4
+
+
+@dataclass
+class LinearLayer:
+    """One linear layer instance of the graph and what happened to its GEMMs (also the report row)."""
+
+    name: str
+    module_type: str
+    forward: str
+    in_features: int
+    out_features: int
+    has_bias: bool
+    status: str = "pending"  # "rewritten" or "skipped"
+    reason: str = ""
+    seed_index: int | None = None
+    gemms: dict = field(default_factory=dict)  # "forward"/"input_grad"/"weight_grad"/"bias_grad" -> node names
+    missing: dict = field(default_factory=dict)  # GEMM kind -> why it is absent (e.g. frozen weight)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Match:
+    layer: LinearLayer
+    forward: torch.fx.Node
+    x: torch.fx.Node
+    weight: torch.fx.Node
+    bias: torch.fx.Node | None
+    seq_nr: int | None
+    grad_output: torch.fx.Node | None = None
+    input_grad: torch.fx.Node | None = None
+    input_grad_transposed: bool = False
+    weight_grad: torch.fx.Node | None = None
+    weight_grad_transposed: bool = False
+    bias_grad: torch.fx.Node | None = None
+
+
+def _options(ctx: PassContext):
+    from fp4.options import Options
+
+    return ctx.options if ctx.options is not None else Options()
+
+
+def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
+    layer.status, layer.reason = "skipped", reason
+    return layer
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuartetLinear(GraphPass):
+    """Options: ``rotate`` and ``rounding`` override the backend options when given."""
+
+    name = "quartet-linear"
+    rotate: str = ""  # "" (from ctx.options), "true" or "false"
+    rounding: str = ""  # "" (from ctx.options), "sr" or "rtn"
+
+    # ------------------------------------------------------------------ matching
+
+    def _find_forward(self, graph, backward, options, layers) -> list[_Match]:
+        matches = []
+        for node in graph.nodes:
+            if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+                continue
+            if node in backward:
+                continue
+            if node.target is aten.addmm.default:
+                bias, x, rhs = node.args[:3]
+                if node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+                    continue
+            else:
+                (x, rhs), bias = node.args[:2], None
+            weight, transposed = peel_transposes(rhs)
+            if not transposed or len(shape(weight)) != 2 or weight_source(weight) is None:
+                continue  # not x @ w^T with a weight input: an activation matmul, left alone
+            out_features, in_features = shape(weight)
+            module = module_of(node)
+            name, module_type = module if module else (weight_source(weight).name, "?")
+            layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
+            layers.append(layer)
+            if bias is not None and shape(bias) != (out_features,):
+                _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
+            elif not options.selects(name):
+                _skip(layer, f"excluded by the layer patterns (include={options.include}, exclude={options.exclude})")
+            elif in_features % GROUP_SIZE:
+                _skip(layer, f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}")
+            elif value(x).dtype not in (torch.bfloat16, torch.float16, torch.float32):
+                _skip(layer, f"input dtype {value(x).dtype} is not a floating model dtype")
+            else:
+                matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr")))
+        return matches
+
+    @staticmethod
+    def _same_step(match: _Match, node: torch.fx.Node) -> bool:
+        seq = node.meta.get("seq_nr")
+        return match.seq_nr is None or seq is None or seq == match.seq_nr
+
+    def _find_backward(self, graph, backward, matches: list[_Match]) -> None:
+        mms = [n for n in graph.nodes if n in backward and n.target is aten.mm.default]
+        sums = [n for n in graph.nodes if n in backward and n.target is aten.sum.dim_IntList]
+        claimed: set[torch.fx.Node] = set()
+        for match in matches:
+            layer = match.layer
+            input_grads, weight_grads = [], []
+            for mm in mms:
+                if mm in claimed or not self._same_step(match, mm):
+                    continue
+                lhs, rhs = mm.args[:2]
+                lhs_base, lhs_t = peel_transposes(lhs)
+                rhs_base, rhs_t = peel_transposes(rhs)
+                # dX = dY @ W  or  dX^T = W^T @ dY^T
+                if rhs_base is match.weight and not rhs_t:
+                    input_grads.append((mm, lhs, False))
+                elif lhs_base is match.weight and lhs_t:
+                    input_grads.append((mm, ("t", rhs), True))
+                # dW = dY^T @ X  or  dW^T = X^T @ dY
+                elif same_value(rhs, match.x):
+                    weight_grads.append((mm, ("t", lhs), False))
+                elif lhs_t and same_value(lhs_base, match.x) and lhs is not match.x:
+                    weight_grads.append((mm, rhs, True))
+            if len(input_grads) > 1 or len(weight_grads) > 1:
+                _skip(layer, "backward GEMMs could not be matched to this layer unambiguously")
+                continue
+            grads = [g for _, g, _ in input_grads + weight_grads]
+            if len(grads) == 2 and not _same_grad(grads[0], grads[1]):
+                _skip(layer, "input-grad and weight-grad GEMMs use different output gradients")
+                continue
+            if grads:
+                if _grad_shape(grads[0])[-1:] != (layer.out_features,):
+                    _skip(
+                        layer, f"output gradient has shape {_grad_shape(grads[0])}, expected [T, {layer.out_features}]"
+                    )
+                    continue
+                match.grad_output = grads[0]
+            if input_grads:
+                match.input_grad, _, match.input_grad_transposed = input_grads[0]
+                claimed.add(match.input_grad)
+            if weight_grads:
+                match.weight_grad, _, match.weight_grad_transposed = weight_grads[0]
+                claimed.add(match.weight_grad)
+            if match.bias is not None:
+                for node in sums:
+                    if node in claimed or not self._same_step(match, node):
+                        continue
+                    if list(node.args[1]) not in ([0], [-2]) or len(shape(node.args[0])) != 2:
+                        continue
+                    if match.grad_output is None:
+                        # Only a sequence number can tie a lone reduction to this layer.
+                        if match.seq_nr is None or shape(node.args[0])[-1] != layer.out_features:
+                            continue
+                        match.grad_output = node.args[0]
+                    elif not _same_grad(match.grad_output, node.args[0]):
+                        continue
+                    match.bias_grad = node
+                    claimed.add(node)
+                    break
+
+    # ------------------------------------------------------------------ rewriting
+
+    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        options = _options(ctx)
+        rotate = options.rotate if not self.rotate else self.rotate == "true"
+        rounding = self.rounding or options.backward_rounding
+        if rounding not in variants.ROUNDINGS:
+            raise ValueError(f"quartet-linear: rounding must be one of {variants.ROUNDINGS}, got {rounding!r}")
+        graph = gm.graph
+        joint = is_joint(graph)
+        backward = tangent_closure(graph)
+        layers: list[LinearLayer] = []
+        matches = self._find_forward(graph, backward, options, layers)
+        if joint:
+            self._find_backward(graph, backward, matches)
+        records = ctx.records.setdefault("linear_layers", [])
+        records.extend(layers)
+        if not matches:
+            ctx.counters["quartet-linear.skipped"] += len(layers)
+            return PassResult(gm, False)
+
+        # One draw for all layers at the start of the forward; layer i uses seed i (the oracle draws
+        # one seed per layer call in forward order, from the same generator, which gives the same seeds).
+        seed_nodes = [None] * len(matches)
+        if joint:
+            first_op = next(n for n in graph.nodes if n.op != "placeholder")
+            with graph.inserting_before(first_op):
+                builder = Builder(graph, {"partitioner_tag": "is_forward"})
+                seeds = builder.call(fp4.draw_seeds.default, len(matches))
+                seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
+        for index, match in enumerate(matches):
+            self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)
+        for layer in layers:
+            ctx.counters[f"quartet-linear.{layer.status}"] += 1
+        graph.eliminate_dead_code()
+        gm.recompile()
+        return PassResult(gm, True)
+
+    def _rewrite(self, graph, match: _Match, seed, index, rotate, rounding, ctx) -> None:
+        layer = match.layer
+        layer.status = "rewritten"
+        layer.seed_index = index if seed is not None else None
+        forward = match.forward
+        out_dtype = value(forward).dtype
+        with graph.inserting_before(forward):
+            b = Builder(graph, provenance(forward))
+            x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
+            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, match.weight, rotate))
+            y = b.call(
+                fp4.mxfp4_gemm.default, x_codes, x_scales, w_codes, w_scales, 1.0,
+                None, "none", None, None, None, False, torch.float32,
+            )  # fmt: skip
+            gemm = y
+            if match.bias is not None:
+                y = b.call(aten.add.Tensor, y, match.bias)
+            y = b.cast(y, out_dtype)
+        forward.replace_all_uses_with(y)
+        graph.erase_node(forward)
+        layer.gemms["forward"] = gemm.name
+        ctx.counters["quartet-linear.forward_gemm"] += 1
+
+        if seed is None:
+            return
+        if match.input_grad is not None:
+            node = self._backward_gemm(
+                graph, match.input_grad, match.input_grad_transposed, match.grad_output, (w_codes, w_scales), x_mask,
+                seed, ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT, False,
+                rotate, rounding,
+            )  # fmt: skip
+            layer.gemms["input_grad"] = node
+            ctx.counters["quartet-linear.input_grad_gemm"] += 1
+        else:
+            layer.missing["input_grad"] = "the layer input needs no gradient"
+        if match.weight_grad is not None:
+            node = self._backward_gemm(
+                graph, match.weight_grad, match.weight_grad_transposed, match.grad_output, (x_codes, x_scales),
+                w_mask, seed, ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT, True,
+                rotate, rounding,
+            )  # fmt: skip
+            layer.gemms["weight_grad"] = node
+            ctx.counters["quartet-linear.weight_grad_gemm"] += 1
+        else:
+            layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
+        if match.bias is not None:
+            if match.bias_grad is not None:
+                layer.gemms["bias_grad"] = self._bias_grad(graph, match)
+                ctx.counters["quartet-linear.bias_grad"] += 1
+            else:
+                layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
+
+    def _backward_gemm(
+        self, graph, node, transposed, grad_spec, saved, mask, seed, sign_stream, grad_stream, saved_stream,
+        grad_transposed, rotate, rounding,
+    ) -> str:  # fmt: skip
+        """Replace one backward ``mm`` by quantize(dY), requantize(saved operand), FP4 GEMM and unfused epilogue."""
+        out_dtype = value(node).dtype
+        with graph.inserting_before(node):
+            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward"})
+            grad = _materialize(b, grad_spec)
+            if rotate and rounding == "sr":
+                g_codes, g_scales = b.unpack(
+                    b.call(fp4.sr_quantize.default, grad, seed, sign_stream, grad_stream, grad_transposed)
+                )
+                s_codes, s_scales = b.unpack(b.call(fp4.requantize_sr.default, *saved, seed, sign_stream, saved_stream))
+            else:
+                g_codes, g_scales = b.unpack(
+                    b.call(
+                        fp4.quantize_grad.default,
+                        grad,
+                        seed,
+                        sign_stream,
+                        grad_stream,
+                        grad_transposed,
+                        rotate,
+                        rounding,
+                    )
+                )
+                s_codes, s_scales = b.unpack(
+                    b.call(fp4.requantize_grad.default, *saved, seed, sign_stream, saved_stream, rotate, rounding)
+                )
+            # The saved operand's requantization does not depend on dY; keep it in the backward anyway,
+            # where the oracle computes it (the partitioner would otherwise move it to the forward).
+            for requantized in (s_codes.args[0],):
+                requantized.meta["partitioner_tag"] = "must_be_in_backward"
+            gemm = b.call(
+                fp4.mxfp4_gemm.default, g_codes, g_scales, s_codes, s_scales, ref.BACKWARD_ALPHA,
+                None, "none", None, None, None, False, torch.float32,
+            )  # fmt: skip
+            result = b.call(fp4.apply_clip_mask.default, gemm, mask)
+            if rotate:
+                result = b.call(fp4.inverse_rotate.default, result)
+            result = b.cast(result, out_dtype)
+            if transposed:
+                result = b.transpose(result)
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+        return gemm.name
+
+    def _bias_grad(self, graph, match: _Match) -> str:
+        node = match.bias_grad
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        with graph.inserting_before(node):
+            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward"})
+            grad = _materialize(b, match.grad_output)
+            reduction = b.call(fp4.bias_grad.default, grad, value(match.bias).dtype)
+            result = b.cast(reduction, value(node).dtype)
+            if keepdim:
+                result = b.call(aten.view.default, result, [1, match.layer.out_features])
+        node.replace_all_uses_with(result)
+        graph.erase_node(node)
+        return reduction.name
+
+
+def _grad_shape(spec) -> tuple:
+    """Shape of the [T, N] gradient a spec denotes (a node, or ``("t", node)`` for its transpose)."""
+    return tuple(reversed(shape(spec[1]))) if isinstance(spec, tuple) else shape(spec)
+
+
+def _same_grad(a, b) -> bool:
+    """Two gradient specs (node or ``("t", node)``) denote the same [T, N] tensor."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return same_value(a[1], b[1])
+    if isinstance(a, tuple):
+        a, b = b, a
+    if isinstance(b, tuple):
+        base, transposed = peel_transposes(b[1])
+        return transposed and same_value(base, a)
+    return same_value(a, b)
+
+
+def _materialize(b: Builder, spec) -> torch.fx.Node:
+    """The [T, N] gradient node of a spec, inserting one transpose if the graph only holds dY^T."""
+    if isinstance(spec, tuple):
+        base, transposed = peel_transposes(spec[1])
+        return base if transposed else b.transpose(spec[1])
+    return spec
