@@ -43,7 +43,8 @@ def test_llama_graphs_contain_the_expected_ops():
     forward, backward = MODEL_GRAPHS["llama_block_softmax"]
     text = format_graph(forward)
     assert "torch.ops.aten._softmax.default(" in text
-    assert 'float("-inf")' in text or "masked_fill" in text
+    assert "torch.ops.aten.masked_fill.Scalar(" in text and 'float("-inf"))' in text
+    assert 'torch.ops.aten.ones.default([8, 8], dtype=torch.bool, device=torch.device("cpu"), pin_memory=False)' in text
     assert "torch.ops.aten.mm.default(" in format_graph(backward)
     sdpa_forward, _ = MODEL_GRAPHS["llama_block_sdpa"]
     assert "scaled_dot_product" in format_graph(sdpa_forward)
