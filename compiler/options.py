@@ -32,6 +32,8 @@ DEFAULT_PIPELINE = (
 )
 """The passes the backend runs on every captured graph, in order."""
 
+INDUCTOR_ONLY_PASS = "decompose-activations"
+
 
 def name_matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
@@ -119,7 +121,11 @@ class Options:
         return cls(**values)
 
     def pipeline_text(self) -> str:
-        return ",".join(self.passes)
+        """The passes to run; Inductor also gets the activations left unfused decomposed for it."""
+        passes = list(self.passes)
+        if self.inductor and not any(p.startswith(INDUCTOR_ONLY_PASS) for p in passes):
+            passes.append(INDUCTOR_ONLY_PASS)
+        return ",".join(passes)
 
 
 def _split_pipeline(text: str) -> list[str]:

@@ -178,13 +178,12 @@ def tensor_bytes(value: torch.Tensor) -> int:
 
 
 def _hint(size) -> int:
+    """A symbolic size at the value it has in the example inputs (its hint)."""
     if isinstance(size, torch.SymInt):
-        from torch.fx.experimental.symbolic_shapes import size_hint
-
-        try:
-            return int(size_hint(size))
-        except Exception:
-            return int(size.node.hint) if size.node.hint is not None else 1
+        node = size.node
+        if node.hint is not None:
+            return int(node.hint)
+        return int(node.shape_env.size_hint(node.expr))
     return int(size)
 
 

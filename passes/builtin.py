@@ -5,6 +5,7 @@ Add new pass modules here.
 
 from . import (  # noqa: F401
     dce,
+    decompose_activations,
     fuse_activation,
     fuse_bias,
     fuse_bias_grad,

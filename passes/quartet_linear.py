@@ -162,7 +162,7 @@ class QuartetLinear(GraphPass):
             if bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif not options.selects(name):
-                _skip(layer, f"excluded by the layer patterns (include={options.include}, exclude={options.exclude})")
+                _skip(layer, _exclusion_reason(name, options))
             elif in_features % GROUP_SIZE:
                 _skip(layer, f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}")
             elif value(x).dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -387,6 +387,15 @@ class QuartetLinear(GraphPass):
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         return reduction.name
+
+
+def _exclusion_reason(name: str, options) -> str:
+    from fp4.options import name_matches
+
+    if not name_matches(name, options.include):
+        return f"not matched by include patterns {list(options.include)}"
+    matched = next(p for p in options.exclude if name_matches(name, (p,)))
+    return f"excluded by pattern {matched!r} (stays in the model dtype)"
 
 
 def _grad_shape(spec) -> tuple:
