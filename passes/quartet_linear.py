@@ -199,6 +199,10 @@ class QuartetLinear(GraphPass):
                     weight_grads.append((mm, ("t", lhs), False))
                 elif lhs_t and same_value(lhs_base, match.x) and lhs is not match.x:
                     weight_grads.append((mm, rhs, True))
+            if len(input_grads) == 1 and len(weight_grads) > 1:
+                # Layers sharing an input (q/k/v) have weight-grad GEMMs with the same x: the
+                # output gradient of the layer's own input-grad GEMM tells which one is this layer's.
+                weight_grads = [w for w in weight_grads if _same_grad(w[1], input_grads[0][1])]
             if len(input_grads) > 1 or len(weight_grads) > 1:
                 _skip(layer, "backward GEMMs could not be matched to this layer unambiguously")
                 continue
