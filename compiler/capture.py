@@ -162,7 +162,7 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     flat = list(output.args[0])
     forced = [
         n for n in joint.graph.nodes if n.op == "call_function" and getattr(n.target, "namespace", None) == "fp4"
-        and n.target._opname in FORWARD_ONLY_OPS
+        and n.target._schema.name.split("::")[-1] in FORWARD_ONLY_OPS
     ]  # fmt: skip
     output.args = (flat[:num_forward_outputs] + forced + flat[num_forward_outputs:],)
     original_descs = output.meta.get("desc")
@@ -306,11 +306,11 @@ def dump(report: report_lib.CompileReport, options: Options) -> None:
     if report.backward_graph:
         files["backward.fx"] = report.backward_graph
     files["summary.txt"] = report.summary() + "\n"
-    region = getattr(report, "region", None)
-    if region is not None:
-        from .svg import render_svg
+    if report.region is not None:
+        from .svg import region_layers
 
-        files["rewritten.svg"] = render_svg(region, title=f"fp4 graph {report.graph_id}")
+        for index, layer in enumerate(region_layers(report.region)):
+            files[f"rewritten-{index:02d}-{layer}.svg"] = report.svg(layer)
     for name, text in files.items():
         with open(os.path.join(directory, name), "w") as handle:
             handle.write(text)

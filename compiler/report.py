@@ -9,6 +9,7 @@ every rewrite the way they observe ``counters["inductor"]``.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class SavedTensor:
     dtype: torch.dtype
     nbytes: int
     activation: bool = True
+    producer: str = ""  # the op that computed it (the tuple op for a getitem)
 
     def describe(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
@@ -89,6 +91,18 @@ class CompileReport:
         """Bytes saved that derive from parameters only (the FP4 weight copies and seeds)."""
         return None if self.saved_after is None else sum(t.nbytes for t in self.saved_after if not t.activation)
 
+    def linear_input_bytes(self) -> tuple[int, int] | None:
+        """``(model-dtype bytes of the rewritten layers' inputs, bytes of their saved FP4 codes+scales+masks)``.
+
+        Each distinct input counts once (q/k/v projections share theirs).  Only
+        training graphs save anything for the backward; None otherwise.
+        """
+        if self.saved_after is None:
+            return None
+        inputs = {layer.input_key: layer.input_bytes for layer in self.rewritten()}
+        fp4_state = sum(t.nbytes for t in self.saved_after if t.activation and t.producer == "quest_quantize")
+        return sum(inputs.values()), fp4_state
+
     @property
     def saved_ratio(self) -> float | None:
         before, after = self.saved_bytes_before, self.saved_bytes_after
@@ -100,13 +114,21 @@ class CompileReport:
     def skipped(self) -> list:
         return [layer for layer in self.layers if layer.status == "skipped"]
 
-    def svg(self) -> str:
-        """An SVG picture of the rewritten region of the graph."""
-        from .svg import render_svg
+    def svg(self, layer: str | None = None) -> str:
+        """An SVG picture of the rewritten region of the graph: of one layer (default: the first rewritten one).
+
+        ``layer="*"`` draws the whole region (every layer; wide for a big model).
+        """
+        from .svg import region_layers, render_svg
 
         if self.region is None:
             raise ValueError("this report holds no graph region")
-        return render_svg(self.region, title=f"fp4 graph {self.graph_id} ({self.kind})")
+        layers = region_layers(self.region)
+        if layer is None and layers:
+            layer = layers[0]
+        return render_svg(
+            self.region, title=f"fp4 graph {self.graph_id} ({self.kind})", layer=None if layer == "*" else layer
+        )
 
     def stage(self, name: str) -> str:
         """The graph text after the pass ``name`` (or ``"input"``)."""
@@ -143,6 +165,12 @@ class CompileReport:
                 else f"  activations saved for backward: {_kib(self.saved_bytes_after)}"
             )
             lines.append(f"  plus FP4 weight copies and seeds: {_kib(self.saved_parameter_bytes_after)}")
+            model_dtype, fp4_state = self.linear_input_bytes()
+            if model_dtype and fp4_state:
+                lines.append(
+                    f"  inputs of the rewritten layers: {_kib(model_dtype)} in the model dtype -> {_kib(fp4_state)} "
+                    f"as FP4 codes, scales and masks ({model_dtype / fp4_state:.2f}x less)"
+                )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -153,10 +181,28 @@ def _kib(nbytes) -> str:
     return "?" if nbytes is None else f"{nbytes / 1024:.1f} KiB"
 
 
+_COLLECTORS: list[list] = []
+
+
 def publish(report: CompileReport) -> None:
     _REPORTS.append(report)
     del _REPORTS[:-MAX_KEPT_REPORTS]
     counters().update(report.counters)
+    for collector in _COLLECTORS:
+        collector.append(report)
+
+
+class collect:
+    """``with collect() as reports:`` gathers the report of every graph compiled inside the block."""
+
+    def __enter__(self) -> list:
+        self.reports: list[CompileReport] = []
+        _COLLECTORS.append(self.reports)
+        return self.reports
+
+    def __exit__(self, *exc):
+        _COLLECTORS.remove(self.reports)
+        return False
 
 
 def summarize(all_reports=None) -> str:
@@ -206,7 +252,11 @@ def saved_tensors(forward: torch.fx.GraphModule, num_forward_outputs: int, param
             continue
         value = node.meta.get("val")
         if isinstance(value, torch.Tensor):
+            source = node.args[0] if node.target is operator.getitem else node
+            schema = getattr(source.target, "_schema", None)
+            producer = schema.name.split("::")[-1] if schema else getattr(source.target, "__name__", "")
+            activation = node in from_activation
             saved.append(
-                SavedTensor(node.name, tuple(value.shape), value.dtype, tensor_bytes(value), node in from_activation)
+                SavedTensor(node.name, tuple(value.shape), value.dtype, tensor_bytes(value), activation, producer)
             )
     return saved

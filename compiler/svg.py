@@ -3,8 +3,9 @@
 :func:`rewritten_region` keeps the fp4 ops of a graph plus their direct
 inputs and consumers (tuple ``getitem`` nodes folded into their producer),
 as a small ``networkx.DiGraph`` that a report can hold after the FX graph is
-gone.  :func:`render_svg` lays it out in topological layers (``networkx``'s
-``topological_generations``) and draws boxes and arrows; no graphviz needed.
+gone.  :func:`render_svg` lays it out in layers (longest path from the
+inputs, over ``networkx``'s topological order; each input sits just above its
+first consumer) and draws boxes and arrows; no graphviz needed.
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ def rewritten_region(gm: torch.fx.GraphModule) -> nx.DiGraph:
     for node in sorted(keep, key=order.get):
         kind = "fp4" if _is_fp4(node) else "input" if node.op == "placeholder" else "output"
         kind = kind if node.op in ("placeholder", "output") or _is_fp4(node) else "other"
-        region.add_node(node.name, label=_short_target(node), detail=_detail(node), kind=kind, order=order[node])
+        region.add_node(
+            node.name,
+            label=_short_target(node),
+            detail=_detail(node),
+            kind=kind,
+            order=order[node],
+            layer=node.meta.get("fp4_layer") if kind == "fp4" else None,
+        )
     for node in keep:
         for arg in node.all_input_nodes:
             source = owner(arg)
@@ -89,17 +97,57 @@ def rewritten_region(gm: torch.fx.GraphModule) -> nx.DiGraph:
     return region
 
 
+def region_layers(region: nx.DiGraph) -> list[str]:
+    """The linear layers whose rewrite the region shows, in graph order."""
+    seen: dict[str, int] = {}
+    for name, data in region.nodes(data=True):
+        if data.get("layer") is not None:
+            seen[data["layer"]] = min(seen.get(data["layer"], data["order"]), data["order"])
+    return sorted(seen, key=seen.get)
+
+
+def layer_region(region: nx.DiGraph, layer: str) -> nx.DiGraph:
+    """The part of ``region`` that rewrites one linear layer: its fp4 ops and their direct neighbours."""
+    core = {n for n, data in region.nodes(data=True) if data.get("layer") == layer}
+    if not core:
+        raise KeyError(f"no rewritten layer {layer!r}; layers: {region_layers(region)}")
+    keep = set(core)
+    for name in core:
+        keep.update(region.predecessors(name))
+        keep.update(region.successors(name))
+    return region.subgraph(keep).copy()
+
+
+def layers_of(region: nx.DiGraph) -> dict[str, int]:
+    """Layer of each node: longest path from the sources; a source sits just above its first consumer."""
+    depth: dict[str, int] = {}
+    for name in nx.topological_sort(region):
+        preds = list(region.predecessors(name))
+        depth[name] = 1 + max((depth[p] for p in preds), default=-1)
+    for name in region.nodes:
+        if region.in_degree(name) == 0 and region.out_degree(name):
+            depth[name] = min(depth[s] for s in region.successors(name)) - 1
+    return depth
+
+
 def layout(region: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Top-to-bottom layers (longest path from the inputs), nodes ordered by graph order in a layer."""
+    """Top-to-bottom layers, nodes ordered by graph order within a layer."""
+    depth = layers_of(region)
+    rows: dict[int, list[str]] = {}
+    for name in sorted(region.nodes, key=lambda n: region.nodes[n]["order"]):
+        rows.setdefault(depth[name], []).append(name)
     positions = {}
-    for depth, layer in enumerate(nx.topological_generations(region)):
-        for column, name in enumerate(sorted(layer, key=lambda n: region.nodes[n]["order"])):
-            positions[name] = (MARGIN + column * (BOX_WIDTH + GAP_X), MARGIN + 30 + depth * (BOX_HEIGHT + GAP_Y))
+    for row, names in enumerate(rows[d] for d in sorted(rows)):
+        for column, name in enumerate(names):
+            positions[name] = (MARGIN + column * (BOX_WIDTH + GAP_X), MARGIN + 30 + row * (BOX_HEIGHT + GAP_Y))
     return positions
 
 
-def render_svg(region: nx.DiGraph, title: str = "fp4 rewritten region") -> str:
-    """The region as a standalone SVG document."""
+def render_svg(region: nx.DiGraph, title: str = "fp4 rewritten region", layer: str | None = None) -> str:
+    """The region (or the part of it rewriting ``layer``) as a standalone SVG document."""
+    if layer is not None:
+        region = layer_region(region, layer)
+        title = f"{title}: {layer}"
     positions = layout(region)
     width = max([x for x, _ in positions.values()] + [0]) + BOX_WIDTH + MARGIN
     height = max([y for _, y in positions.values()] + [0]) + BOX_HEIGHT + MARGIN

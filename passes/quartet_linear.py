@@ -63,6 +63,7 @@ from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
+    VIEW_OPS,
     Builder,
     aten,
     is_joint,
@@ -78,6 +79,9 @@ from .fx_tools import (
 from .registry import GraphPass, PassContext, PassResult, register_pass
 
 fp4 = torch.ops.fp4
+
+LAYER_KEY = "fp4_layer"
+"""``node.meta`` key naming the linear layer an inserted node belongs to (for reports and pictures)."""
 
 
 @dataclass
@@ -95,6 +99,8 @@ class LinearLayer:
     seed_index: int | None = None
     gemms: dict = field(default_factory=dict)  # "forward"/"input_grad"/"weight_grad"/"bias_grad" -> node names
     missing: dict = field(default_factory=dict)  # GEMM kind -> why it is absent (e.g. frozen weight)
+    input_key: tuple = ()  # identifies the input tensor (layers reading the same x share it)
+    input_bytes: int = 0  # bytes of the input x [T, K] in the model dtype (symbolic T at its hint)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -158,6 +164,7 @@ class QuartetLinear(GraphPass):
             module = module_of(node)
             name, module_type = module if module else (weight_source(weight).name, "?")
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
+            layer.input_key, layer.input_bytes = _value_key(x), _bytes(value(x))
             layers.append(layer)
             if bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
@@ -285,7 +292,7 @@ class QuartetLinear(GraphPass):
         forward = match.forward
         out_dtype = value(forward).dtype
         with graph.inserting_before(forward):
-            b = Builder(graph, provenance(forward))
+            b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
             x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
             w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, match.weight, rotate))
             y = b.call(
@@ -305,7 +312,7 @@ class QuartetLinear(GraphPass):
             return
         if match.input_grad is not None:
             node = self._backward_gemm(
-                graph, match.input_grad, match.input_grad_transposed, match.grad_output, (w_codes, w_scales), x_mask,
+                graph, layer.name, match.input_grad, match.input_grad_transposed, match.grad_output, (w_codes, w_scales), x_mask,
                 seed, ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT, False,
                 rotate, rounding,
             )  # fmt: skip
@@ -315,7 +322,7 @@ class QuartetLinear(GraphPass):
             layer.missing["input_grad"] = "the layer input needs no gradient"
         if match.weight_grad is not None:
             node = self._backward_gemm(
-                graph, match.weight_grad, match.weight_grad_transposed, match.grad_output, (x_codes, x_scales),
+                graph, layer.name, match.weight_grad, match.weight_grad_transposed, match.grad_output, (x_codes, x_scales),
                 w_mask, seed, ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT, True,
                 rotate, rounding,
             )  # fmt: skip
@@ -331,13 +338,13 @@ class QuartetLinear(GraphPass):
                 layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
 
     def _backward_gemm(
-        self, graph, node, transposed, grad_spec, saved, mask, seed, sign_stream, grad_stream, saved_stream,
+        self, graph, layer_name, node, transposed, grad_spec, saved, mask, seed, sign_stream, grad_stream, saved_stream,
         grad_transposed, rotate, rounding,
     ) -> str:  # fmt: skip
         """Replace one backward ``mm`` by quantize(dY), requantize(saved operand), FP4 GEMM and unfused epilogue."""
         out_dtype = value(node).dtype
         with graph.inserting_before(node):
-            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward"})
+            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: layer_name})
             grad = _materialize(b, grad_spec)
             if rotate and rounding == "sr":
                 g_codes, g_scales = b.unpack(
@@ -382,7 +389,7 @@ class QuartetLinear(GraphPass):
         node = match.bias_grad
         keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
         with graph.inserting_before(node):
-            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward"})
+            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: match.layer.name})
             grad = _materialize(b, match.grad_output)
             reduction = b.call(fp4.bias_grad.default, grad, value(match.bias).dtype)
             result = b.cast(reduction, value(node).dtype)
@@ -391,6 +398,20 @@ class QuartetLinear(GraphPass):
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         return reduction.name
+
+
+def _value_key(node: torch.fx.Node) -> tuple:
+    """Equal for nodes :func:`same_value` would call equal (views of one value with one shape)."""
+    base = node
+    while base.op == "call_function" and base.target in VIEW_OPS:
+        base = base.args[0]
+    return (base.name, shape(node))
+
+
+def _bytes(val: torch.Tensor) -> int:
+    from fp4.report import tensor_bytes
+
+    return tensor_bytes(val)
 
 
 def _exclusion_reason(name: str, options) -> str:

@@ -1,0 +1,115 @@
+"""The ``fp4`` command: ``fp4 train``, ``fp4 inspect``, ``fp4 bench``.
+
+::
+
+    fp4 train                          # built-in TinyLlama on the built-in text: fp4 vs BF16 loss curves
+    fp4 train --steps 60 --layers 4
+    fp4 inspect                        # inspect one training step of the built-in model
+    fp4 inspect my_script.py [args]    # run a script that uses torch.compile(backend="fp4"), report every graph
+    fp4 inspect -m my.module --dump-dir fp4-dump --svg graph.svg --stages
+    fp4 bench ...                      # kernel and layer benchmarks (fp4.bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+
+def _train(argv: list[str]) -> int:
+    from .models import LlamaConfig, compare_with_bf16
+
+    parser = argparse.ArgumentParser(prog="fp4 train", description="Train the built-in model with fp4 and BF16.")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--no-inductor", action="store_true", help="run the fp4 graphs without Inductor")
+    args = parser.parse_args(argv)
+    config = LlamaConfig(dim=args.dim, n_layers=args.layers, hidden_dim=2 * args.dim)
+    options = {"inductor": False} if args.no_inductor else None
+    fp4_run, _ = compare_with_bf16(args.steps, args.batch, args.seq, config, args.device, fp4_options=options)
+    return 0 if fp4_run.losses[-1] < fp4_run.losses[0] else 1
+
+
+def _builtin_step() -> None:
+    """One training step of a small built-in model with the fp4 backend (what ``fp4 inspect`` shows by default)."""
+    import torch
+
+    from .models import LlamaConfig, TinyLlama, batches, corpus_tokens
+
+    torch.manual_seed(0)
+    model = TinyLlama(LlamaConfig(dim=64, n_layers=1, hidden_dim=128)).to(torch.bfloat16)
+    inputs, targets = next(batches(corpus_tokens(), 2, 32, torch.Generator().manual_seed(0)))
+    torch.compile(model, backend="fp4")(inputs, targets).backward()
+
+
+def _inspect(argv: list[str]) -> int:
+    from . import report
+    from .backend import override_options
+    from .inspect import Inspection, inspect_script
+
+    parser = argparse.ArgumentParser(
+        prog="fp4 inspect", description="Show what the fp4 backend rewrote in every graph a script compiles."
+    )
+    parser.add_argument("target", nargs="?", help="script path (default: one step of the built-in model)")
+    parser.add_argument("-m", "--module", action="store_true", help="TARGET is a module name (as python -m)")
+    parser.add_argument("--dump-dir", help="write every stage, the partitioned graphs and an SVG per graph here")
+    parser.add_argument("--svg", help="write the SVG of the first training graph to this file")
+    parser.add_argument("--stages", action="store_true", help="print the graph before and after every pass")
+    parser.add_argument("--no-inductor", action="store_true", help="compile without Inductor (plain FX graphs)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments passed to the script")
+    args = parser.parse_args(argv)
+    options = {}
+    if args.dump_dir:
+        options["dump_dir"] = args.dump_dir
+    if args.no_inductor:
+        options["inductor"] = False
+    if args.target is None:
+        with override_options(**options), report.collect() as reports:
+            _builtin_step()
+        result = Inspection(reports)
+    else:
+        target = args.target
+        if args.module and target.endswith(".py"):
+            parser.error("-m takes a module name, not a .py path")
+        result = inspect_script(target, args.script_args, **options)
+    print(result.summary())
+    if args.stages:
+        for r in result.reports:
+            for _, text in r.stages:
+                print(text)
+            for text in (r.forward_graph, r.backward_graph):
+                if text:
+                    print(text)
+    if args.svg:
+        print(f"wrote {result.write_svg(args.svg)}")
+    if args.dump_dir:
+        print(f"wrote every stage under {args.dump_dir}")
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    bench = importlib.import_module("fp4.bench")
+    return bench.main(argv) or 0
+
+
+COMMANDS = {"train": _train, "inspect": _inspect, "bench": _bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nfp4: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
