@@ -100,7 +100,7 @@ def rewritten_region(gm: torch.fx.GraphModule) -> nx.DiGraph:
 def region_layers(region: nx.DiGraph) -> list[str]:
     """The linear layers whose rewrite the region shows, in graph order."""
     seen: dict[str, int] = {}
-    for name, data in region.nodes(data=True):
+    for _, data in region.nodes(data=True):
         if data.get("layer") is not None:
             seen[data["layer"]] = min(seen.get(data["layer"], data["order"]), data["order"])
     return sorted(seen, key=seen.get)
