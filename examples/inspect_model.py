@@ -5,7 +5,6 @@ fp4 inspect examples/inspect_model.py            # the same through the CLI, for
 """
 
 import torch
-
 from fp4.inspect import inspect_model
 from fp4.models import LlamaConfig, TinyLlama
 

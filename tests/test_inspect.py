@@ -96,7 +96,9 @@ def test_region_and_layout_from_a_written_graph():
                 qw: "(u8[32, 32], u8[32, 2], u8[32, 8])" = torch.ops.fp4.quest_quantize.default(w, True)
                 wc: "u8[32, 32]" = operator.getitem(qw, 0)
                 ws: "u8[32, 2]" = operator.getitem(qw, 1)
-                y: "bf16[16, 32]" = torch.ops.fp4.mxfp4_gemm.default(xc, xs, wc, ws, 1.0, None, 'gelu', None, None, None, False, torch.bfloat16)
+                y: "bf16[16, 32]" = torch.ops.fp4.mxfp4_gemm.default(
+                    xc, xs, wc, ws, 1.0, None, 'gelu', None, None, None, False, torch.bfloat16
+                )
                 neg: "bf16[16, 32]" = torch.ops.aten.neg.default(y)
                 return (neg,)
             """
