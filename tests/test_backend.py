@@ -187,7 +187,7 @@ def test_tiny_llama_training_matches_oracle_bitwise():
     def make_inputs():
         return torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16))
 
-    oracle, compiled, backend = compare_with_oracle(model, make_inputs, loss_fn=lambda loss: loss)
+    oracle, compiled, backend = compare_with_oracle(model, make_inputs, loss_fn=lambda loss: loss, verify=True)
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     rewritten = [layer.name for layer in report.rewritten()]
