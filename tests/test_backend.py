@@ -180,6 +180,33 @@ def test_mlp_matches_oracle_bitwise(case):
         assert set(fc1.gemms) == {"forward", "input_grad", "weight_grad", "bias_grad"}
 
 
+def test_shared_weight_and_float32_match_oracle_bitwise():
+    """A layer called twice gets two seeds (as the oracle's two calls do); float32 models need no output cast."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+            self.out = nn.Linear(64, 64, bias=False)
+
+        def forward(self, x):
+            return self.out(F.relu(self.fc(F.relu(self.fc(x)))))
+
+    torch.manual_seed(0)
+
+    def make_inputs():
+        return (torch.randn(4, 8, 64, requires_grad=True),)
+
+    oracle, compiled, backend = compare_with_oracle(Twice(), make_inputs)
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    assert [layer.name for layer in report.rewritten()] == ["fc", "fc", "out"]
+    assert [layer.seed_index for layer in report.rewritten()] == [0, 1, 2]
+    # relu's backward reads its output, not its input: the activation folds into the GEMM even in training.
+    assert report.counters["fuse-activation.fused"] == 2
+    assert "convert_element_type" not in report.stages[-1][1]
+
+
 def test_tiny_llama_training_matches_oracle_bitwise():
     torch.manual_seed(0)
     model = TinyLlama(SMALL).to(torch.bfloat16)
