@@ -42,8 +42,8 @@ def graph_text(gm: torch.fx.GraphModule, produced_by: str) -> str:
 
     try:
         return format_graph(gm, produced_by=produced_by)
-    except ValueError:
-        return f"# Constructed by {produced_by} (symbolic shapes: FX code)\n" + gm.print_readable(
+    except Exception as error:  # symbolic sizes, higher-order ops: what the .fx format does not hold
+        return f"# Constructed by {produced_by} (as FX code: {error})\n" + gm.print_readable(
             print_output=False, include_stride=False
         )
 
@@ -80,7 +80,6 @@ class GraphRewriter:
         return {f"primals_{index + 1}" for index in self.parameters}
 
     def __call__(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        from .pipeline import PassManager
 
         joint = is_joint(gm.graph)
         self.report.kind = "training" if joint else "inference"
@@ -94,23 +93,38 @@ class GraphRewriter:
                 self.unrewritten = copy_graph_module(gm)
         ctx = PassContext(target=self.target, options=self.options, counters=Counter(), records={})
         passes = parse_pipeline(self.options.pipeline_text())
-        if _has_symbolic_sizes(gm):
-            # The printer and the verifier need static sizes: run the passes directly.
-            self.report.stages.append(("input", graph_text(gm, "capture")))
-            for graph_pass in passes:
-                gm = graph_pass.apply(gm, ctx).graph_module
-                self.report.stages.append((graph_pass.spec(), graph_text(gm, graph_pass.spec())))
-        else:
-            gm.meta["fp4.produced_by"] = "capture"
-            manager = PassManager(passes, ctx, verify=self.options.verify)
-            gm = manager.run(gm)
-            self.report.stages.extend(manager.stages)
+        gm = self._run_passes(gm, passes, ctx)
         self.report.layers.extend(ctx.records.get("linear_layers", []))
         self.report.counters.update(ctx.counters)
         self.report.counters["graphs"] += 1
         from .svg import rewritten_region
 
         self.report.region = rewritten_region(gm)
+        return gm
+
+    def _run_passes(self, gm, passes, ctx) -> torch.fx.GraphModule:
+        """The pass manager's loop (``fp4.pipeline``), tolerant of graphs the ``.fx`` format cannot hold.
+
+        A captured graph may contain what the printer and the verifier do not
+        handle (symbolic sizes, higher-order ops): its stages are then kept as
+        FX code and the verifier skipped, instead of failing the compile.
+        """
+        from .pipeline import PassError, verify_graph
+
+        checkable = self.options.verify and not _has_symbolic_sizes(gm)
+        self.report.stages.append(("input", graph_text(gm, "capture")))
+        done: list[str] = []
+        for graph_pass in passes:
+            spec = graph_pass.spec()
+            try:
+                gm = graph_pass.apply(gm, ctx).graph_module
+                if checkable:
+                    verify_graph(gm)
+            except Exception as error:
+                raise PassError(spec, done, f"{type(error).__name__}: {error}") from error
+            ctx.counters[f"{graph_pass.name}.runs"] += 1
+            self.report.stages.append((spec, graph_text(gm, spec)))
+            done.append(spec)
         return gm
 
     def measure_before(self, joint_inputs, **partition_kwargs) -> None:
