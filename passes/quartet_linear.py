@@ -196,15 +196,17 @@ class QuartetLinear(GraphPass):
                 lhs, rhs = mm.args[:2]
                 lhs_base, lhs_t = peel_transposes(lhs)
                 rhs_base, rhs_t = peel_transposes(rhs)
-                # dX = dY @ W  or  dX^T = W^T @ dY^T
-                if rhs_base is match.weight and not rhs_t:
+                n, k = layer.out_features, layer.in_features
+                rows, columns = shape(mm)
+                # dX = dY @ W  [T, K]  or  dX^T = W^T @ dY^T  [K, T]
+                if rhs_base is match.weight and not rhs_t and columns == k:
                     input_grads.append((mm, lhs, False))
-                elif lhs_base is match.weight and lhs_t:
+                elif lhs_base is match.weight and lhs_t and rows == k:
                     input_grads.append((mm, ("t", rhs), True))
-                # dW = dY^T @ X  or  dW^T = X^T @ dY
-                elif same_value(rhs, match.x):
+                # dW = dY^T @ X  [N, K]  or  dW^T = X^T @ dY  [K, N]
+                elif same_value(rhs, match.x) and (rows, columns) == (n, k):
                     weight_grads.append((mm, ("t", lhs), False))
-                elif lhs_t and same_value(lhs_base, match.x) and lhs is not match.x:
+                elif lhs_t and same_value(lhs_base, match.x) and lhs is not match.x and (rows, columns) == (k, n):
                     weight_grads.append((mm, rhs, True))
             if len(input_grads) == 1 and len(weight_grads) > 1:
                 # Layers sharing an input (q/k/v) have weight-grad GEMMs with the same x: the
@@ -262,6 +264,9 @@ class QuartetLinear(GraphPass):
         matches = self._find_forward(graph, backward, options, layers)
         if joint:
             self._find_backward(graph, backward, matches)
+            # A layer whose backward GEMMs could not be matched stays whole in the model dtype:
+            # an FP4 forward with a model-dtype backward would be neither the algorithm nor the model.
+            matches = [m for m in matches if m.layer.status != "skipped"]
         records = ctx.records.setdefault("linear_layers", [])
         records.extend(layers)
         if not matches:
@@ -310,23 +315,24 @@ class QuartetLinear(GraphPass):
 
         if seed is None:
             return
+        dgrad_streams = (ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT)
+        wgrad_streams = (ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT)
+        backward = dict(layer_name=layer.name, grad_spec=match.grad_output, seed=seed, rotate=rotate, rounding=rounding)
         if match.input_grad is not None:
-            node = self._backward_gemm(
-                graph, layer.name, match.input_grad, match.input_grad_transposed, match.grad_output, (w_codes, w_scales), x_mask,
-                seed, ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT, False,
-                rotate, rounding,
+            # dX = dY . W: contract N; W's saved codes requantized along N; x's clip mask.
+            layer.gemms["input_grad"] = self._backward_gemm(
+                graph, match.input_grad, match.input_grad_transposed, (w_codes, w_scales), x_mask, dgrad_streams,
+                grad_transposed=False, **backward,
             )  # fmt: skip
-            layer.gemms["input_grad"] = node
             ctx.counters["quartet-linear.input_grad_gemm"] += 1
         else:
             layer.missing["input_grad"] = "the layer input needs no gradient"
         if match.weight_grad is not None:
-            node = self._backward_gemm(
-                graph, layer.name, match.weight_grad, match.weight_grad_transposed, match.grad_output, (x_codes, x_scales),
-                w_mask, seed, ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT, True,
-                rotate, rounding,
+            # dW = dY^T . X: contract T; dY quantized along T, x's saved codes requantized along T; w's clip mask.
+            layer.gemms["weight_grad"] = self._backward_gemm(
+                graph, match.weight_grad, match.weight_grad_transposed, (x_codes, x_scales), w_mask, wgrad_streams,
+                grad_transposed=True, **backward,
             )  # fmt: skip
-            layer.gemms["weight_grad"] = node
             ctx.counters["quartet-linear.weight_grad_gemm"] += 1
         else:
             layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
@@ -338,14 +344,15 @@ class QuartetLinear(GraphPass):
                 layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
 
     def _backward_gemm(
-        self, graph, layer_name, node, transposed, grad_spec, saved, mask, seed, sign_stream, grad_stream, saved_stream,
-        grad_transposed, rotate, rounding,
+        self, graph, node, transposed, saved, mask, streams, *, layer_name, grad_spec, seed, grad_transposed, rotate,
+        rounding,
     ) -> str:  # fmt: skip
         """Replace one backward ``mm`` by quantize(dY), requantize(saved operand), FP4 GEMM and unfused epilogue."""
         out_dtype = value(node).dtype
         with graph.inserting_before(node):
             b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: layer_name})
             grad = _materialize(b, grad_spec)
+            sign_stream, grad_stream, saved_stream = streams
             if rotate and rounding == "sr":
                 g_codes, g_scales = b.unpack(
                     b.call(fp4.sr_quantize.default, grad, seed, sign_stream, grad_stream, grad_transposed)
