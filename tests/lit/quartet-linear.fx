@@ -244,3 +244,32 @@ def activation_matmul(x: "bf16[16, 64]", y: "bf16[32, 64]"):
     t: "bf16[64, 32]" = torch.ops.aten.t.default(neg)
     mm: "bf16[16, 32]" = torch.ops.aten.mm.default(x, t)
     return (mm,)
+
+# The same two layers when their input needs no gradient and the graph carries no autograd sequence
+# numbers (a written graph; captured graphs have them): nothing tells the two weight-grad GEMMs apart,
+# so neither layer is rewritten (a forward in FP4 with a model-dtype backward would be neither model).
+# CHECK-LABEL: def shared_input_without_grad(
+# CHECK-NOT:     fp4
+# CHECK:         return
+def shared_input_without_grad(
+    primals_1: "bf16[32, 64]",
+    primals_2: "bf16[16, 64]",
+    primals_3: "bf16[32, 64]",
+    tangents_1: "bf16[16, 32]",
+):
+    t: "bf16[64, 32]" = torch.ops.aten.t.default(primals_1)
+    mm: "bf16[16, 32]" = torch.ops.aten.mm.default(primals_2, t)
+    t_1: "bf16[64, 32]" = torch.ops.aten.t.default(primals_3)
+    mm_1: "bf16[16, 32]" = torch.ops.aten.mm.default(primals_2, t_1)
+    mul: "bf16[16, 32]" = torch.ops.aten.mul.Tensor(mm, mm_1)
+    mul_1: "bf16[16, 32]" = torch.ops.aten.mul.Tensor(tangents_1, mm)
+    mul_2: "bf16[16, 32]" = torch.ops.aten.mul.Tensor(tangents_1, mm_1)
+    t_2: "bf16[32, 16]" = torch.ops.aten.t.default(mul_1)
+    mm_2: "bf16[32, 64]" = torch.ops.aten.mm.default(t_2, primals_2)
+    t_3: "bf16[64, 32]" = torch.ops.aten.t.default(mm_2)
+    t_4: "bf16[32, 64]" = torch.ops.aten.t.default(t_3)
+    t_5: "bf16[32, 16]" = torch.ops.aten.t.default(mul_2)
+    mm_3: "bf16[32, 64]" = torch.ops.aten.mm.default(t_5, primals_2)
+    t_6: "bf16[64, 32]" = torch.ops.aten.t.default(mm_3)
+    t_7: "bf16[32, 64]" = torch.ops.aten.t.default(t_6)
+    return [mul, t_7, None, t_4]
