@@ -21,7 +21,7 @@ def _train(argv: list[str]) -> int:
     from .models import LlamaConfig, compare_with_bf16
 
     parser = argparse.ArgumentParser(prog="fp4 train", description="Train the built-in model with fp4 and BF16.")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)

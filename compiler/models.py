@@ -209,7 +209,7 @@ def model_for_training(config: LlamaConfig = LlamaConfig(), dtype=torch.bfloat16
 
 
 def compare_with_bf16(
-    steps: int = 40, batch_size: int = 8, seq_len: int = 64, config: LlamaConfig = LlamaConfig(), device=None,
+    steps: int = 30, batch_size: int = 8, seq_len: int = 64, config: LlamaConfig = LlamaConfig(), device=None,
     fp4_options: dict | None = None, out=print,
 ) -> tuple[TrainResult, TrainResult]:  # fmt: skip
     """Train the same initial model with ``backend="fp4"`` and with BF16 Inductor; print both loss curves."""

@@ -1,6 +1,6 @@
 """Train a small Llama-style model on the built-in text with the fp4 backend and with BF16, side by side.
 
-    python examples/train.py                   # 40 steps, 2 layers, dim 128 (a few minutes on a CPU)
+    python examples/train.py                   # 30 steps, 2 layers, dim 128 (about 2 minutes on a 2-core CPU)
     python examples/train.py --steps 100 --layers 4 --dim 256 --device cuda
 
 The fp4 run compiles the model with ``torch.compile(model, backend="fp4")``:
