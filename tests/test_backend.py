@@ -495,3 +495,32 @@ def test_inductor_llama_block_within_tolerance():
         relative = (actual - expected).norm() / expected.norm()
         cosine = F.cosine_similarity(actual.flatten(), expected.flatten(), dim=0)
         assert relative < 0.2 and cosine > 0.95, (name, float(relative), float(cosine))
+
+
+def test_inductor_inference_rewrites_and_fuses_the_forward():
+    """An inference graph under Inductor: forward rewrite only, the GLU epilogue fused, results as without Inductor."""
+
+    class GatedMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate = nn.Linear(64, 128, bias=False)
+            self.up = nn.Linear(64, 128, bias=False)
+            self.down = nn.Linear(128, 64, bias=False)
+
+        def forward(self, x):
+            return x + self.down(F.silu(self.gate(x)) * self.up(x))
+
+    torch.manual_seed(0)
+    model = GatedMLP().to(torch.bfloat16).eval()
+    x = torch.randn(2, 16, 64, dtype=torch.bfloat16)
+    backend = configure(inductor=True)
+    with torch.no_grad():
+        expected = quartetize(copy.deepcopy(model))(x)
+        actual = torch.compile(copy.deepcopy(model), backend=backend)(x)
+    (report,) = backend.reports
+    assert report.kind == "inference" and len(report.rewritten()) == 3
+    assert all(set(layer.gemms) == {"forward"} for layer in report.rewritten())
+    for fusion in ("fuse-activation", "fuse-gate", "fuse-residual"):
+        assert report.counters[f"{fusion}.fused"] == 1, fusion
+    # Every op around the fp4 GEMMs was folded into them: Inductor has nothing left to re-associate.
+    assert torch.equal(expected, actual)
