@@ -1,4 +1,4 @@
-"""``fuse-bias-grad``: compute the bias gradient in the pass that quantizes dY for the weight-grad GEMM.
+"""``fuse-bias-grad``: compute the bias gradient in the op that quantizes dY for the weight-grad GEMM.
 
 Before::
 

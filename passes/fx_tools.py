@@ -27,6 +27,7 @@ VIEW_OPS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, 
 # Dtype casts a weight may pass through before its GEMM (e.g. an fp32 master weight cast to bf16).
 CAST_OPS = (prims.convert_element_type.default, aten._to_copy.default)
 MATMUL_OPS = (aten.mm.default, aten.addmm.default)
+"""The GEMMs a linear layer lowers to in a captured graph."""
 
 # Meta keys copied onto the nodes that replace a node (module provenance, autograd order, partition side).
 PROVENANCE_KEYS = (
@@ -192,7 +193,3 @@ def is_contiguous(node: torch.fx.Node) -> bool:
 def single_user(node: torch.fx.Node) -> torch.fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
-
-
-def is_output_user(node: torch.fx.Node) -> bool:
-    return any(user.op == "output" for user in node.users)

@@ -63,6 +63,7 @@ from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
+    MATMUL_OPS,
     VIEW_OPS,
     Builder,
     aten,
@@ -147,7 +148,7 @@ class QuartetLinear(GraphPass):
     def _find_forward(self, graph, backward, options, layers) -> list[_Match]:
         matches = []
         for node in graph.nodes:
-            if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default):
+            if node.op != "call_function" or node.target not in MATMUL_OPS:
                 continue
             if node in backward:
                 continue
