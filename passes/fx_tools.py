@@ -155,6 +155,7 @@ def is_joint(graph: torch.fx.Graph) -> bool:
     return any(node.op == "placeholder" and node.name.startswith("tangents") for node in graph.nodes)
 
 
+_GETATTR = re.compile(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)")
 _ROOT = re.compile(r"^L\[[^\]]*\](\[[^\]]*\])*\.?")
 _MODULES_ITEM = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]")
 _ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
@@ -162,8 +163,10 @@ _ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
 
 def normalize_module_name(name: str) -> str:
     """Dynamo's ``L['self'].layers[0]._modules['mlp'].fc1`` -> ``layers.0.mlp.fc1`` (``named_modules`` style)."""
-    name = _ROOT.sub("", name)
+    while _GETATTR.search(name):
+        name = _GETATTR.sub(r"\1.\2", name)
     name = _MODULES_ITEM.sub(r".\1", name)
+    name = _ROOT.sub("", name)
     name = _ITEM.sub(r".\1", name)
     return name.strip(".")
 

@@ -309,6 +309,22 @@ def test_contraction_not_multiple_of_32_is_skipped_with_reason():
     assert second.status == "rewritten"
 
 
+@pytest.mark.parametrize(
+    "dynamo_name,expected",
+    [
+        ("L['self'].layers[0]._modules['mlp'].fc1", "layers.0.mlp.fc1"),
+        ("L['args'][0].model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.q_proj"),
+        ("getattr(L['self'].layers, '0').mlp.up", "layers.0.mlp.up"),
+        ("L['mod']._modules['blocks']._modules['3'].attn.qkv", "blocks.3.attn.qkv"),
+        ("L['self'].lm_head", "lm_head"),
+    ],
+)
+def test_module_names_are_named_modules_names(dynamo_name, expected):
+    from fp4.passes.fx_tools import normalize_module_name
+
+    assert normalize_module_name(dynamo_name) == expected
+
+
 def test_layer_patterns_select_layers():
     torch.manual_seed(0)
     model = TinyLlama(SMALL).to(torch.bfloat16)
