@@ -34,14 +34,15 @@ def stream_seed(seed: int, stream: int) -> int:
 
 
 def _mulhi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values in int64)."""
-    b_high = b >> 16
-    b_low = b & 0xFFFF
-    partial_low = a * b_low  # < 2**48
-    top = a * b_high + (partial_low >> 16)  # (a*b) >> 16, < 2**49
-    high = top >> 16
-    low = ((top & 0xFFFF) << 16 | (partial_low & 0xFFFF)) & _MASK32
-    return high, low
+    """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values in int64).
+
+    The product of two 32-bit values needs 64 bits; int64 multiplication keeps
+    exactly those 64 bits (two's-complement wrap-around), so an arithmetic
+    shift and a mask recover the unsigned high word.  The Philox known-answer
+    tests pin this down.
+    """
+    product = a * b
+    return (product >> 32) & _MASK32, product & _MASK32
 
 
 def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
