@@ -540,3 +540,13 @@ def test_inductor_inference_rewrites_and_fuses_the_forward():
         assert report.counters[f"{fusion}.fused"] == 1, fusion
     # Every op around the fp4 GEMMs was folded into them: Inductor has nothing left to re-associate.
     assert torch.equal(expected, actual)
+
+
+def test_top_level_exports():
+    import fp4
+
+    assert fp4.configure is fp4.backend.configure
+    assert fp4.inspect_model is fp4.inspect.inspect_model
+    assert fp4.quartetize is fp4.runtime.oracle.quartetize
+    with pytest.raises(AttributeError):
+        fp4.no_such_name  # noqa: B018
