@@ -254,6 +254,21 @@ def mxfp4_gemm(
     if lhs.shape[-1] != rhs.shape[-1]:
         raise ValueError(f"contraction sizes differ: {lhs.shape[-1]} vs {rhs.shape[-1]}")
     acc = lhs @ rhs.t()
+    return gemm_epilogue(acc, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
+
+
+def gemm_epilogue(
+    acc: torch.Tensor,
+    alpha: float = 1.0,
+    bias: torch.Tensor | None = None,
+    activation: str = "none",
+    gate: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    clip_mask: torch.Tensor | None = None,
+    inverse_rotate: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The epilogue of :func:`mxfp4_gemm` on its float32 accumulator (shared by every GEMM form)."""
     if alpha != 1.0:
         acc = acc * alpha
     if bias is not None:

@@ -1,0 +1,372 @@
+"""Emit rotate + quantize kernels (and the MXFP4 -> FP8 fold) as Triton source.
+
+One program quantizes a tile of ``BLOCK_ROWS`` output rows x ``BLOCK_GROUPS``
+32-element groups.  The tile is loaded (from a dense tensor along either
+dimension, or from saved MXFP4 codes that are dequantized in registers),
+viewed as ``[G, 32]`` groups, split into 32 lane tensors, and every step after
+that is straight-line code in the reference's order of operations
+(:mod:`fp4.codegen.lanes`).  Codes, scales and clip masks are stored in the
+layouts of :mod:`fp4.runtime.formats`.
+
+With ``fold`` the program owns whole output rows: a first loop quantizes the
+row chunk by chunk and tracks the largest group exponent, a second loop reads
+the codes back (they are still in L2) and writes the E4M3 fold with one fp32
+scale per row (:mod:`fp4.runtime.fold`), so Hopper's FP8 GEMM gets its
+operands without another pass over the input.
+"""
+
+from __future__ import annotations
+
+from fp4.runtime.formats import E2M1_MAX, E8M0_NAN, GROUP_SIZE
+from fp4.runtime.reference import QUEST_EPSILON, QUEST_SCALE_FACTOR
+
+from . import lanes as L
+from .source import KernelSource, SourceWriter, header
+from .spec import FoldSpec, QuantizeSpec
+
+FOLD_HEADROOM = 6
+"""A row's fold exponent is its largest group exponent minus this: 6 * 2**6 = 384 still fits E4M3 (max 448)."""
+
+NO_FUSION = {"enable_fp_fusion": False}
+UNIFORM_24_BITS = 2.0**-24
+_SLICE_BYTES = 16
+_ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+_TRITON_DTYPE = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32", "u8": "*u8"}
+
+
+def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
+    """Load the groups in 16-byte column slices, one [GROUPS, slice] tile each, and split them into lanes.
+
+    A 16-byte slice per thread is one vector load and puts a group's lanes in
+    one thread without a shared-memory re-layout.
+    """
+    width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
+    w.comment("group g of the tile: row g // BLOCK_GROUPS, group column g % BLOCK_GROUPS (in row-major tile order)")
+    w.line("tile_index = tl.arange(0, GROUPS)")
+    w.line("tile_rows = (pid_row * BLOCK_ROWS + tile_index // BLOCK_GROUPS).to(tl.int64)")
+    w.line("tile_cols = (group0 + tile_index % BLOCK_GROUPS) * 32")
+    w.line("tile_ptrs = x_ptr + tile_rows * stride_x + tile_cols")
+    w.line("tile_ok = tile_rows < rows")
+    names = []
+    for first in range(0, GROUP_SIZE, width):
+        w.line(f"slice_cols = tile_cols[:, None] + ({first} + tl.arange(0, {width}))[None, :]")
+        w.line(
+            f"x{first:02d} = tl.load(tile_ptrs[:, None] + ({first} + tl.arange(0, {width}))[None, :], "
+            "mask=tile_ok[:, None] & (slice_cols < cols), other=0.0).to(tl.float32)"
+        )
+        if spec.signs:
+            w.line(f"x{first:02d} = x{first:02d} * sign_row{first:02d}[None, :]")
+        names += L.split_lanes(w, f"x{first:02d}", "GROUPS", "v", list(range(first, first + width)))
+    return names
+
+
+def _emit_load_dense_first(w: SourceWriter) -> None:
+    w.comment("groups run down the columns: load [32 * BLOCK_GROUPS, BLOCK_ROWS] and transpose in registers")
+    w.line("in_rows = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
+    w.line("valid = (in_rows[:, None] < rows) & (out_rows[None, :] < cols)")
+    w.line("xt = tl.load(x_ptr + in_rows[:, None].to(tl.int64) * stride_x + out_rows[None, :], mask=valid, other=0.0)")
+    w.line("x = tl.reshape(tl.trans(xt.to(tl.float32)), [GROUPS, 32])")
+
+
+def _emit_load_mxfp4_first(w: SourceWriter) -> None:
+    w.comment("dequantize the saved operand [rows, cols] tile (codes * 2**(scale - 127), exact), then transpose")
+    w.line("in_rows = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
+    w.line("in_rows64 = in_rows[:, None].to(tl.int64)")
+    w.line("byte_cols = pid_row * (BLOCK_ROWS // 2) + tl.arange(0, BLOCK_ROWS // 2)")
+    w.line("scale_cols = pid_row * (BLOCK_ROWS // 32) + tl.arange(0, BLOCK_ROWS // 32)")
+    w.line("row_ok = in_rows[:, None] < rows")
+    w.line(
+        "packed = tl.load(x_codes_ptr + in_rows64 * stride_x + byte_cols[None, :], "
+        "mask=row_ok & (byte_cols[None, :] < cols // 2), other=0)"
+    )
+    w.line(
+        "in_scale = tl.load(x_scales_ptr + in_rows64 * stride_x_scales + scale_cols[None, :], "
+        "mask=row_ok & (scale_cols[None, :] < cols // 32), other=0).to(tl.int32)"
+    )
+    w.line("in_code = tl.reshape(tl.join(packed & 15, packed >> 4), [BLOCK_GROUPS * 32, BLOCK_ROWS]).to(tl.int32)")
+    L.emit_e2m1_decode(w, "in_code", "in_value")
+    L.emit_e8m0_value(w, "in_scale", "in_scale_value")
+    w.line(
+        "in_scale_value = tl.reshape(tl.broadcast_to(in_scale_value[:, :, None], "
+        "[BLOCK_GROUPS * 32, BLOCK_ROWS // 32, 32]), [BLOCK_GROUPS * 32, BLOCK_ROWS])"
+    )
+    w.line("x = tl.reshape(tl.trans(in_value * in_scale_value), [GROUPS, 32])")
+
+
+def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
+    """QuEST scale, RNE codes and clip-mask bits of the lanes ``v``; returns (codes, keep bits)."""
+    w.comment("QuEST scale: 2**floor(log2(0.48707976 * std + 1e-8)), std from pairwise tree sums")
+    L.tree_sum(w, v, "group_sum")
+    squares = L.lanes("sq")
+    for name, value in zip(squares, v):
+        w.line(f"{name} = {value} * {value}")
+    L.tree_sum(w, squares, "group_square_sum")
+    inverse_group = 1.0 / GROUP_SIZE
+    w.line(f"mean = group_sum * {inverse_group!r}")
+    w.line(f"mean_square = group_square_sum * {inverse_group!r}")
+    w.line("variance = mean_square - mean * mean")
+    w.comment("clamp tiny negative variances at zero (NaN stays NaN)")
+    w.line("variance = tl.where(variance < 0.0, 0.0, variance)")
+    w.line("std = tl.sqrt_rn(variance)")
+    w.line(f"spread = std * {QUEST_SCALE_FACTOR!r} + {QUEST_EPSILON!r}")
+    w.line(f"scale_byte = {L.exponent_byte('spread')}")
+    L.emit_inverse_scale(w, "scale_byte", "inv_scale")
+    codes, keeps = L.lanes("c"), L.lanes("k")
+    w.comment(f"round to nearest even on the E2M1 grid; the clip mask keeps |x/s| < {E2M1_MAX}")
+    for value, code, keep in zip(v, codes, keeps):
+        w.line(f"{value} = {value} * inv_scale")
+        L.emit_rne_code(w, value, code)
+        w.line(f"{keep} = (tl.abs({value}) < {E2M1_MAX!r}).to(tl.int32)")
+    return codes, keeps
+
+
+def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
+    """Absmax scale and stochastically rounded codes of the lanes ``v`` (reference.sr_quantize)."""
+    w.comment("absmax scale 2**floor(log2(max|g|)); NaN propagates into the scale byte")
+    level = [f"tl.abs({name})" for name in v]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        half = len(level) // 2
+        names = [f"amax_{depth}_{i:02d}" if half > 1 else "amax" for i in range(half)]
+        for i in range(half):
+            w.line(f"{names[i]} = tl.maximum({level[i]}, {level[i + half]}, propagate_nan=tl.PropagateNan.ALL)")
+        level = names
+    w.line(f"scale_byte = {L.exponent_byte('amax')}")
+    L.emit_inverse_scale(w, "scale_byte", "inv_scale")
+    w.comment("Philox word of element (row, col) of the padded result: offset row * out_width + col")
+    w.line("philox_base = tl.reshape(out_rows64[:, None] * out_width + groups[None, :] * 32, [GROUPS])")
+    w.comment("a group's 32 offsets share the high word (the base is a multiple of 32)")
+    w.line("philox_lo = philox_base.to(tl.uint32)")
+    if wide_offsets:
+        w.line("philox_hi = (philox_base >> 32).to(tl.uint32)")
+    L.emit_philox_keys(w, "seed", "philox")
+    codes = L.lanes("c")
+    for i, (value, code) in enumerate(zip(v, codes)):
+        w.line(f"{value} = ({value} * 3.0) * inv_scale")
+        L.emit_philox(w, "philox", f"(philox_lo | {i})", "philox_hi" if wide_offsets else None, f"rand{i:02d}")
+        w.line(f"u{i:02d} = (rand{i:02d} >> 8).to(tl.float32) * {UNIFORM_24_BITS!r}")
+        L.emit_sr_code(w, value, f"u{i:02d}", code)
+    return codes
+
+
+def _emit_store(w: SourceWriter, spec: QuantizeSpec, codes: list[str], keeps: list[str] | None) -> None:
+    w.comment("store codes [rows, width/2] as 4 little-endian words per group, scales [rows, width/32] as bytes")
+    words = L.pack_words(w, codes, 4, "code_word")
+    L.join_lanes(w, words, "GROUPS", "code_tile")
+    w.line("row_ok = out_rows[:, None] < n_out_rows")
+    w.line("word_cols = group0 * 4 + tl.arange(0, BLOCK_GROUPS * 4)")
+    w.line(
+        "tl.store(codes_ptr.to(tl.pointer_type(tl.int32)) + out_rows64[:, None] * (out_width // 8) "
+        "+ word_cols[None, :], tl.reshape(code_tile, [BLOCK_ROWS, BLOCK_GROUPS * 4]), "
+        "mask=row_ok & (word_cols[None, :] < out_width // 8))"
+    )
+    w.line("group_ok = groups[None, :] < n_groups")
+    w.line("row_scale_bytes = tl.reshape(scale_byte, [BLOCK_ROWS, BLOCK_GROUPS])")
+    w.line(
+        "tl.store(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
+        "row_scale_bytes.to(tl.uint8), mask=row_ok & group_ok)"
+    )
+    if keeps is not None:
+        w.comment("clip mask [rows, width/8]: one word per group, bit i for element i")
+        (mask_word,) = L.pack_words(w, keeps, 1, "mask_word")
+        w.line(
+            "tl.store(mask_ptr.to(tl.pointer_type(tl.int32)) + out_rows64[:, None] * n_groups + groups[None, :], "
+            f"tl.reshape({mask_word}, [BLOCK_ROWS, BLOCK_GROUPS]), mask=row_ok & group_ok)"
+        )
+
+
+def _emit_fold_track(w: SourceWriter) -> None:
+    w.comment("track each row's largest finite group exponent and whether any group is NaN")
+    w.line(f"finite = row_ok & group_ok & (row_scale_bytes != {E8M0_NAN})")
+    w.line("exp_max = tl.maximum(exp_max, tl.max(tl.where(finite, row_scale_bytes, 0), axis=1))")
+    w.line(
+        f"has_nan = tl.maximum(has_nan, tl.max(tl.where(row_ok & group_ok & (row_scale_bytes == {E8M0_NAN}), 1, 0), "
+        "axis=1))"
+    )
+
+
+def _emit_fold_rows(w: SourceWriter) -> None:
+    """Second pass of a fold: codes + scales of this program's rows -> E4M3 values and the row scale."""
+    w.comment(f"fold: row exponent = largest group exponent - {FOLD_HEADROOM} (at least 2**-126 as a scale)")
+    w.line(f"ref = tl.maximum(exp_max - {FOLD_HEADROOM}, 1)")
+    w.line("row_scale = tl.where(has_nan != 0, 0x7FC00000, ref << 23).to(tl.float32, bitcast=True)")
+    w.line("tl.store(fold_scales_ptr + out_rows, row_scale, mask=out_rows < n_out_rows)")
+    with w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):"):
+        w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
+        w.line("row_ok = out_rows[:, None] < n_out_rows")
+        w.line("group_ok = groups[None, :] < n_groups")
+        w.line("byte_cols = group0 * 16 + tl.arange(0, BLOCK_GROUPS * 16)")
+        w.line(
+            "packed = tl.load(codes_ptr + out_rows64[:, None] * (out_width // 2) + byte_cols[None, :], "
+            "mask=row_ok & (byte_cols[None, :] < out_width // 2), other=0)"
+        )
+        w.line(
+            "fold_code = tl.reshape(tl.join(packed & 15, packed >> 4), [BLOCK_ROWS, BLOCK_GROUPS * 32]).to(tl.int32)"
+        )
+        L.emit_e2m1_decode(w, "fold_code", "fold_value")
+        w.line(
+            "fold_byte = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
+            "mask=row_ok & group_ok, other=0).to(tl.int32)"
+        )
+        w.comment("2**(group exponent - row exponent): exact down to 2**-126, zero below (E4M3 ends at 2**-9)")
+        w.line("shift = fold_byte - ref[:, None]")
+        w.line(
+            f"fold_mult = tl.where(fold_byte == {E8M0_NAN}, 1.0, tl.where(shift < -126, 0.0, "
+            "((shift + 127) << 23).to(tl.float32, bitcast=True)))"
+        )
+        w.line(
+            "fold_mult = tl.reshape(tl.broadcast_to(fold_mult[:, :, None], [BLOCK_ROWS, BLOCK_GROUPS, 32]), "
+            "[BLOCK_ROWS, BLOCK_GROUPS * 32])"
+        )
+        w.line("value_cols = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
+        w.comment("zero codes fold to +0 (the sign of a zero carries nothing into a product)")
+        w.line("fold_value = tl.where(fold_value == 0.0, 0.0, fold_value * fold_mult)")
+        w.line(
+            "tl.store(fold_ptr + out_rows64[:, None] * out_width + value_cols[None, :], "
+            "fold_value.to(tl.float8e4nv), mask=row_ok & (value_cols[None, :] < out_width))"
+        )
+
+
+def _signature(spec: QuantizeSpec) -> dict:
+    sig = {}
+    if spec.source == "dense":
+        sig["x_ptr"] = _TRITON_DTYPE[spec.input_dtype]
+    else:
+        sig.update(x_codes_ptr="*u8", x_scales_ptr="*u8")
+    sig.update(codes_ptr="*u8", scales_ptr="*u8")
+    if spec.writes_mask:
+        sig["mask_ptr"] = "*u8"
+    if spec.fold:
+        sig.update(fold_ptr="*fp8e4nv", fold_scales_ptr="*fp32")
+    sig.update(rows="i32", cols="i32", stride_x="i32")
+    if spec.source == "mxfp4":
+        sig["stride_x_scales"] = "i32"
+    sig["out_width"] = "i32"
+    if spec.method == "sr":
+        sig["seed"] = "i64"
+    if spec.signs:
+        sig["sign_seed"] = "i64"
+    return sig
+
+
+def emit_quantize(spec: QuantizeSpec) -> KernelSource:
+    """Triton source of the kernel described by ``spec``."""
+    name = spec.kernel_name
+    what = "rotate + " if spec.rotate else ""
+    what += "QuEST quantize" if spec.method == "quest" else "absmax quantize with stochastic rounding"
+    what += " along the " + ("last dimension" if spec.axis == "last" else "first dimension (transposed output)")
+    if spec.source == "mxfp4":
+        what = "dequantize saved MXFP4, " + what
+    if spec.fold:
+        what += ", plus the FP8 fold"
+    w = SourceWriter()
+    w.lines_(header(name, what, spec.describe(), NO_FUSION))
+    signature = _signature(spec)
+    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
+    w.line("@triton.jit")
+    with w.block(f"def {name}({params}):"):
+        w.line(f'"""{what[0].upper() + what[1:]}."""')
+        w.line("GROUPS: tl.constexpr = BLOCK_ROWS * BLOCK_GROUPS")
+        w.line("pid_row = tl.program_id(0)")
+        w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
+        w.line("out_rows64 = out_rows.to(tl.int64)")
+        w.line(f"n_out_rows = {'rows' if spec.axis == 'last' else 'cols'}")
+        w.line("n_groups = out_width // 32")
+        if spec.signs:
+            w.comment("random +-1 diagonal D of H_b = D.H: sign i is the top bit of Philox word i")
+            L.emit_philox_keys(w, "sign_seed", "sign")
+            L.emit_philox(w, "sign", "tl.arange(0, 32).to(tl.uint32)", None, "sign_bits")
+            w.line("sign_row = tl.where((sign_bits >> 31) != 0, -1.0, 1.0)")
+            if spec.source == "dense" and spec.axis == "last":
+                width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
+                for first in range(0, GROUP_SIZE, width):
+                    counter = f"({first} + tl.arange(0, {width})).to(tl.uint32)"
+                    L.emit_philox(w, "sign", counter, None, f"sign_bits{first:02d}")
+                    w.line(f"sign_row{first:02d} = tl.where((sign_bits{first:02d} >> 31) != 0, -1.0, 1.0)")
+        if spec.fold:
+            w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+            w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+            loop = w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):")
+        else:
+            w.line("group0 = tl.program_id(1) * BLOCK_GROUPS")
+            loop = None
+        if loop is not None:
+            loop.__enter__()
+        w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
+        if (spec.source, spec.axis) == ("dense", "last"):
+            v = _emit_load_dense_last(w, spec)
+        else:
+            {("dense", "first"): _emit_load_dense_first, ("mxfp4", "first"): _emit_load_mxfp4_first}[
+                (spec.source, spec.axis)
+            ](w)
+            if spec.signs:
+                w.line("x = x * sign_row[None, :]")
+            v = L.split_lanes(w, "x", "GROUPS", "v")
+        if spec.rotate:
+            L.butterfly(w, v)
+        if spec.method == "quest":
+            codes, keeps = _emit_quest(w, v)
+        else:
+            codes, keeps = _emit_sr(w, v, spec.wide_offsets), None
+        _emit_store(w, spec, codes, keeps)
+        if spec.fold:
+            _emit_fold_track(w)
+            loop.__exit__(None, None, None)
+            w.comment("the second pass reads back what this program's threads just stored")
+            w.line("tl.debug_barrier()")
+            _emit_fold_rows(w)
+    return KernelSource(
+        name=name,
+        text=w.text(),
+        spec=spec,
+        signature=signature,
+        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
+        options=dict(NO_FUSION),
+    )
+
+
+def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
+    """Triton source of the standalone MXFP4 -> FP8 fold (codes + scales -> E4M3 + fp32 row scales)."""
+    spec = spec or FoldSpec()
+    name = spec.kernel_name
+    what = "fold MXFP4 rows into E4M3 values with one fp32 scale per row"
+    w = SourceWriter()
+    w.lines_(header(name, what, spec.describe(), NO_FUSION))
+    signature = {
+        "codes_ptr": "*u8",
+        "scales_ptr": "*u8",
+        "fold_ptr": "*fp8e4nv",
+        "fold_scales_ptr": "*fp32",
+        "rows": "i32",
+        "out_width": "i32",
+    }
+    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
+    w.line("@triton.jit")
+    with w.block(f"def {name}({params}):"):
+        w.line(f'"""{what[0].upper() + what[1:]}."""')
+        w.line("pid_row = tl.program_id(0)")
+        w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
+        w.line("out_rows64 = out_rows.to(tl.int64)")
+        w.line("n_out_rows = rows")
+        w.line("n_groups = out_width // 32")
+        w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+        w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+        with w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):"):
+            w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
+            w.line("row_ok = out_rows[:, None] < n_out_rows")
+            w.line("group_ok = groups[None, :] < n_groups")
+            w.line(
+                "row_scale_bytes = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
+                "mask=row_ok & group_ok, other=0).to(tl.int32)"
+            )
+            _emit_fold_track(w)
+        _emit_fold_rows(w)
+    return KernelSource(
+        name=name,
+        text=w.text(),
+        spec=spec,
+        signature=signature,
+        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
+        options=dict(NO_FUSION),
+    )

@@ -1,0 +1,125 @@
+"""Autotuning over a small set of launch configurations, the choice cached per shape bucket.
+
+A *bucket* rounds each size up to a power of two (``M=3000, N=4096, K=4096``
+-> ``"4096x4096x4096"``), so a handful of timings serve every shape of a model.
+The first launch in a bucket times every candidate (``triton.testing.do_bench``,
+median) and keeps the fastest; the choice is remembered in memory and in the
+kernel cache directory, next to the generated source it belongs to, so later
+processes skip the timing.  ``FP4_AUTOTUNE=0`` always takes the first (default)
+candidate.  Candidates may be other implementations altogether (cuBLAS on the
+folded operands): the runtime then runs whichever was faster for the bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .cache import KernelCache, default_cache
+
+log = logging.getLogger("fp4.autotune")
+
+AUTOTUNE_ENV = "FP4_AUTOTUNE"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One launch configuration: compile-time tile sizes plus warps and pipeline stages (or a named alternative)."""
+
+    params: tuple = ()
+    num_warps: int = 4
+    num_stages: int = 3
+    name: str = ""
+
+    @classmethod
+    def make(cls, num_warps: int = 4, num_stages: int = 3, name: str = "", **params) -> Config:
+        return cls(tuple(sorted(params.items())), num_warps, num_stages, name)
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
+
+    def label(self) -> str:
+        if not self.params:
+            return self.name
+        sizes = ",".join(f"{k}={v}" for k, v in self.params)
+        text = f"{sizes},warps={self.num_warps},stages={self.num_stages}"
+        return f"{self.name}:{text}" if self.name else text
+
+    def to_json(self) -> dict:
+        return {
+            "params": dict(self.params),
+            "num_warps": self.num_warps,
+            "num_stages": self.num_stages,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Config:
+        return cls.make(data["num_warps"], data["num_stages"], data.get("name", ""), **data["params"])
+
+
+def next_power_of_two(size: int) -> int:
+    return 1 << max(int(size) - 1, 0).bit_length()
+
+
+def bucket(*sizes: int) -> str:
+    return "x".join(str(next_power_of_two(size)) for size in sizes)
+
+
+def autotune_enabled() -> bool:
+    return os.environ.get(AUTOTUNE_ENV, "1") not in ("0", "false", "no")
+
+
+@dataclass
+class Autotuner:
+    """Picks a :class:`Config` per (kernel source, target, bucket) by timing the candidates once."""
+
+    cache: KernelCache | None = None
+    timings: dict = field(default_factory=dict)
+    _chosen: dict = field(default_factory=dict)
+
+    def choose(
+        self,
+        source,
+        target: str,
+        shape_bucket: str,
+        candidates: Sequence[Config],
+        run: Callable[[Config], object],
+    ) -> Config:
+        """The fastest of ``candidates`` for this bucket; ``run(config)`` launches once with it."""
+        key = (source.digest, str(target), shape_bucket)
+        chosen = self._chosen.get(key)
+        if chosen is not None:
+            return chosen
+        if len(candidates) == 1 or not autotune_enabled():
+            self._chosen[key] = candidates[0]
+            return candidates[0]
+        cache = self.cache or default_cache()
+        stored = cache.read_choices(source, str(target)).get(shape_bucket)
+        if stored is not None:
+            config = Config.from_json(stored)
+            if config in candidates:
+                self._chosen[key] = config
+                return config
+        import triton.testing
+
+        timings = {}
+        for config in candidates:
+            try:
+                timings[config] = triton.testing.do_bench(lambda config=config: run(config), return_mode="median")
+            except Exception as error:  # a config that does not compile or fit is skipped, not fatal
+                log.info("autotune %s %s: %s skipped (%s)", source.name, shape_bucket, config.label(), error)
+        if not timings:
+            raise RuntimeError(f"no launch configuration of {source.name} ran for shape bucket {shape_bucket}")
+        config = min(timings, key=timings.get)
+        self.timings[key] = {c.label(): t for c, t in timings.items()}
+        log.info("autotune %s %s: %s (%.4f ms)", source.name, shape_bucket, config.label(), timings[config])
+        cache.write_choice(source, str(target), shape_bucket, config.to_json())
+        self._chosen[key] = config
+        return config
+
+
+AUTOTUNER = Autotuner()

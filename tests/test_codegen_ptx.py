@@ -1,0 +1,143 @@
+"""Every kind of emitted kernel compiled ahead of time for its GPU (no GPU needed), its PTX checked with FileCheck.
+
+* sm_100a: ``dot_scaled`` GEMMs run on ``tcgen05.mma ... kind::mxf4.block_scale.block32``;
+* sm_120a: the same source runs on ``mma.sync ... kind::mxf4nvf4.block_scale``;
+* sm_90a: fold GEMMs run on FP8 ``wgmma`` with E4M3 operands (never bf16), through TMA where asked;
+* sm_80: the ``dequant_bf16`` lowering runs on bf16 ``mma.sync``;
+* quantizers: no fused multiply-add anywhere (the reference rounds every product and sum), IEEE square
+  roots, no flush-to-zero arithmetic (the one ``.ftz`` left is the floor of the stochastic rounding's
+  position, where a flushed subnormal floors to the same 0).
+
+Compiled kernels are shared within the session through a fixture; nothing persists between sessions
+(the kernel cache lives in a temporary directory).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fp4.codegen.gemm import emit_gemm
+from fp4.codegen.quantize import emit_fold, emit_quantize
+from fp4.codegen.spec import EpilogueSpec, GemmSpec, QuantizeSpec
+from fp4.runtime.cache import KernelCache, compile_ahead_of_time
+
+pytest.importorskip("triton")
+
+ALIGNED = ("stride_x", "stride_x_scales", "cols", "out_width", "K", "N", "stride_am", "stride_bn", "stride_om")
+GEMM_TILE = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, SPLIT_N=2, EVEN_K=True)
+
+
+def _filecheck_binary() -> str:
+    found = shutil.which("filecheck") or str(Path(sys.executable).with_name("filecheck"))
+    if not Path(found).exists():
+        pytest.skip("filecheck (PyPI) is not installed")
+    return found
+
+
+def filecheck(text: str, checks: str, tmp_path: Path) -> None:
+    check_file = tmp_path / "checks.txt"
+    check_file.write_text(checks)
+    run = subprocess.run([_filecheck_binary(), str(check_file)], input=text, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Compile on first use and keep the PTX for the rest of this module."""
+    kernel_cache = KernelCache(tmp_path_factory.mktemp("fp4-kernels"))
+    artifacts = {}
+
+    def get(source, arch, constexprs, num_warps=4, num_stages=3):
+        key = (source.digest, arch, tuple(sorted(constexprs.items())), num_warps)
+        if key not in artifacts:
+            kernel = compile_ahead_of_time(
+                source, arch, constexprs, num_warps, num_stages, cache=kernel_cache, aligned=ALIGNED
+            )
+            artifacts[key] = kernel.asm["ptx"]
+        return artifacts[key]
+
+    return get
+
+
+BACKWARD = EpilogueSpec(alpha=True, clip_mask=True, inverse_rotate=True)
+FORWARD = EpilogueSpec(bias=True, activation="silu", gate=True, residual=True)
+
+
+@pytest.mark.parametrize("epilogue", [EpilogueSpec(), BACKWARD], ids=["plain", "backward"])
+def test_sm100_gemm_uses_block_scaled_fp4_tcgen05(compiled, tmp_path, epilogue):
+    ptx = compiled(emit_gemm(GemmSpec("dot_scaled", epilogue)), 100, dict(GEMM_TILE, BLOCK_K=256))
+    filecheck(
+        ptx,
+        "CHECK: .target sm_100a\nCHECK: tcgen05.mma.cta_group::1.kind::mxf4.block_scale.block32\nCHECK-NOT: wgmma\n",
+        tmp_path,
+    )
+
+
+def test_sm120_gemm_uses_mxf4nvf4_mma_sync(compiled, tmp_path):
+    ptx = compiled(emit_gemm(GemmSpec("dot_scaled", EpilogueSpec())), 120, GEMM_TILE)
+    filecheck(
+        ptx,
+        "CHECK: .target sm_120a\nCHECK: mma.sync.aligned.m16n8k64.row.col.kind::mxf4nvf4.block_scale\n",
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        GemmSpec("fp8_fold", EpilogueSpec()),
+        GemmSpec("fp8_fold", BACKWARD, tma=True, promote=True),
+        GemmSpec("fp8_fold", FORWARD, tma=True, persistent=True, promote=True),
+    ],
+    ids=lambda s: s.kernel_name,
+)
+def test_sm90_fold_gemm_uses_fp8_wgmma(compiled, tmp_path, spec):
+    constexprs = dict(GEMM_TILE, NUM_PROGRAMS=132) if spec.persistent else GEMM_TILE
+    ptx = compiled(emit_gemm(spec), 90, constexprs, num_warps=8)
+    checks = "CHECK: .target sm_90a\n"
+    if spec.tma:
+        checks += "CHECK: cp.async.bulk.tensor.2d\n"
+    checks += "CHECK: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3\n"
+    filecheck(ptx, checks, tmp_path)
+    assert ".bf16.bf16" not in ptx  # the fold runs on FP8 tensor cores, not on bf16 ones
+
+
+def test_sm80_dequant_gemm_uses_bf16_mma(compiled, tmp_path):
+    ptx = compiled(emit_gemm(GemmSpec("dequant_bf16", EpilogueSpec())), 80, dict(GEMM_TILE, BLOCK_M=64, BLOCK_N=64))
+    filecheck(ptx, "CHECK: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32\n", tmp_path)
+
+
+QUANTIZERS = [
+    (QuantizeSpec(), dict(BLOCK_ROWS=8, BLOCK_GROUPS=16)),
+    (QuantizeSpec(fold=True), dict(BLOCK_ROWS=4, BLOCK_GROUPS=32)),
+    (QuantizeSpec(method="sr", signs=True), dict(BLOCK_ROWS=8, BLOCK_GROUPS=16)),
+    (QuantizeSpec(method="sr", axis="first", signs=True), dict(BLOCK_ROWS=64, BLOCK_GROUPS=2)),
+    (
+        QuantizeSpec(method="sr", source="mxfp4", axis="first", signs=True, input_dtype="u8"),
+        dict(BLOCK_ROWS=64, BLOCK_GROUPS=2),
+    ),
+]
+
+
+@pytest.mark.parametrize("spec,constexprs", QUANTIZERS, ids=lambda v: getattr(v, "kernel_name", ""))
+def test_sm90_quantizers_round_like_the_reference(compiled, tmp_path, spec, constexprs):
+    ptx = compiled(emit_quantize(spec), 90, constexprs)
+    no_fused_or_flushed = "CHECK-NOT: {{fma.rn.f32|(add|sub|mul|sqrt)[.a-z]*\\.ftz}}\n"
+    checks = "CHECK: .target sm_90a\n" + no_fused_or_flushed
+    if spec.method == "quest":
+        checks += "CHECK: sqrt.rn.f32\n" + no_fused_or_flushed
+    filecheck(ptx, checks, tmp_path)
+    # 16-byte loads of the dense input (one vector per thread and column slice)
+    if spec.source == "dense":
+        assert "ld.global.v4.b32" in ptx
+    if spec.method == "sr":
+        assert "mul.wide.u32" in ptx  # Philox products as one wide multiply each
+
+
+def test_sm90_fold_kernel_converts_to_e4m3(compiled, tmp_path):
+    ptx = compiled(emit_fold(), 90, dict(BLOCK_ROWS=4, BLOCK_GROUPS=32))
+    filecheck(ptx, "CHECK: cvt.rn.satfinite.e4m3x2\n", tmp_path)

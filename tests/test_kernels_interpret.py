@@ -1,0 +1,193 @@
+"""The generated kernels in Triton's CPU interpreter, against the reference, on small random inputs.
+
+Triton's own jit helpers (``tl.cdiv``, reductions) run in the interpreter only
+when ``TRITON_INTERPRET=1`` is set before Triton is imported, so the cases run
+in one child process (this file executed as a script) and report back as
+JSON; each test below checks one case.  The interpreter is right about layouts,
+dequantization, MMA and Philox, which is what these cases exercise; it is not
+bit-exact for fp32 -> bf16/fp8 casts, so the GEMM cases write fp32 and the
+fold cases compare values that are exact in E4M3 (casts are checked on a GPU
+in tests/gpu).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# ----------------------------------------------------------------------------------------------------------------
+# the child process
+
+
+def _cases():
+    import torch
+    from fp4.runtime import fold, launch, philox, reference
+    from fp4.runtime.autotune import Config
+    from fp4.runtime.philox import stream_seed
+
+    generator = torch.Generator().manual_seed(20261127)
+    results = {}
+
+    def record(name, got, want):
+        got, want = (
+            (got,) if isinstance(got, torch.Tensor) else got,
+            (want,) if isinstance(want, torch.Tensor) else want,
+        )
+        mismatches = []
+        for g, w in zip(got, want):
+            if g.dtype == fold.FP8_DTYPE:
+                g, w = g.view(torch.uint8), w.view(torch.uint8)
+            mismatches.append(-1 if g.shape != w.shape else int((g != w).sum()))
+        results[name] = {"mismatches": mismatches}
+
+    def data(rows, cols, dtype):
+        x = torch.randn(rows, cols, generator=generator) * torch.rand(1, cols, generator=generator).mul(3).exp()
+        x[rows // 2] = 0
+        return x.to(dtype)
+
+    last = Config.make(4, BLOCK_ROWS=4, BLOCK_GROUPS=2)
+    first = Config.make(4, BLOCK_ROWS=32, BLOCK_GROUPS=2)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = data(37, 96, dtype)
+        for rotate in (True, False):
+            got = launch.launch_quantize_dense(x, "quest", "last", rotate, interpret=True, config=last)
+            record(f"quest_{dtype}_{rotate}", got, reference.quest_quantize(x, rotate))
+    seed = 123456789123
+    signs = reference.rotation_signs(seed, reference.STREAM_DGRAD_SIGNS)
+    x = data(45, 70, torch.bfloat16)
+    for axis, config in (("last", last), ("first", first)):
+        for sign_seed in (stream_seed(seed, reference.STREAM_DGRAD_SIGNS), None):
+            got = launch.launch_quantize_dense(
+                x, "sr", axis, True, stream_seed(seed, 2), sign_seed, interpret=True, config=config
+            )
+            want = reference.sr_quantize(x, signs if sign_seed else None, seed, 2, transpose=axis == "first")
+            record(f"sr_{axis}_{sign_seed is not None}", got, want)
+    codes, scales, _ = reference.quest_quantize(data(70, 64, torch.float32), True)
+    got = launch.launch_requantize(
+        codes, scales, stream_seed(seed, 3), stream_seed(seed, 0), interpret=True, config=first
+    )
+    record("requantize", got, reference.requantize_sr(codes, scales, reference.rotation_signs(seed, 0), seed, 3))
+    record("fold", launch.launch_fold(codes, scales, interpret=True, config=last), fold.fold_reference(codes, scales))
+    x = data(20, 128, torch.bfloat16)
+    got = launch.launch_quantize_dense(x, "quest", "last", True, fold_output=True, interpret=True, config=last)
+    want = reference.quest_quantize(x, True)
+    record("quest_fold", got, want + fold.fold_reference(*want[:2]))
+
+    # GEMMs: fp32 output, compared by relative error with the reference (same operands)
+    M, N, K = 48, 96, 192
+    a = reference.quest_quantize(data(M, K, torch.float32), True)
+    b = reference.quest_quantize(torch.randn(N, K, generator=generator), True)
+    bias, gate, residual = torch.randn(N, generator=generator), torch.randn(M, N), torch.randn(M, N)
+    mask = reference.quest_quantize(torch.randn(M, N, generator=generator) ** 3, True)[2]
+    epilogues = {
+        "plain": (1.0, None, "none", None, None, None, False),
+        "bias_gelu": (0.5, bias, "gelu", None, None, None, False),
+        "silu_gate_residual": (1.0, None, "silu", gate, residual, None, False),
+        "gelu_tanh_relu": (1.0, bias, "gelu_tanh", None, None, None, False),
+        "relu": (1.0, None, "relu", None, None, None, False),
+        "mask_unrotate": (reference.BACKWARD_ALPHA, None, "none", None, None, mask, True),
+    }
+    folded = fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2])
+    for name, epilogue in epilogues.items():
+        want = reference.mxfp4_gemm(*a[:2], *b[:2], *epilogue, torch.float32)
+        for split in (1, 2):
+            config = Config.make(4, 2, BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=2, SPLIT_N=split)
+            for lowering in ("fp8_fold", "dot_scaled"):
+                if lowering == "fp8_fold":
+                    got = launch.launch_fold_gemm(*folded, *epilogue, torch.float32, interpret=True, config=config)
+                else:
+                    got = launch.launch_mxfp4_gemm(
+                        *a[:2], *b[:2], *epilogue, torch.float32, lowering=lowering, interpret=True, config=config
+                    )
+                error = ((got - want).norm() / want.norm()).item()
+                results[f"gemm_{lowering}_{name}_{split}"] = {"error": error}
+    grad = torch.randn(300, 40, generator=generator)
+    got = launch.launch_bias_grad(grad, torch.float32, interpret=True, config=Config.make(4, BLOCK_T=64, BLOCK_N=32))
+    results["bias_grad"] = {"error": ((got.double() - grad.double().sum(0)).abs().max() / grad.abs().sum()).item()}
+
+    # the emitted Philox, with a non-zero high counter word, against fp4.runtime.philox
+    results["philox_wide"] = _philox_case(philox)
+    return results
+
+
+def _philox_case(philox):
+    import importlib.util
+    import tempfile
+
+    import torch
+    from fp4.codegen import lanes
+    from fp4.codegen.source import SourceWriter, header
+
+    w = SourceWriter()
+    w.lines_(header("philox_words", "Philox words at 64-bit offsets", [], {}))
+    w.line("@triton.jit")
+    with w.block("def philox_words(out_ptr, seed, base, BLOCK: tl.constexpr):"):
+        w.line("offsets = base + tl.arange(0, BLOCK).to(tl.int64)")
+        lanes.emit_philox_keys(w, "seed", "key")
+        lanes.emit_philox(w, "key", "offsets.to(tl.uint32)", "(offsets >> 32).to(tl.uint32)", "word")
+        w.line("tl.store(out_ptr + tl.arange(0, BLOCK), word.to(tl.int64) & 0xFFFFFFFF)")
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "philox_words.py")
+        with open(path, "w") as stream:
+            stream.write(w.text())
+        spec = importlib.util.spec_from_file_location("philox_words_case", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["philox_words_case"] = module
+        spec.loader.exec_module(module)
+        out = torch.empty(64, dtype=torch.int64)
+        seed, base = (1 << 62) + 12345, (5 << 32) + 77
+        module.philox_words[(1,)](out, seed, base, BLOCK=64)
+    want = philox.randint32(seed, base + torch.arange(64))
+    return {"mismatches": [int((out != want).sum())]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tests
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    completed = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1200, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+BITWISE = [f"quest_{d}_{r}" for d in ("torch.bfloat16", "torch.float32") for r in (True, False)]
+BITWISE += [f"sr_{axis}_{signs}" for axis in ("last", "first") for signs in (True, False)]
+BITWISE += ["requantize", "fold", "quest_fold", "philox_wide"]
+
+
+@pytest.mark.parametrize("case", BITWISE)
+def test_quantizer_bitwise_in_interpreter(interpreted, case):
+    assert case in interpreted, f"case {case} did not run"
+    assert interpreted[case]["mismatches"] == [0] * len(interpreted[case]["mismatches"])
+
+
+GEMMS = [
+    f"gemm_{lowering}_{name}_{split}"
+    for lowering in ("fp8_fold", "dot_scaled")
+    for name in ("plain", "bias_gelu", "silu_gate_residual", "gelu_tanh_relu", "relu", "mask_unrotate")
+    for split in (1, 2)
+]
+
+
+@pytest.mark.parametrize("case", GEMMS)
+def test_gemm_in_interpreter(interpreted, case):
+    # fp32 accumulation of exact products in another order, and fp32 activations: far below 1e-6
+    assert interpreted[case]["error"] < 1e-6
+
+
+def test_bias_grad_in_interpreter(interpreted):
+    assert interpreted["bias_grad"]["error"] < 1e-6
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("FP4_CACHE_DIR", os.path.join(__import__("tempfile").mkdtemp(), "fp4-cache"))
+    print(json.dumps(_cases()))
