@@ -1,0 +1,357 @@
+"""``fp4 bench``: time the kernels against cuBLAS and the copy bandwidth, baselines in the same run.
+
+Sections (``--sections gemm,quantize,linear``):
+
+* ``gemm``: the MXFP4 GEMM at square sizes and Llama-7B/70B linear shapes, against
+  bf16 cuBLAS (``torch.matmul``) and FP8 cuBLAS with row-wise scales
+  (``torch._scaled_mm``) on the same folded operands.  Every variant the
+  runtime may pick is timed; "ours" is what the runtime picks for the shape.
+* ``quantize``: each rotate + quantize kernel in TB/s of bytes read + written,
+  against a device-to-device copy of the input.
+* ``linear``: one linear layer's forward + backward at the Llama-7B MLP shape,
+  Quartet on the kernels against bf16 eager.
+
+Writes ``bench.json``, ``results.md`` and ``gemm_tflops.png`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+SQUARE_SIZES = (2048, 4096, 8192, 16384)
+TOKENS = 8192
+LLAMA_SHAPES = {
+    # name: (M tokens, N out features, K in features)
+    "llama7b.qkv_o": (TOKENS, 4096, 4096),
+    "llama7b.up_gate": (TOKENS, 11008, 4096),
+    "llama7b.down": (TOKENS, 4096, 11008),
+    "llama70b.o": (TOKENS, 8192, 8192),
+    "llama70b.up_gate": (TOKENS, 28672, 8192),
+    "llama70b.down": (TOKENS, 8192, 28672),
+}
+
+
+def _median_ms(fn, warmup_ms=25, rep_ms=100, graph=False) -> float:
+    """Median time of ``fn`` in ms (device events); ``graph`` replays a CUDA graph to leave launch overhead out."""
+    import triton.testing
+
+    fn()  # compile and autotune outside the timing
+    if graph:
+        try:
+            return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
+        except Exception:  # noqa: BLE001  (a launcher that cannot be captured is timed without a graph)
+            pass
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def _tflops(M, N, K, ms):
+    return 2.0 * M * N * K / (ms * 1e-3) / 1e12
+
+
+def bench_gemm(shapes, log, variants=True):
+    import torch
+
+    rows = []
+    for name, (M, N, K) in shapes.items():
+        sweep = variants == "all" or (variants == "square" and name.startswith("square"))
+        rows.append(_bench_gemm_shape(name, M, N, K, log, sweep))
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _bench_gemm_shape(name, M, N, K, log, variants):
+    import torch
+    from fp4.codegen.spec import EpilogueSpec, GemmSpec
+    from fp4.runtime import autotune, kernels, launch
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(M, K, device="cuda", generator=generator, dtype=torch.bfloat16)
+    w = (torch.randn(N, K, device="cuda", generator=generator) * 0.02).to(torch.bfloat16)
+    row = {"name": name, "M": M, "N": N, "K": K}
+    row["bf16_cublas_ms"] = _median_ms(lambda: torch.matmul(x, w.t()), graph=True)
+    xc, xs, _ = torch.ops.fp4.quest_quantize(x, True)
+    wc, ws, _ = torch.ops.fp4.quest_quantize(w, True)
+    xf, xfs = launch.launch_fold(xc, xs)
+    wf, wfs = launch.launch_fold(wc, ws)
+    scale_a, scale_b = xfs[:, None].contiguous(), wfs[None, :].contiguous()
+    row["fp8_cublas_ms"] = _median_ms(
+        lambda: torch._scaled_mm(xf, wf.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16),
+        graph=True,
+    )
+    row["fp8_cublas_fast_ms"] = _median_ms(
+        lambda: torch._scaled_mm(
+            xf, wf.t(), scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16, use_fast_accum=True
+        ),
+        graph=True,
+    )
+    if variants:
+        best = {}
+        sweeps = [
+            (True, variant, config)
+            for variant in ("tma", "tma_persistent")
+            for config in kernels.gemm_configs(GemmSpec("fp8_fold", EpilogueSpec(), promote=True))
+        ]
+        fast = autotune.Config.make(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)
+        sweeps += [(False, variant, fast) for variant in ("tma", "tma_persistent")]  # fmt: skip
+        for promote, variant, config in sweeps:
+            launch.PROMOTE_FP8_ACCUMULATION = promote
+            cfg = autotune.Config(config.params, config.num_warps, config.num_stages, variant)
+            kind = variant + ("" if promote else "+fast_accum")
+            try:
+                ms = _median_ms(lambda cfg=cfg: launch.launch_fold_gemm(xf, xfs, wf, wfs, config=cfg), graph=True)
+            except Exception as error:  # a config that does not fit is reported, not fatal
+                log(f"  {name} {kind} {cfg.label()}: failed ({type(error).__name__}: {str(error)[:120]})")
+                continue
+            row.setdefault("candidates", {})[f"{kind}:{cfg.label()}"] = ms
+            if ms < best.get(kind, (math.inf,))[0]:
+                best[kind] = (ms, cfg.label())
+        launch.PROMOTE_FP8_ACCUMULATION = True
+        row["triton_best"] = {k: {"ms": v[0], "config": v[1]} for k, v in best.items()}
+        precise = [v[0] for k, v in best.items() if "fast_accum" not in k]
+        fast_ms = [v[0] for k, v in best.items() if "fast_accum" in k]
+        row["triton_best_ms"] = min(precise) if precise else math.nan
+        row["triton_fast_accum_best_ms"] = min(fast_ms) if fast_ms else math.nan
+    row["ours_ms"] = _median_ms(lambda: launch.launch_fold_gemm(xf, xfs, wf, wfs), graph=True)
+    row["ours_choice"] = _chosen_label(M, N, K)
+    row["ours_from_codes_ms"] = _median_ms(
+        lambda: torch.ops.fp4.mxfp4_gemm(xc, xs, wc, ws, 1.0, None, "none", None, None, None, False, torch.bfloat16),
+        graph=True,
+    )
+    for key in ("bf16_cublas", "fp8_cublas", "fp8_cublas_fast", "triton_best", "triton_fast_accum_best", "ours",
+                "ours_from_codes"):  # fmt: skip
+        if f"{key}_ms" in row:
+            row[f"{key}_tflops"] = _tflops(M, N, K, row[f"{key}_ms"])
+    row["ours_vs_bf16"] = row["bf16_cublas_ms"] / row["ours_ms"]
+    row["ours_vs_fp8"] = row["fp8_cublas_ms"] / row["ours_ms"]
+    if "triton_best_ms" in row:
+        row["triton_vs_fp8"] = row["fp8_cublas_ms"] / row["triton_best_ms"]
+    log(
+        f"{name:18s} {M}x{N}x{K}: bf16 {row['bf16_cublas_tflops']:7.1f}  fp8 {row['fp8_cublas_tflops']:7.1f}  "
+        f"(fast {row['fp8_cublas_fast_tflops']:7.1f})  triton {row.get('triton_best_tflops', math.nan):7.1f} "
+        f"(fast {row.get('triton_fast_accum_best_tflops', math.nan):7.1f})  ours {row['ours_tflops']:7.1f} "
+        f"({row['ours_choice']})  from codes {row['ours_from_codes_tflops']:7.1f}  "
+        f"x bf16 {row['ours_vs_bf16']:.2f}  x fp8 {row['ours_vs_fp8']:.2f}"
+    )
+    return row
+
+
+def _chosen_label(M, N, K):
+    from fp4.runtime import autotune
+
+    for key, config in autotune.AUTOTUNER._chosen.items():
+        if key[-1] == autotune.bucket(M, N, K):
+            return (config.name or "plain") + ":" + (config.label() if config.params else "")
+    return ""
+
+
+def bench_quantize(rows_cols, log):
+    results = []
+    for rows, cols in rows_cols:
+        results += _bench_quantize_shape(rows, cols, log)
+    return results
+
+
+def _bench_quantize_shape(rows, cols, log):
+    import torch
+    from fp4.runtime import launch
+    from fp4.runtime.philox import stream_seed
+
+    x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
+    copy_target = torch.empty_like(x)
+    n = rows * cols
+    copy_ms = _median_ms(lambda: copy_target.copy_(x))
+    copy_tbs = 2 * n * 2 / (copy_ms * 1e-3) / 1e12
+    codes, scales, _ = torch.ops.fp4.quest_quantize(x, True)
+    seed, signs = stream_seed(7, 2), stream_seed(7, 0)
+    packed = n // 2 + n // 32  # codes + scales
+    cases = {
+        "quest_quantize (rotate, last dim)": (
+            lambda: launch.launch_quantize_dense(x, "quest", "last", True), 2 * n + packed + n // 8),
+        "quest_quantize + FP8 fold": (
+            lambda: launch.launch_quantize_dense(x, "quest", "last", True, fold_output=True),
+            2 * n + packed + n // 8 + n + 4 * rows),
+        "sr_quantize (D.H, last dim)": (
+            lambda: launch.launch_quantize_dense(x, "sr", "last", True, seed, signs), 2 * n + packed),
+        "sr_quantize (D.H, first dim)": (
+            lambda: launch.launch_quantize_dense(x, "sr", "first", True, seed, signs), 2 * n + packed),
+        "requantize_sr (MXFP4 -> transposed)": (
+            lambda: launch.launch_requantize(codes, scales, seed, signs), 2 * packed),
+        "fold_fp8 (MXFP4 -> E4M3 + row scale)": (lambda: launch.launch_fold(codes, scales), packed + n + 4 * rows),
+        "bias_grad (column sums)": (lambda: launch.launch_bias_grad(x, torch.bfloat16), 2 * n + 2 * cols),
+    }  # fmt: skip
+    results = []
+    for name, (fn, nbytes) in cases.items():
+        ms = _median_ms(fn)
+        tbs = nbytes / (ms * 1e-3) / 1e12
+        results.append(
+            {"kernel": name, "rows": rows, "cols": cols, "ms": ms, "bytes": nbytes, "tb_s": tbs,
+             "copy_tb_s": copy_tbs, "fraction_of_copy": tbs / copy_tbs}
+        )  # fmt: skip
+        log(f"{name:40s} {rows}x{cols}: {ms:7.3f} ms {tbs:5.2f} TB/s = {tbs / copy_tbs:5.1%} of copy ({copy_tbs:.2f})")
+    return results
+
+
+def bench_linear(log, tokens=TOKENS, in_features=4096, out_features=11008):
+    import torch
+    from fp4.runtime.oracle import quartet_linear
+
+    x = torch.randn(tokens, in_features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(out_features, in_features, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
+    grad = torch.randn(tokens, out_features, device="cuda", dtype=torch.bfloat16)
+    seed = torch.tensor(5)
+
+    def bf16_step():
+        y = torch.nn.functional.linear(x, w)
+        y.backward(grad)
+
+    def quartet_step():
+        y = quartet_linear(x, w, None, seed)
+        y.backward(grad)
+
+    quartet_step()  # compile and autotune outside the timing
+    bf16_ms = _median_ms(bf16_step)
+    quartet_ms = _median_ms(quartet_step)
+    result = {"shape": [tokens, out_features, in_features], "bf16_eager_ms": bf16_ms, "quartet_ms": quartet_ms,
+              "speedup": bf16_ms / quartet_ms}  # fmt: skip
+    log(f"linear fwd+bwd {tokens}x{out_features}x{in_features}: bf16 eager {bf16_ms:.3f} ms, "
+        f"Quartet kernels {quartet_ms:.3f} ms, x{result['speedup']:.2f}")  # fmt: skip
+    return result
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    square = [r for r in rows if r["name"].startswith("square")]
+    if not square:
+        return
+    sizes = [r["M"] for r in square]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for key, label in (("bf16_cublas", "bf16 cuBLAS"), ("fp8_cublas", "FP8 cuBLAS (row scales)"),
+                       ("triton_best", "MXFP4 Triton (fold)"), ("ours", "MXFP4 fp4 runtime")):  # fmt: skip
+        if f"{key}_tflops" in square[0]:
+            ax.plot(sizes, [r[f"{key}_tflops"] for r in square], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xlabel("M = N = K")
+    ax.set_ylabel("TFLOP/s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(info, gemm_rows, quant_rows, linear):
+    lines = [f"Card: {info['card']}; {info['date']}; torch {info['torch']}, Triton {info['triton']}.",
+             f"Command: `{info['command']}`", ""]  # fmt: skip
+    if gemm_rows:
+        header = "| shape | M×N×K | bf16 cuBLAS | FP8 cuBLAS | FP8 cuBLAS fast | MXFP4 Triton | MXFP4 Triton fast |"
+        lines += [header + " MXFP4 ours | ours ÷ bf16 | ours ÷ FP8 | runtime's choice |", "|---" * 11 + "|"]
+        for r in gemm_rows:
+            cells = [r["name"], f"{r['M']}×{r['N']}×{r['K']}"]
+            for key in (
+                "bf16_cublas",
+                "fp8_cublas",
+                "fp8_cublas_fast",
+                "triton_best",
+                "triton_fast_accum_best",
+                "ours",
+            ):
+                cells.append(f"{r.get(key + '_tflops', math.nan):.0f}")
+            cells += [f"{r['ours_vs_bf16']:.2f}", f"{r['ours_vs_fp8']:.2f}", r["ours_choice"]]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "TFLOP/s; each row's baselines timed in the same run on the same card (CUDA-graph replays, median).",
+            "FP8 cuBLAS: `torch._scaled_mm` with row-wise scales on the folded operands",
+            "(default: precise accumulation);",
+            "'fast': `use_fast_accum=True` / accumulation inside the tensor core.  MXFP4 Triton: the best generated",
+            "kernel with fp32 promotion of each K tile (the default numerics); ours: what the runtime picks.",
+            "",
+        ]
+    if quant_rows:
+        lines += ["| kernel | shape | ms | TB/s | % of copy |", "|---|---|---|---|---|"]
+        for r in quant_rows:
+            lines.append(f"| {r['kernel']} | {r['rows']}×{r['cols']} | {r['ms']:.3f} | {r['tb_s']:.2f} "
+                         f"| {r['fraction_of_copy']:.0%} |")  # fmt: skip
+        lines += [
+            "",
+            f"Copy bandwidth (read + write) measured in the same run: {quant_rows[0]['copy_tb_s']:.2f} TB/s.",
+            "",
+        ]
+    if linear:
+        lines.append(
+            f"Linear layer forward + backward, {linear['shape']}: bf16 eager {linear['bf16_eager_ms']:.2f} ms, "
+            f"Quartet on the kernels {linear['quartet_ms']:.2f} ms: ×{linear['speedup']:.2f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fp4 bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="gemm,quantize,linear")
+    parser.add_argument("--sizes", default=",".join(map(str, SQUARE_SIZES)), help="square GEMM sizes")
+    parser.add_argument("--llama", action=argparse.BooleanOptionalAction, default=True, help="Llama linear shapes")
+    parser.add_argument("--variants", default="square",
+                        help="which GEMM shapes also time every kernel variant: all, square or none")  # fmt: skip
+    parser.add_argument("--quantize-shapes", default="8192x8192,8192x11008")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("fp4 bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import fp4.runtime.launch  # noqa: F401  (the kernels as the CUDA implementations of the ops)
+    import triton
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "card": torch.cuda.get_device_name(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+        "command": "fp4 bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }  # fmt: skip
+    log_lines = []
+
+    def log(text):
+        print(text, flush=True)
+        log_lines.append(text)
+
+    log(f"{info['card']}  torch {info['torch']}  triton {info['triton']}")
+    sections = set(args.sections.split(","))
+    gemm_rows, quant_rows, linear = [], [], None
+    started = time.time()
+    if "quantize" in sections:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.quantize_shapes.split(",") if s]
+        quant_rows = bench_quantize(shapes, log)
+    if "gemm" in sections:
+        shapes = {f"square{s}": (s, s, s) for s in (int(v) for v in args.sizes.split(",") if v)}
+        if args.llama:
+            shapes.update(LLAMA_SHAPES)
+        gemm_rows = bench_gemm(shapes, log, variants=args.variants)
+    if "linear" in sections:
+        linear = bench_linear(log)
+    info["seconds"] = time.time() - started
+    (out / "bench.json").write_text(json.dumps({"info": info, "gemm": gemm_rows, "quantize": quant_rows,
+                                                "linear": linear}, indent=1))  # fmt: skip
+    (out / "results.md").write_text(markdown(info, gemm_rows, quant_rows, linear))
+    if gemm_rows:
+        plot(gemm_rows, out / "gemm_tflops.png")
+    print(markdown(info, gemm_rows, quant_rows, linear))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
