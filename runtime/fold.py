@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op
 
-from . import formats, reference
+from . import formats, ops, reference
 from .formats import E8M0_BIAS, E8M0_NAN, GROUP_SIZE
 
 FOLD_HEADROOM = 6
@@ -146,11 +146,7 @@ def fp8_fold_gemm(
 def _(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype):
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"fp4::fp8_fold_gemm: operands {tuple(a.shape)} and {tuple(b.shape)} do not contract")
-    out = a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
-    for other in (gate, residual):
-        if other is not None:
-            out = out.new_empty(out.shape, dtype=torch.promote_types(out.dtype, other.dtype))
-    return out
+    return ops.gemm_result_like(a, b, out_dtype, gate, residual)
 
 
 OPS = {"fold_fp8": fold_fp8, "quest_quantize_fold": quest_quantize_fold, "fp8_fold_gemm": fp8_fold_gemm}

@@ -164,12 +164,17 @@ def check_gemm_operands(a, a_scales, b, b_scales, activation):
 @mxfp4_gemm.register_fake
 def _(a, a_scales, b, b_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype):
     check_gemm_operands(a, a_scales, b, b_scales, activation)
-    out = a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype)
+    return gemm_result_like(a, b, out_dtype, gate, residual)
+
+
+def gemm_result_like(a, b, out_dtype, gate, residual):
+    """Empty ``[a rows, b rows]`` result of a GEMM op, with the epilogue's dtype promotion."""
+    dtype = out_dtype
     # Type promotion of the gate multiply and residual add, as in the eager ops.
     for other in (gate, residual):
         if other is not None:
-            out = out.new_empty(out.shape, dtype=torch.promote_types(out.dtype, other.dtype))
-    return out
+            dtype = torch.promote_types(dtype, other.dtype)
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=dtype)
 
 
 @custom_op("fp4::dequantize", mutates_args=())
