@@ -1,4 +1,4 @@
-"""The eager Quartet oracle against an independent re-implementation of QUARTET.md's formulas.
+"""The eager Quartet oracle against an independent re-implementation of docs/QUARTET.md's formulas.
 
 The re-implementation uses only the reference building blocks (quantizers, ``dequantize``,
 ``rotate``) and composes the algorithm itself: dequantized rotated operands for the forward,

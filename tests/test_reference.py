@@ -83,7 +83,7 @@ def test_quest_non_finite_group_gets_the_nan_scale(bad):
 
 
 def _quest_by_hand(x: torch.Tensor, rotate_input: bool):
-    """Scale from float64 statistics, nearest grid point by search: the formulas of QUARTET.md."""
+    """Scale from float64 statistics, nearest grid point by search: the formulas of docs/QUARTET.md."""
     values = (rotate(x, -1) if rotate_input else x.float()).double().unflatten(-1, (-1, 32))
     std = values.var(-1, unbiased=False).sqrt()
     scale = torch.exp2(torch.floor(torch.log2(ref.QUEST_SCALE_FACTOR * std + ref.QUEST_EPSILON)))
