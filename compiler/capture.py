@@ -19,6 +19,7 @@ backward instead of model-dtype activations.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 
@@ -27,7 +28,7 @@ import torch.fx
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 
 from . import report as report_lib
-from .options import Options
+from .options import DEFAULT_PIPELINE, Options
 from .passes.fx_tools import is_joint
 from .passes.registry import PassContext, parse_pipeline
 from .target import Target
@@ -67,6 +68,22 @@ def _has_symbolic_sizes(gm: torch.fx.GraphModule) -> bool:
     return False
 
 
+FP8_FOLD_PASS = "use-fp8-fold"
+
+
+def pipeline_text(options: Options, target: Target) -> str:
+    """The passes to run on ``target``: on Hopper (FP8 fold) the default pipeline also gets ``use-fp8-fold``.
+
+    It goes after the fusion passes (they match ``mxfp4_gemm``), before ``dce``.
+    A pipeline the user chose runs as given.
+    """
+    if target.gemm_lowering == "fp8_fold" and options.passes == DEFAULT_PIPELINE:
+        passes = list(options.passes)
+        passes.insert(passes.index("dce") if "dce" in passes else len(passes), FP8_FOLD_PASS)
+        options = dataclasses.replace(options, passes=tuple(passes))
+    return options.pipeline_text()
+
+
 class GraphRewriter:
     """Runs the fp4 pipeline on one captured graph and records what it did in a :class:`CompileReport`."""
 
@@ -92,7 +109,7 @@ class GraphRewriter:
             if self.options.measure_saved:
                 self.unrewritten = copy_graph_module(gm)
         ctx = PassContext(target=self.target, options=self.options, counters=Counter(), records={})
-        passes = parse_pipeline(self.options.pipeline_text())
+        passes = parse_pipeline(pipeline_text(self.options, self.target))
         gm = self._run_passes(gm, passes, ctx)
         self.report.layers.extend(ctx.records.get("linear_layers", []))
         self.report.counters.update(ctx.counters)

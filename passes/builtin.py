@@ -15,4 +15,5 @@ from . import (  # noqa: F401
     fuse_output_cast,
     fuse_residual,
     quartet_linear,
+    use_fp8_fold,
 )
