@@ -23,6 +23,7 @@ from fp4.runtime import fold, reference
 from fp4.runtime.formats import E8M0_BIAS, GROUP_SIZE
 from fp4.runtime.oracle import quartetize
 from fp4.target import Target
+from oracle_compare import assert_bitwise, run
 
 SMALL = LlamaConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=128, max_seq_len=64)
 HOPPER = "sm_90"
@@ -107,30 +108,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x))) + x
-
-
-def run(model, make_inputs, loss_fn, seed=1234):
-    torch.manual_seed(seed)
-    inputs = make_inputs()
-    output = model(*inputs)
-    loss_fn(output).backward()
-    grads = {name.removeprefix("_orig_mod."): p.grad for name, p in model.named_parameters()}
-    input_grads = [x.grad for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point()]
-    return output.detach(), grads, input_grads
-
-
-def assert_bitwise(oracle, compiled):
-    (out_a, grads_a, inputs_a), (out_b, grads_b, inputs_b) = oracle, compiled
-    assert torch.equal(out_a, out_b), f"outputs differ by {(out_a.float() - out_b.float()).abs().max()}"
-    assert grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        a, b = grads_a[name], grads_b[name]
-        assert (a is None) == (b is None), name
-        if a is not None:
-            assert torch.equal(a, b), f"gradient of {name} differs by {(a.float() - b.float()).abs().max()}"
-    assert len(inputs_a) == len(inputs_b)
-    for a, b in zip(inputs_a, inputs_b):
-        assert torch.equal(a, b), "input gradient differs"
 
 
 def compile_for_hopper(model, make_inputs, loss_fn):
