@@ -15,10 +15,13 @@ no other node, the backward included, needs the intermediate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.fx
 
 from .fx_tools import VIEW_OPS, Builder, aten, fake_mode_of, fake_value, is_contiguous, shape, single_user
+from .registry import GraphPass, PassContext, PassResult
 
 GEMM = torch.ops.fp4.mxfp4_gemm.default
 GEMM_ARGS = (
@@ -149,3 +152,47 @@ def comes_before(a: torch.fx.Node, b: torch.fx.Node) -> bool:
         if node is b:
             return False
     return False
+
+
+@dataclass
+class Fold:
+    """One epilogue step a fusion pass found: set ``updates`` on ``gemm``, drop ``consumer``.
+
+    ``views`` is the chain of views between the GEMM and ``consumer``; the
+    consumer's users read the end of that chain afterwards.
+    """
+
+    gemm: torch.fx.Node
+    consumer: torch.fx.Node
+    updates: dict
+    views: list[torch.fx.Node] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EpilogueFusion(GraphPass):
+    """Base of the ``fuse-*`` passes: each node is offered to ``match``; every Fold it returns is applied.
+
+    Subclasses implement ``match(node) -> Fold | None`` (the legality checks
+    live there); this class edits the graph and counts ``<pass>.fused``.
+    """
+
+    def match(self, node: torch.fx.Node) -> Fold | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
+        modified = False
+        erased: set[torch.fx.Node] = set()
+        for node in list(gm.graph.nodes):
+            if node in erased or node.op != "call_function":
+                continue
+            fold = self.match(node)
+            if fold is None:
+                continue
+            set_gemm_args(fold.gemm, **fold.updates)
+            replace_with_chain(fold.consumer, fold.gemm, fold.views)
+            erased.add(fold.consumer)
+            ctx.counters[f"{self.name}.fused"] += 1
+            modified = True
+        if modified:
+            gm.recompile()
+        return PassResult(gm, modified)

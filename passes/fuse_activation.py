@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch.fx
 
-from .epilogue import can_fold, gemm_through_views, replace_with_chain, set_gemm_args
+from .epilogue import EpilogueFusion, Fold, can_fold, gemm_through_views
 from .fx_tools import aten
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .registry import register_pass
 
 
 def activation_of(node: torch.fx.Node) -> str | None:
@@ -43,22 +43,14 @@ def activation_of(node: torch.fx.Node) -> str | None:
 
 @register_pass
 @dataclass(frozen=True)
-class FuseActivation(GraphPass):
+class FuseActivation(EpilogueFusion):
     name = "fuse-activation"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            activation = activation_of(node)
-            if activation is None:
-                continue
-            gemm, views = gemm_through_views(node.args[0], node)
-            if gemm is None or not can_fold(gemm, "activation"):
-                continue
-            set_gemm_args(gemm, activation=activation)
-            replace_with_chain(node, gemm, views)
-            ctx.counters["fuse-activation.fused"] += 1
-            modified = True
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def match(self, node: torch.fx.Node) -> Fold | None:
+        activation = activation_of(node)
+        if activation is None:
+            return None
+        gemm, views = gemm_through_views(node.args[0], node)
+        if gemm is None or not can_fold(gemm, "activation"):
+            return None
+        return Fold(gemm, node, {"activation": activation}, views)

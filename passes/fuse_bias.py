@@ -19,34 +19,25 @@ from dataclasses import dataclass
 
 import torch.fx
 
-from .epilogue import can_fold, set_gemm_args, sole_consumer
+from .epilogue import EpilogueFusion, Fold, can_fold, sole_consumer
 from .fx_tools import aten, shape
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .registry import register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class FuseBias(GraphPass):
+class FuseBias(EpilogueFusion):
     name = "fuse-bias"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for gemm in list(gm.graph.nodes):
-            if not can_fold(gemm, "bias"):
-                continue
-            add = sole_consumer(gemm)
-            if add is None or add.target is not aten.add.Tensor or add.kwargs.get("alpha", 1) != 1:
-                continue
-            bias = add.args[1] if add.args[0] is gemm else add.args[0]
-            if not isinstance(bias, torch.fx.Node) or bias is gemm or shape(bias) != shape(gemm)[-1:]:
-                continue
-            if not bias.meta["val"].dtype.is_floating_point:
-                continue
-            set_gemm_args(gemm, bias=bias)
-            add.replace_all_uses_with(gemm)
-            gm.graph.erase_node(add)
-            ctx.counters["fuse-bias.fused"] += 1
-            modified = True
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def match(self, gemm: torch.fx.Node) -> Fold | None:
+        if not can_fold(gemm, "bias"):
+            return None
+        add = sole_consumer(gemm)
+        if add is None or add.target is not aten.add.Tensor or add.kwargs.get("alpha", 1) != 1:
+            return None
+        bias = add.args[1] if add.args[0] is gemm else add.args[0]
+        if not isinstance(bias, torch.fx.Node) or bias is gemm or shape(bias) != shape(gemm)[-1:]:
+            return None
+        if not bias.meta["val"].dtype.is_floating_point:
+            return None
+        return Fold(gemm, add, {"bias": bias})

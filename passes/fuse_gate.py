@@ -23,35 +23,26 @@ from dataclasses import dataclass
 
 import torch.fx
 
-from .epilogue import as_gemm_operand, can_fold, gemm_args, gemm_through_views, replace_with_chain, set_gemm_args
+from .epilogue import EpilogueFusion, Fold, as_gemm_operand, can_fold, gemm_args, gemm_through_views
 from .fx_tools import aten
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .registry import register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class FuseGate(GraphPass):
+class FuseGate(EpilogueFusion):
     name = "fuse-gate"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target is not aten.mul.Tensor or len(node.args) != 2:
-                continue
-            candidates = []
-            for position in (1, 0):
-                gemm, views = gemm_through_views(node.args[position], node)
-                if gemm is not None and can_fold(gemm, "gate"):
-                    candidates.append((gemm_args(gemm)["activation"] != "none", gemm, views, node.args[1 - position]))
-            for _, gemm, views, other in sorted(candidates, key=lambda c: c[0]):
-                gate = as_gemm_operand(other, gemm, views, node)
-                if gate is None:
-                    continue
-                set_gemm_args(gemm, gate=gate)
-                replace_with_chain(node, gemm, views)
-                ctx.counters["fuse-gate.fused"] += 1
-                modified = True
-                break
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def match(self, node: torch.fx.Node) -> Fold | None:
+        if node.target is not aten.mul.Tensor or len(node.args) != 2:
+            return None
+        candidates = []
+        for position in (1, 0):
+            gemm, views = gemm_through_views(node.args[position], node)
+            if gemm is not None and can_fold(gemm, "gate"):
+                candidates.append((gemm_args(gemm)["activation"] != "none", gemm, views, node.args[1 - position]))
+        for _, gemm, views, other in sorted(candidates, key=lambda c: c[0]):
+            gate = as_gemm_operand(other, gemm, views, node)
+            if gate is not None:
+                return Fold(gemm, node, {"gate": gate}, views)
+        return None

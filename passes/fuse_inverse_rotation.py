@@ -19,28 +19,19 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from .epilogue import can_fold, set_gemm_args, sole_consumer
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .epilogue import EpilogueFusion, Fold, can_fold, sole_consumer
+from .registry import register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class FuseInverseRotation(GraphPass):
+class FuseInverseRotation(EpilogueFusion):
     name = "fuse-inverse-rotation"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for gemm in list(gm.graph.nodes):
-            if not can_fold(gemm, "inverse_rotate"):
-                continue
-            user = sole_consumer(gemm)
-            if user is None or user.target is not torch.ops.fp4.inverse_rotate.default:
-                continue
-            set_gemm_args(gemm, inverse_rotate=True)
-            user.replace_all_uses_with(gemm)
-            gm.graph.erase_node(user)
-            ctx.counters["fuse-inverse-rotation.fused"] += 1
-            modified = True
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def match(self, gemm: torch.fx.Node) -> Fold | None:
+        if not can_fold(gemm, "inverse_rotate"):
+            return None
+        user = sole_consumer(gemm)
+        if user is None or user.target is not torch.ops.fp4.inverse_rotate.default:
+            return None
+        return Fold(gemm, user, {"inverse_rotate": True})

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 
-from .epilogue import can_fold, gemm_through_views, replace_with_chain, set_gemm_args
+from .epilogue import EpilogueFusion, Fold, can_fold, gemm_through_views
 from .fx_tools import CAST_OPS, prims
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .registry import register_pass
 
 
 def cast_dtype(node: torch.fx.Node) -> torch.dtype | None:
@@ -35,22 +35,14 @@ def cast_dtype(node: torch.fx.Node) -> torch.dtype | None:
 
 @register_pass
 @dataclass(frozen=True)
-class FuseOutputCast(GraphPass):
+class FuseOutputCast(EpilogueFusion):
     name = "fuse-output-cast"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target not in CAST_OPS:
-                continue
-            dtype = cast_dtype(node)
-            gemm, views = gemm_through_views(node.args[0], node)
-            if dtype is None or not dtype.is_floating_point or gemm is None or not can_fold(gemm, "cast"):
-                continue
-            set_gemm_args(gemm, out_dtype=dtype)
-            replace_with_chain(node, gemm, views)
-            ctx.counters["fuse-output-cast.fused"] += 1
-            modified = True
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+    def match(self, node: torch.fx.Node) -> Fold | None:
+        if node.target not in CAST_OPS:
+            return None
+        dtype = cast_dtype(node)
+        gemm, views = gemm_through_views(node.args[0], node)
+        if dtype is None or not dtype.is_floating_point or gemm is None or not can_fold(gemm, "cast"):
+            return None
+        return Fold(gemm, node, {"out_dtype": dtype}, views)

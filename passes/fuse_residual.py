@@ -23,35 +23,24 @@ from dataclasses import dataclass
 
 import torch.fx
 
-from .epilogue import as_gemm_operand, can_fold, gemm_through_views, replace_with_chain, set_gemm_args
+from .epilogue import EpilogueFusion, Fold, as_gemm_operand, can_fold, gemm_through_views
 from .fx_tools import aten
-from .registry import GraphPass, PassContext, PassResult, register_pass
+from .registry import register_pass
 
 
 @register_pass
 @dataclass(frozen=True)
-class FuseResidual(GraphPass):
+class FuseResidual(EpilogueFusion):
     name = "fuse-residual"
 
-    def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
-        modified = False
-        for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target is not aten.add.Tensor or len(node.args) != 2:
+    def match(self, node: torch.fx.Node) -> Fold | None:
+        if node.target is not aten.add.Tensor or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
+            return None
+        for position in (1, 0):
+            gemm, views = gemm_through_views(node.args[position], node)
+            if gemm is None or not can_fold(gemm, "residual"):
                 continue
-            if node.kwargs.get("alpha", 1) != 1:
-                continue
-            for position in (1, 0):
-                gemm, views = gemm_through_views(node.args[position], node)
-                if gemm is None or not can_fold(gemm, "residual"):
-                    continue
-                residual = as_gemm_operand(node.args[1 - position], gemm, views, node)
-                if residual is None:
-                    continue
-                set_gemm_args(gemm, residual=residual)
-                replace_with_chain(node, gemm, views)
-                ctx.counters["fuse-residual.fused"] += 1
-                modified = True
-                break
-        if modified:
-            gm.recompile()
-        return PassResult(gm, modified)
+            residual = as_gemm_operand(node.args[1 - position], gemm, views, node)
+            if residual is not None:
+                return Fold(gemm, node, {"residual": residual}, views)
+        return None
