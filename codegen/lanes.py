@@ -209,7 +209,8 @@ def pack_words(w: SourceWriter, values: list[str], bits: int, prefix: str) -> li
     return names
 
 
-# Philox 4x32-10 (fp4.runtime.philox), written out so that each 32x32 -> 64-bit product is one wide multiply.
+# Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is a
+# high-word and a low-word multiply, and each new counter word one three-way XOR.
 PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
 PHILOX_ROUND_A = 0xD2511F53
@@ -219,7 +220,12 @@ _MASK32 = 0xFFFFFFFF
 
 
 def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
-    """Scalars ``prefix_k0_<r>``, ``prefix_k1_<r>``: the Philox key of round r for an unsigned 64-bit ``seed``."""
+    """Scalars ``prefix_k0_<r>``, ``prefix_k1_<r>``: the Philox key of round r for an unsigned 64-bit ``seed``.
+
+    Also the two round multipliers as uint32 scalars ``prefix_ma``, ``prefix_mb``.
+    """
+    w.line(f"{prefix}_ma = tl.full([], {PHILOX_ROUND_A:#x}, tl.uint32)")
+    w.line(f"{prefix}_mb = tl.full([], {PHILOX_ROUND_B:#x}, tl.uint32)")
     w.line(f"{prefix}_seed = {seed}.to(tl.uint64)")
     w.line(f"{prefix}_k0_0 = ({prefix}_seed & {_MASK32:#x}).to(tl.uint32)")
     w.line(f"{prefix}_k1_0 = ({prefix}_seed >> 32).to(tl.uint32)")
@@ -228,36 +234,42 @@ def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
         w.line(f"{prefix}_k1_{r} = {prefix}_k1_0 + tl.full([], {(r * PHILOX_KEY_B) & _MASK32:#x}, tl.uint32)")
 
 
-def emit_philox(w: SourceWriter, keys: str, counter_lo: str, counter_hi: str | None, out: str) -> None:
-    """``out`` = first word of Philox4x32-10 at counter (lo, hi, 0, 0): exactly ``tl.randint`` / ``philox.randint32``.
+def emit_philox(
+    w: SourceWriter, keys: str, counter_lo: str, counter_hi: str | None, out: str, words: int = 1
+) -> list[str]:
+    """Philox4x32-10 at counter (lo, hi, 0, 0): ``tl.randint4x`` / ``philox.randint4x``; returns the word names.
 
-    Zero counter words are tracked symbolically, so the first rounds skip the
-    products by zero, and the last round computes only the word it returns.
+    ``words=1`` computes only the first word (``out``, as ``tl.randint``);
+    ``words=4`` all four (``out_w0`` .. ``out_w3``).  Zero counter words are
+    tracked symbolically, so the first rounds skip the products by zero, and
+    the last round computes only the words asked for.
     """
+    if words not in (1, 4):
+        raise ValueError(f"a Philox call yields its first word or all four, not {words}")
     c = [counter_lo, counter_hi, None, None]
 
     def xor(*terms):
         present = [t for t in terms if t is not None]
-        return " ^ ".join(present)
+        return " ^ ".join(present) if present else "tl.full([], 0, tl.uint32)"
 
     for r in range(PHILOX_ROUNDS):
         k0, k1 = f"{keys}_k0_{r}", f"{keys}_k1_{r}"
         last = r == PHILOX_ROUNDS - 1
         if c[2] is not None:
-            w.line(f"{out}_pb = {c[2]}.to(tl.uint64) * {PHILOX_ROUND_B:#x}")
-            hi_b, lo_b = f"({out}_pb >> 32).to(tl.uint32)", f"{out}_pb.to(tl.uint32)"
+            hi_b, lo_b = f"tl.umulhi({c[2]}, {keys}_mb)", f"{c[2]} * {keys}_mb"
         else:
             hi_b = lo_b = None
         new0 = xor(hi_b, c[1], k0)
-        if last:
+        if last and words == 1:
             w.line(f"{out} = {new0}")
-            return
-        w.line(f"{out}_pa = {c[0]}.to(tl.uint64) * {PHILOX_ROUND_A:#x}")
-        hi_a, lo_a = f"({out}_pa >> 32).to(tl.uint32)", f"{out}_pa.to(tl.uint32)"
-        names = [f"{out}_c{i}" for i in range(4)]
-        w.line(f"{names[0]} = {new0}")
-        if lo_b is not None:
-            w.line(f"{names[1]} = {lo_b}")
-        w.line(f"{names[2]} = {xor(hi_a, c[3], k1)}")
-        w.line(f"{names[3]} = {lo_a}")
+            return [out]
+        hi_a, lo_a = f"tl.umulhi({c[0]}, {keys}_ma)", f"{c[0]} * {keys}_ma"
+        names = [f"{out}_w{i}" for i in range(4)] if last else [f"{out}_c{i}" for i in range(4)]
+        if lo_b is None and last:
+            lo_b = f"tl.zeros_like({c[0]})"
+        assigned = [(names[0], new0), (names[1], lo_b), (names[2], xor(hi_a, c[3], k1)), (names[3], lo_a)]
+        assigned = [(name, value) for name, value in assigned if value is not None]
+        # one tuple assignment: every right-hand side reads the previous round's words
+        w.line(", ".join(name for name, _ in assigned) + " = " + ", ".join(value for _, value in assigned))
         c = [names[0], names[1] if lo_b is not None else None, names[2], names[3]]
+    return c

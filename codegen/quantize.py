@@ -121,7 +121,10 @@ def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
-    """Absmax scale and stochastically rounded codes of the lanes ``v`` (reference.sr_quantize)."""
+    """Absmax scale and stochastically rounded codes of the lanes ``v`` (reference.sr_quantize).
+
+    Returns the four packed code words of each group (see :func:`_emit_store`).
+    """
     w.comment("absmax scale 2**floor(log2(max|g|)); NaN propagates into the scale byte")
     level = [f"tl.abs({name})" for name in v]
     depth = 0
@@ -134,25 +137,32 @@ def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
         level = names
     w.line(f"scale_byte = {L.exponent_byte('amax')}")
     L.emit_inverse_scale(w, "scale_byte", "inv_scale")
-    w.comment("Philox word of element (row, col) of the padded result: offset row * out_width + col")
-    w.line("philox_base = tl.reshape(out_rows64[:, None] * out_width + groups[None, :] * 32, [GROUPS])")
-    w.comment("a group's 32 offsets share the high word (the base is a multiple of 32)")
+    w.comment("element n = row * out_width + col of the padded result takes word n % 4 of Philox counter n // 4")
+    w.line("philox_base = tl.reshape(out_rows64[:, None] * out_width + groups[None, :] * 32, [GROUPS]) >> 2")
+    w.comment("a group's 8 counters share the high word (the base is a multiple of 8)")
     w.line("philox_lo = philox_base.to(tl.uint32)")
     if wide_offsets:
         w.line("philox_hi = (philox_base >> 32).to(tl.uint32)")
     L.emit_philox_keys(w, "seed", "philox")
-    codes = L.lanes("c")
-    for i, (value, code) in enumerate(zip(v, codes)):
-        w.line(f"{value} = ({value} * 3.0) * inv_scale")
-        L.emit_philox(w, "philox", f"(philox_lo | {i})", "philox_hi" if wide_offsets else None, f"rand{i:02d}")
-        w.line(f"u{i:02d} = (rand{i:02d} >> 8).to(tl.float32) * {UNIFORM_24_BITS!r}")
-        L.emit_sr_code(w, value, f"u{i:02d}", code)
-    return codes
+    codes, packed = L.lanes("c"), []
+    for call in range(GROUP_SIZE // 4):
+        counter = f"(philox_lo | {call})" if call else "philox_lo"
+        words = L.emit_philox(w, "philox", counter, "philox_hi" if wide_offsets else None, f"rand{call}", words=4)
+        for k, word in enumerate(words):
+            i = 4 * call + k
+            w.line(f"{v[i]} = ({v[i]} * 3.0) * inv_scale")
+            w.line(f"u{i:02d} = ({word} >> 8).to(tl.float32) * {UNIFORM_24_BITS!r}")
+            L.emit_sr_code(w, v[i], f"u{i:02d}", codes[i])
+        if call % 2:
+            w.comment("pack the eight codes done so far into their word (fewer values live at once)")
+            (word_name,) = L.pack_words(w, codes[4 * call - 4 : 4 * call + 4], 4, f"code_word{call // 2}_")
+            packed.append(word_name)
+    return packed
 
 
-def _emit_store(w: SourceWriter, spec: QuantizeSpec, codes: list[str], keeps: list[str] | None) -> None:
+def _emit_store(w: SourceWriter, spec: QuantizeSpec, words: list[str], keeps: list[str] | None) -> None:
+    """Store a tile's codes (``words``: four packed words per group), scales and, with ``keeps``, clip-mask bits."""
     w.comment("store codes [rows, width/2] as 4 little-endian words per group, scales [rows, width/32] as bytes")
-    words = L.pack_words(w, codes, 4, "code_word")
     L.join_lanes(w, words, "GROUPS", "code_tile")
     w.line("row_ok = out_rows[:, None] < n_out_rows")
     w.line("word_cols = group0 * 4 + tl.arange(0, BLOCK_GROUPS * 4)")
@@ -246,7 +256,7 @@ def _signature(spec: QuantizeSpec) -> dict:
     if spec.method == "sr":
         sig["seed"] = "i64"
     if spec.signs:
-        sig["sign_seed"] = "i64"
+        sig["sign_mask"] = "i32"
     return sig
 
 
@@ -274,16 +284,13 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
         w.line(f"n_out_rows = {'rows' if spec.axis == 'last' else 'cols'}")
         w.line("n_groups = out_width // 32")
         if spec.signs:
-            w.comment("random +-1 diagonal D of H_b = D.H: sign i is the top bit of Philox word i")
-            L.emit_philox_keys(w, "sign_seed", "sign")
-            L.emit_philox(w, "sign", "tl.arange(0, 32).to(tl.uint32)", None, "sign_bits")
-            w.line("sign_row = tl.where((sign_bits >> 31) != 0, -1.0, 1.0)")
+            w.comment("random +-1 diagonal D of H_b = D.H: bit i of sign_mask set means sign i is -1")
+            w.line("sign_row = tl.where(((sign_mask >> tl.arange(0, 32)) & 1) != 0, -1.0, 1.0)")
             if spec.source == "dense" and spec.axis == "last":
                 width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
                 for first in range(0, GROUP_SIZE, width):
-                    counter = f"({first} + tl.arange(0, {width})).to(tl.uint32)"
-                    L.emit_philox(w, "sign", counter, None, f"sign_bits{first:02d}")
-                    w.line(f"sign_row{first:02d} = tl.where((sign_bits{first:02d} >> 31) != 0, -1.0, 1.0)")
+                    bits = f"(sign_mask >> ({first} + tl.arange(0, {width})))"
+                    w.line(f"sign_row{first:02d} = tl.where(({bits} & 1) != 0, -1.0, 1.0)")
         if spec.fold:
             w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
             w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
@@ -307,9 +314,10 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             L.butterfly(w, v)
         if spec.method == "quest":
             codes, keeps = _emit_quest(w, v)
+            words = L.pack_words(w, codes, 4, "code_word")
         else:
-            codes, keeps = _emit_sr(w, v, spec.wide_offsets), None
-        _emit_store(w, spec, codes, keeps)
+            words, keeps = _emit_sr(w, v, spec.wide_offsets), None
+        _emit_store(w, spec, words, keeps)
         if spec.fold:
             _emit_fold_track(w)
             loop.__exit__(None, None, None)

@@ -50,8 +50,8 @@ class QuantizeSpec:
     * ``fold``: also write the FP8 fold of the result (E4M3 values + one fp32
       scale per row, see :mod:`fp4.runtime.fold`); each program then owns whole
       output rows.
-    * ``wide_offsets``: Philox offsets reach 2**32 (more than 4G elements), so
-      the counter's high word is not zero.
+    * ``wide_offsets``: Philox counters (element index // 4) reach 2**32
+      (16G elements or more), so the counter's high word is not zero.
     """
 
     method: str = "quest"

@@ -33,7 +33,7 @@ from fp4.target import Target
 from . import autotune, fold, kernels, ops, reference
 from .cache import default_cache
 from .formats import GROUP_SIZE
-from .philox import stream_seed
+from .philox import sign_mask, stream_seed
 
 log = logging.getLogger("fp4.launch")
 
@@ -125,14 +125,14 @@ def launch_quantize_dense(
         x = x.contiguous()
     rows, cols = x.shape
     out_rows, width = (rows, _padded(cols)) if axis == "last" else (cols, _padded(rows))
-    wide = method == "sr" and out_rows * width >= 1 << 32
+    wide = method == "sr" and out_rows * width >= 1 << 34
     spec = QuantizeSpec(
         method, "dense", axis, rotate, sign_seed is not None, DTYPE_NAMES[x.dtype], fold_output, wide
     )  # fmt: skip
     outputs = _quantize_outputs(spec, out_rows, width, x.device)
     args = [x, *outputs, rows, cols, x.stride(0), width]
     args += [seed] if method == "sr" else []
-    args += [sign_seed] if sign_seed is not None else []
+    args += [_sign_mask_argument(sign_seed)] if sign_seed is not None else []
     _run_quantize(spec, args, out_rows, width, x.device, interpret, config, target)
     return outputs
 
@@ -151,11 +151,11 @@ def launch_requantize(
     codes, scales = codes.contiguous(), scales.contiguous()
     rows, cols = codes.shape[0], codes.shape[1] * 2
     out_rows, width = cols, _padded(rows)
-    wide = out_rows * width >= 1 << 32
+    wide = out_rows * width >= 1 << 34
     spec = QuantizeSpec("sr", "mxfp4", "first", True, sign_seed is not None, "u8", wide_offsets=wide)
     outputs = _quantize_outputs(spec, out_rows, width, codes.device)
     args = [codes, scales, *outputs, rows, cols, codes.stride(0), scales.stride(0), width, seed]
-    args += [sign_seed] if sign_seed is not None else []
+    args += [_sign_mask_argument(sign_seed)] if sign_seed is not None else []
     _run_quantize(spec, args, out_rows, width, codes.device, interpret, config, target)
     return outputs
 
@@ -420,6 +420,12 @@ def launch_bias_grad(grad_output: torch.Tensor, dtype: torch.dtype, *, interpret
 
 # ----------------------------------------------------------------------------------------------------------
 # the CUDA implementations of the ops
+
+
+def _sign_mask_argument(sign_seed: int) -> int:
+    """The rotation signs of ``sign_seed`` as the kernels' signed 32-bit ``sign_mask`` argument."""
+    mask = sign_mask(sign_seed)
+    return mask - (1 << 32) if mask >= 1 << 31 else mask
 
 
 def _signs_seed(seed: int, sign_stream: int) -> int | None:

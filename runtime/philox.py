@@ -1,15 +1,23 @@
 """Philox 4x32-10 counter-based random numbers, bit-exact with Triton's ``tl.randint``.
 
 Stochastic rounding and the random rotation signs draw their bits from here
-on the CPU and from ``tl.randint(seed, offset)`` in the GPU kernels; both give
-the same 32-bit word for the same ``(seed, offset)``, so a quantization is
-reproducible bit for bit on any device.
+on the CPU and from the same Philox rounds written out in the GPU kernels
+(bit-exact with ``tl.randint`` / ``tl.randint4x``); both give the same words
+for the same ``(seed, counter)``, so a quantization is reproducible bit for
+bit on any device.
+
+One Philox call yields four 32-bit words.  Stochastic rounding uses all of
+them: element ``n`` of a quantized tensor (its row-major index) takes word
+``n % 4`` of counter ``n // 4`` (:func:`element_uniform24`), so each call
+serves four consecutive elements.
 
 Arithmetic is carried out on int64 tensors holding unsigned 32-bit values
 (PyTorch has no shifts on uint32).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -45,11 +53,11 @@ def _mulhi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (product >> 32) & _MASK32, product & _MASK32
 
 
-def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """First Philox output word for each offset, as int64 values in [0, 2**32).
+def randint4x(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """All four Philox output words for each offset: int64 values in [0, 2**32), shape ``offsets.shape + (4,)``.
 
-    Matches ``tl.randint(seed, offsets)``: key = (seed low word, seed high
-    word), counter = (offset low word, offset high word, 0, 0).
+    Matches ``tl.randint4x(seed, offsets)`` for 32-bit offsets: key = (seed
+    low word, seed high word), counter = (offset low word, offset high word, 0, 0).
     """
     if not 0 <= seed < (1 << 64):
         raise ValueError(f"Philox seed must be an unsigned 64-bit integer, got {seed}")
@@ -66,9 +74,64 @@ def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0 = (k0 + _KEY_A) & _MASK32
         k1 = (k1 + _KEY_B) & _MASK32
-    return c0
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """First Philox output word for each offset (``tl.randint(seed, offsets)``), int64 values in [0, 2**32)."""
+    return randint4x(seed, offsets)[..., 0]
+
+
+def to_uniform24(words: torch.Tensor) -> torch.Tensor:
+    """Uniform float32 in [0, 1) with 24 random bits: ``(word >> 8) * 2**-24`` (exact)."""
+    return (words >> 8).to(torch.float32) * (2.0**-24)
 
 
 def uniform24(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Uniform float32 in [0, 1) with 24 random bits: ``(randint32 >> 8) * 2**-24`` (exact)."""
-    return (randint32(seed, offsets) >> 8).to(torch.float32) * (2.0**-24)
+    """``to_uniform24`` of the first word at each offset."""
+    return to_uniform24(randint32(seed, offsets))
+
+
+def element_words(seed: int, count: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The word of elements ``0 .. count - 1``: element ``n`` takes word ``n % 4`` of counter ``n // 4``."""
+    if count % 4:
+        raise ValueError(f"element_words draws whole Philox calls; count must be a multiple of 4, got {count}")
+    return randint4x(seed, torch.arange(count // 4, device=device)).flatten()
+
+
+def element_uniform24(seed: int, count: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``to_uniform24`` of :func:`element_words`: the stochastic-rounding uniforms of ``count`` elements."""
+    return to_uniform24(element_words(seed, count, device))
+
+
+def _philox4x32_int(key: tuple[int, int], counter: int) -> tuple[int, int, int, int]:
+    """One Philox4x32-10 call on plain integers (counter = (counter low word, high word, 0, 0))."""
+    c0, c1, c2, c3 = counter & _MASK32, (counter >> 32) & _MASK32, 0, 0
+    k0, k1 = key
+    for _ in range(ROUNDS):
+        product_a, product_b = _ROUND_A * c0, _ROUND_B * c2
+        c0, c1, c2, c3 = (
+            (product_b >> 32) ^ c1 ^ k0,
+            product_b & _MASK32,
+            (product_a >> 32) ^ c3 ^ k1,
+            product_a & _MASK32,
+        )
+        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+@functools.lru_cache(maxsize=1024)
+def sign_mask(seed: int) -> int:
+    """The 32 top bits of :func:`element_words` ``(seed, 32)`` as one word: bit ``i`` set means sign ``i`` is -1.
+
+    Host-side integer arithmetic, so a kernel receives the random diagonal
+    ``D`` of ``H_b = D @ H`` as one 32-bit argument instead of drawing it.
+    """
+    if not 0 <= seed < (1 << 64):
+        raise ValueError(f"Philox seed must be an unsigned 64-bit integer, got {seed}")
+    key = (seed & _MASK32, (seed >> 32) & _MASK32)
+    mask = 0
+    for counter in range(8):
+        for word_index, word in enumerate(_philox4x32_int(key, counter)):
+            mask |= (word >> 31) << (4 * counter + word_index)
+    return mask

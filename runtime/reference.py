@@ -25,7 +25,7 @@ import torch
 from . import formats
 from .formats import E2M1_GRID, GROUP_SIZE
 from .hadamard import rotate
-from .philox import randint32, stream_seed
+from .philox import element_uniform24, element_words, stream_seed
 
 QUEST_SCALE_FACTOR = 0.48707976
 """``2.92247856 / 6``: ratio of the QuEST clipping range to the largest E2M1 value."""
@@ -123,9 +123,10 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, alpha: float = 1.0) ->
 def rotation_signs(seed: int, stream: int) -> torch.Tensor:
     """The random +-1 diagonal ``D`` (float32 [32]) of ``H_b = D @ H`` for one GEMM.
 
-    Sign i is -1 when the top bit of Philox word i of the stream is set.
+    Sign i is -1 when the top bit of element word i of the stream is set
+    (word ``i % 4`` of Philox counter ``i // 4``, as for stochastic rounding).
     """
-    bits = randint32(stream_seed(seed, stream), torch.arange(GROUP_SIZE))
+    bits = element_words(stream_seed(seed, stream), GROUP_SIZE)
     return torch.where(bits >= (1 << 31), -1.0, 1.0).to(torch.float32)
 
 
@@ -173,9 +174,10 @@ def sr_quantize(
 
     ``x`` is 2-D ``[R, C]``.  Quantizes along ``C`` (``transpose=False``) or
     along ``R`` after transposing (``transpose=True``, result ``[C, R/2]``).
-    The quantized dimension is zero-padded to a multiple of 32.  The random
-    word of element ``(i, j)`` of the (transposed, padded) result is Philox
-    offset ``i * width + j`` of ``stream_seed(seed, stream)``.
+    The quantized dimension is zero-padded to a multiple of 32.  Element
+    ``(i, j)`` of the (transposed, padded) result has index ``n = i * width + j``
+    and draws word ``n % 4`` of Philox counter ``n // 4`` under key
+    ``stream_seed(seed, stream)`` (:func:`fp4.runtime.philox.element_uniform24`).
     Dequantization is ``code * 2**e / 3``: the ``1/3`` is left to the GEMM's alpha.
     """
     if x.dim() != 2:
@@ -186,9 +188,8 @@ def sr_quantize(
     scale_bytes = absmax_scale_bytes(groups)
     scaled = _scale_by_exponent(groups * 3.0, scale_bytes)
     rows, width = values.shape
-    offsets = torch.arange(rows * width, device=values.device).view(rows, width // GROUP_SIZE, GROUP_SIZE)
-    uniform = (randint32(stream_seed(seed, stream), offsets) >> 8).to(torch.float32) * (2.0**-24)
-    codes = stochastic_round_e2m1(scaled, uniform)
+    uniform = element_uniform24(stream_seed(seed, stream), rows * width, values.device)
+    codes = stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
     return formats.pack_nibbles(codes.flatten(-2)), scale_bytes
 
 

@@ -100,8 +100,8 @@ def quantize_grad_reference(
     scaled = reference._scale_by_exponent(groups * 3.0, scale_bytes)
     if rounding == "sr":
         rows, width = values.shape
-        offsets = torch.arange(rows * width, device=values.device).view(rows, width // GROUP_SIZE, GROUP_SIZE)
-        codes = reference.stochastic_round_e2m1(scaled, philox.uniform24(philox.stream_seed(seed, stream), offsets))
+        uniform = philox.element_uniform24(philox.stream_seed(seed, stream), rows * width, values.device)
+        codes = reference.stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
     else:
         codes = formats.encode_e2m1(scaled)
     return formats.pack_nibbles(codes.flatten(-2)), scale_bytes

@@ -110,11 +110,12 @@ def _cases():
     results["bias_grad"] = {"error": ((got.double() - grad.double().sum(0)).abs().max() / grad.abs().sum()).item()}
 
     # the emitted Philox, with a non-zero high counter word, against fp4.runtime.philox
-    results["philox_wide"] = _philox_case(philox)
+    results["philox_wide"] = _philox_case(philox, 1)
+    results["philox_wide_4x"] = _philox_case(philox, 4)
     return results
 
 
-def _philox_case(philox):
+def _philox_case(philox, words):
     import importlib.util
     import tempfile
 
@@ -128,20 +129,23 @@ def _philox_case(philox):
     with w.block("def philox_words(out_ptr, seed, base, BLOCK: tl.constexpr):"):
         w.line("offsets = base + tl.arange(0, BLOCK).to(tl.int64)")
         lanes.emit_philox_keys(w, "seed", "key")
-        lanes.emit_philox(w, "key", "offsets.to(tl.uint32)", "(offsets >> 32).to(tl.uint32)", "word")
-        w.line("tl.store(out_ptr + tl.arange(0, BLOCK), word.to(tl.int64) & 0xFFFFFFFF)")
+        names = lanes.emit_philox(
+            w, "key", "offsets.to(tl.uint32)", "(offsets >> 32).to(tl.uint32)", "word", words=words
+        )
+        for k, name in enumerate(names):
+            w.line(f"tl.store(out_ptr + tl.arange(0, BLOCK) * {words} + {k}, {name}.to(tl.int64) & 0xFFFFFFFF)")
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "philox_words.py")
         with open(path, "w") as stream:
             stream.write(w.text())
-        spec = importlib.util.spec_from_file_location("philox_words_case", path)
+        spec = importlib.util.spec_from_file_location(f"philox_words_case{words}", path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["philox_words_case"] = module
+        sys.modules[f"philox_words_case{words}"] = module
         spec.loader.exec_module(module)
-        out = torch.empty(64, dtype=torch.int64)
+        out = torch.empty(64 * words, dtype=torch.int64)
         seed, base = (1 << 62) + 12345, (5 << 32) + 77
         module.philox_words[(1,)](out, seed, base, BLOCK=64)
-    want = philox.randint32(seed, base + torch.arange(64))
+    want = philox.randint4x(seed, base + torch.arange(64))[:, :words].flatten()
     return {"mismatches": [int((out != want).sum())]}
 
 
@@ -161,7 +165,7 @@ def interpreted():
 
 BITWISE = [f"quest_{d}_{r}" for d in ("torch.bfloat16", "torch.float32") for r in (True, False)]
 BITWISE += [f"sr_{axis}_{signs}" for axis in ("last", "first") for signs in (True, False)]
-BITWISE += ["requantize", "fold", "quest_fold", "philox_wide"]
+BITWISE += ["requantize", "fold", "quest_fold", "philox_wide", "philox_wide_4x"]
 
 
 @pytest.mark.parametrize("case", BITWISE)

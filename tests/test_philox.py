@@ -1,4 +1,4 @@
-"""Philox 4x32-10: a published known answer, an independent re-implementation, and Triton's ``tl.randint``."""
+"""Philox 4x32-10: a published known answer, an independent re-implementation, and ``tl.randint`` / ``randint4x``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,27 @@ def test_matches_the_independent_implementation():
         assert philox.randint32(seed, offsets).tolist() == expected, seed
 
 
+def test_all_four_words_match_the_independent_implementation():
+    generator = torch.Generator().manual_seed(1)
+    offsets = torch.cat([torch.arange(4), torch.randint(0, 2**40, (12,), generator=generator)])
+    for seed in (0, 99, 2**63 + 5):
+        key = (seed & MASK, (seed >> 32) & MASK)
+        expected = [list(philox_by_hand(key, (int(o) & MASK, (int(o) >> 32) & MASK, 0, 0))) for o in offsets]
+        assert philox.randint4x(seed, offsets).tolist() == expected, seed
+
+
+def test_element_words_use_every_word_of_a_call_in_order():
+    words = philox.element_words(31, 64)
+    calls = philox.randint4x(31, torch.arange(16))
+    assert torch.equal(words.view(16, 4), calls)
+    # element n takes word n % 4 of counter n // 4
+    n = torch.tensor([0, 1, 2, 3, 4, 37, 63])
+    assert torch.equal(words[n], calls[n // 4, n % 4])
+    assert torch.equal(philox.element_uniform24(31, 64), philox.to_uniform24(words))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        philox.element_words(31, 6)
+
+
 def test_uniform24_is_exact_and_in_range():
     offsets = torch.arange(4096)
     words = philox.randint32(7, offsets)
@@ -83,6 +104,20 @@ TRITON_SCRIPT = textwrap.dedent(
         draw[(2,)](out, seed, 256, BLOCK=128)
         ours = philox.randint32(seed, torch.arange(256))
         assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, ours), seed
+    @triton.jit
+    def draw4(out_ptr, seed, BLOCK: tl.constexpr):
+        offsets = tl.arange(0, BLOCK)
+        w0, w1, w2, w3 = tl.randint4x(seed, offsets)
+        tl.store(out_ptr + offsets * 4, w0)
+        tl.store(out_ptr + offsets * 4 + 1, w1)
+        tl.store(out_ptr + offsets * 4 + 2, w2)
+        tl.store(out_ptr + offsets * 4 + 3, w3)
+
+    for seed in (0, 7, 2**40 + 9):
+        out = torch.empty(4 * 64, dtype=torch.int32)
+        draw4[(1,)](out, seed, BLOCK=64)
+        ours = philox.randint4x(seed, torch.arange(64)).flatten()
+        assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, ours), seed
     print("MATCH")
     """
 )
@@ -95,3 +130,17 @@ def test_matches_triton_randint_in_the_interpreter():
     result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MATCH" in result.stdout
+
+
+def test_sign_mask_holds_the_rotation_signs():
+    from fp4.runtime import reference
+
+    for seed, stream in ((0, 0), (5, 3), (2**62 + 1, 1)):
+        mask = philox.sign_mask(philox.stream_seed(seed, stream))
+        signs = reference.rotation_signs(seed, stream)
+        assert [(mask >> i) & 1 for i in range(32)] == (signs < 0).int().tolist()
+        # the top bit of each element word, in element order
+        words = philox.element_words(philox.stream_seed(seed, stream), 32)
+        assert mask == sum(int(word >> 31) << i for i, word in enumerate(words))
+    with pytest.raises(ValueError, match="unsigned 64-bit"):
+        philox.sign_mask(-3)
