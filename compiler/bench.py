@@ -1,6 +1,6 @@
 """``fp4 bench``: time the kernels against cuBLAS and the copy bandwidth, baselines in the same run.
 
-Sections (``--sections gemm,quantize,linear``):
+Sections (``--sections gemm,quantize,linear,compiled``):
 
 * ``gemm``: the MXFP4 GEMM at square sizes and Llama-7B/70B linear shapes, against
   bf16 cuBLAS (``torch.matmul``) and FP8 cuBLAS with row-wise scales
@@ -10,6 +10,9 @@ Sections (``--sections gemm,quantize,linear``):
   against a device-to-device copy of the input.
 * ``linear``: one linear layer's forward + backward at the Llama-7B MLP shape,
   Quartet on the kernels against bf16 eager.
+* ``compiled``: a training step (forward + backward) of a Llama-7B SwiGLU block
+  under ``torch.compile(block, backend="fp4")`` against the same block in bf16,
+  eager and compiled by Inductor.
 
 Writes ``bench.json``, ``results.md`` and ``gemm_tflops.png`` into ``--out``.
 """
@@ -225,6 +228,39 @@ def bench_linear(log, tokens=TOKENS, in_features=4096, out_features=11008):
     return result
 
 
+def bench_compiled(log, tokens=TOKENS, dim=4096, hidden=11008):
+    """A training step (forward + backward) of a Llama-7B SwiGLU block: bf16 eager, bf16 Inductor, ``backend="fp4"``."""
+    import torch
+
+    from .models import FeedForward, LlamaConfig
+
+    torch.manual_seed(0)
+    block = FeedForward(LlamaConfig(dim=dim, hidden_dim=hidden)).to("cuda", torch.bfloat16)
+    x = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn(tokens, dim, device="cuda", dtype=torch.bfloat16)
+
+    def step(module):
+        def run():
+            module(x).backward(grad)
+            block.zero_grad(set_to_none=True)
+            x.grad = None
+
+        return run
+
+    result = {"shape": [tokens, dim, hidden]}
+    for name, module in (
+        ("bf16_eager", block),
+        ("bf16_inductor", torch.compile(block)),
+        ("fp4", torch.compile(block, backend="fp4")),
+    ):
+        result[f"{name}_ms"] = _median_ms(step(module))
+    result["fp4_vs_eager"] = result["bf16_eager_ms"] / result["fp4_ms"]
+    result["fp4_vs_inductor"] = result["bf16_inductor_ms"] / result["fp4_ms"]
+    log(f"SwiGLU block fwd+bwd {tokens}x{dim}x{hidden}: bf16 eager {result['bf16_eager_ms']:.3f} ms, "
+        f"bf16 Inductor {result['bf16_inductor_ms']:.3f} ms, fp4 {result['fp4_ms']:.3f} ms")  # fmt: skip
+    return result
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -250,7 +286,7 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def markdown(info, gemm_rows, quant_rows, linear):
+def markdown(info, gemm_rows, quant_rows, linear, compiled=None):
     lines = [f"Card: {info['card']}; {info['date']}; torch {info['torch']}, Triton {info['triton']}.",
              f"Command: `{info['command']}`", ""]  # fmt: skip
     if gemm_rows:
@@ -293,6 +329,12 @@ def markdown(info, gemm_rows, quant_rows, linear):
             f"Linear layer forward + backward, {linear['shape']}: bf16 eager {linear['bf16_eager_ms']:.2f} ms, "
             f"Quartet on the kernels {linear['quartet_ms']:.2f} ms: ×{linear['speedup']:.2f}."
         )
+    if compiled:
+        lines.append(
+            f"SwiGLU block training step, {compiled['shape']}: bf16 eager {compiled['bf16_eager_ms']:.2f} ms, "
+            f"bf16 Inductor {compiled['bf16_inductor_ms']:.2f} ms, backend='fp4' {compiled['fp4_ms']:.2f} ms: "
+            f"×{compiled['fp4_vs_eager']:.2f} vs eager, ×{compiled['fp4_vs_inductor']:.2f} vs Inductor."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +373,7 @@ def main(argv=None) -> int:
 
     log(f"{info['card']}  torch {info['torch']}  triton {info['triton']}")
     sections = set(args.sections.split(","))
-    gemm_rows, quant_rows, linear = [], [], None
+    gemm_rows, quant_rows, linear, compiled = [], [], None, None
     started = time.time()
     if "quantize" in sections:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.quantize_shapes.split(",") if s]
@@ -343,13 +385,15 @@ def main(argv=None) -> int:
         gemm_rows = bench_gemm(shapes, log, variants=args.variants)
     if "linear" in sections:
         linear = bench_linear(log)
+    if "compiled" in sections:
+        compiled = bench_compiled(log)
     info["seconds"] = time.time() - started
     (out / "bench.json").write_text(json.dumps({"info": info, "gemm": gemm_rows, "quantize": quant_rows,
-                                                "linear": linear}, indent=1))  # fmt: skip
-    (out / "results.md").write_text(markdown(info, gemm_rows, quant_rows, linear))
+                                                "linear": linear, "compiled": compiled}, indent=1))  # fmt: skip
+    (out / "results.md").write_text(markdown(info, gemm_rows, quant_rows, linear, compiled))
     if gemm_rows:
         plot(gemm_rows, out / "gemm_tflops.png")
-    print(markdown(info, gemm_rows, quant_rows, linear))
+    print(markdown(info, gemm_rows, quant_rows, linear, compiled))
     return 0
 
 

@@ -1,0 +1,74 @@
+"""Static SASS size, registers and spills of the rotate + quantize kernels for sm_90a, without a GPU.
+
+    python benchmarks/count_sass.py
+
+Each kernel is compiled ahead of time to PTX (as the CI's PTX checks do), assembled with
+the ``ptxas`` that ships with Triton and disassembled with its ``cuobjdump``.  The
+kernels are straight-line code (one group per thread, no loops except the fold's), so
+instructions per element = SASS instructions x threads per program / elements per program,
+close to what Nsight Compute counts as executed.  The bundled ``ptxas`` may be older than
+the PTX ISA version Triton writes into the header; the kernels use nothing newer than
+PTX 8.7, so the header is lowered to what ``ptxas`` accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from fp4.codegen.spec import QuantizeSpec
+from fp4.runtime import kernels
+from fp4.runtime.cache import compile_ahead_of_time
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+CASES = {
+    "quest_quantize (last)": (QuantizeSpec("quest", "dense", "last", True, False, "bf16"), 8, 16),
+    "quest_quantize + fold": (QuantizeSpec("quest", "dense", "last", True, False, "bf16", fold=True), 4, 32),
+    "sr_quantize (last)": (QuantizeSpec("sr", "dense", "last", True, True, "bf16"), 8, 16),
+    "sr_quantize (first)": (QuantizeSpec("sr", "dense", "first", True, True, "bf16"), 64, 2),
+    "requantize_sr": (QuantizeSpec("sr", "mxfp4", "first", True, True, "u8"), 64, 2),
+}
+WARPS = 4
+
+
+def _assemble(ptx: str, directory: str) -> tuple[str, str]:
+    """``ptxas -v`` report and cubin path; a PTX header newer than ``ptxas`` is lowered to the version it names."""
+    ptx_path, cubin = os.path.join(directory, "k.ptx"), os.path.join(directory, "k.cubin")
+    for _ in range(2):
+        with open(ptx_path, "w") as stream:
+            stream.write(ptx)
+        run = subprocess.run(
+            [os.path.join(BIN, "ptxas"), "--gpu-name", "sm_90a", "-v", ptx_path, "-o", cubin],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        supported = re.search(r"current version is '(\d+\.\d+)'", run.stderr)
+        if run.returncode == 0 or supported is None:
+            break
+        ptx = re.sub(r"^\.version \d+\.\d+", f".version {supported.group(1)}", ptx, count=1, flags=re.M)
+    if run.returncode:
+        raise RuntimeError(run.stderr[-2000:])
+    return run.stderr, cubin
+
+
+def main() -> None:
+    print("| kernel | registers | spill bytes | SASS instructions | per element |\n|---|---|---|---|---|")
+    for name, (spec, block_rows, block_groups) in CASES.items():
+        constexprs = dict(BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
+        aligned = ("rows", "cols", "stride_x", "out_width")
+        compiled = compile_ahead_of_time(kernels.quantize_source(spec), 90, constexprs, WARPS, aligned=aligned)
+        with tempfile.TemporaryDirectory() as directory:
+            report, cubin = _assemble(compiled.asm["ptx"], directory)
+            sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
+        count = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass.stdout, flags=re.M))
+        registers = re.search(r"Used (\d+) registers", report).group(1)
+        spills = sum(int(b) for b in re.findall(r"(\d+) bytes spill", report))
+        per_element = count * WARPS * 32 / (block_rows * block_groups * 32)
+        print(f"| {name} | {registers} | {spills} | {count} | {per_element:.1f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
