@@ -17,6 +17,8 @@ operands without another pass over the input.
 
 from __future__ import annotations
 
+import contextlib
+
 from fp4.runtime.formats import E2M1_MAX, E8M0_NAN, GROUP_SIZE
 from fp4.runtime.reference import QUEST_EPSILON, QUEST_SCALE_FACTOR
 
@@ -260,6 +262,28 @@ def _signature(spec: QuantizeSpec) -> dict:
     return sig
 
 
+@contextlib.contextmanager
+def _row_tile_function(w: SourceWriter, name: str, what: str, signature: dict):
+    """``@triton.jit def name(<signature>, BLOCK_ROWS, BLOCK_GROUPS)`` with its docstring; the body goes inside."""
+    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
+    w.line("@triton.jit")
+    with w.block(f"def {name}({params}):"):
+        w.line(f'"""{what[0].upper() + what[1:]}."""')
+        yield
+
+
+def _row_tile_kernel(name: str, w: SourceWriter, spec, signature: dict) -> KernelSource:
+    """The finished source of a kernel tiled by ``BLOCK_ROWS`` x ``BLOCK_GROUPS`` (compiled without FMA fusion)."""
+    return KernelSource(
+        name=name,
+        text=w.text(),
+        spec=spec,
+        signature=signature,
+        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
+        options=dict(NO_FUSION),
+    )
+
+
 def emit_quantize(spec: QuantizeSpec) -> KernelSource:
     """Triton source of the kernel described by ``spec``."""
     name = spec.kernel_name
@@ -273,10 +297,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
     w = SourceWriter()
     w.lines_(header(name, what, spec.describe(), NO_FUSION))
     signature = _signature(spec)
-    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
-    w.line("@triton.jit")
-    with w.block(f"def {name}({params}):"):
-        w.line(f'"""{what[0].upper() + what[1:]}."""')
+    with _row_tile_function(w, name, what, signature):
         w.line("GROUPS: tl.constexpr = BLOCK_ROWS * BLOCK_GROUPS")
         w.line("pid_row = tl.program_id(0)")
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
@@ -324,14 +345,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             w.comment("the second pass reads back what this program's threads just stored")
             w.line("tl.debug_barrier()")
             _emit_fold_rows(w)
-    return KernelSource(
-        name=name,
-        text=w.text(),
-        spec=spec,
-        signature=signature,
-        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
-        options=dict(NO_FUSION),
-    )
+    return _row_tile_kernel(name, w, spec, signature)
 
 
 def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
@@ -349,10 +363,7 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         "rows": "i32",
         "out_width": "i32",
     }
-    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
-    w.line("@triton.jit")
-    with w.block(f"def {name}({params}):"):
-        w.line(f'"""{what[0].upper() + what[1:]}."""')
+    with _row_tile_function(w, name, what, signature):
         w.line("pid_row = tl.program_id(0)")
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
         w.line("out_rows64 = out_rows.to(tl.int64)")
@@ -370,11 +381,4 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
             )
             _emit_fold_track(w)
         _emit_fold_rows(w)
-    return KernelSource(
-        name=name,
-        text=w.text(),
-        spec=spec,
-        signature=signature,
-        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
-        options=dict(NO_FUSION),
-    )
+    return _row_tile_kernel(name, w, spec, signature)

@@ -183,13 +183,26 @@ def sr_quantize(
     if x.dim() != 2:
         raise ValueError(f"sr_quantize takes a 2-D tensor, got shape {tuple(x.shape)}")
     values = x.float().t() if transpose else x.float()
-    values = rotate(_pad_last(values), -1, signs)
+    return absmax_quantize_rows(rotate(_pad_last(values), -1, signs), seed, stream)
+
+
+def absmax_quantize_rows(
+    values: torch.Tensor, seed: int, stream: int, stochastic: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absmax scales and E2M1 codes of each 32-group of the rows of ``values`` (float32 ``[R, W]``, W % 32 == 0).
+
+    Stochastic rounding draws as :func:`sr_quantize` says; ``stochastic=False``
+    rounds to nearest even instead.
+    """
     groups = _groups(values)
     scale_bytes = absmax_scale_bytes(groups)
     scaled = _scale_by_exponent(groups * 3.0, scale_bytes)
-    rows, width = values.shape
-    uniform = element_uniform24(stream_seed(seed, stream), rows * width, values.device)
-    codes = stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
+    if stochastic:
+        rows, width = values.shape
+        uniform = element_uniform24(stream_seed(seed, stream), rows * width, values.device)
+        codes = stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
+    else:
+        codes = formats.encode_e2m1(scaled)
     return formats.pack_nibbles(codes.flatten(-2)), scale_bytes
 
 

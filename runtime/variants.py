@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch.library import custom_op
 
-from . import formats, ops, philox, reference
+from . import formats, ops, reference
 from .formats import GROUP_SIZE
 from .hadamard import rotate as hadamard_rotate
 
@@ -95,16 +95,7 @@ def quantize_grad_reference(
     values = reference._pad_last(values)
     if rotate:
         values = hadamard_rotate(values, -1, signs)
-    groups = values.unflatten(-1, (-1, GROUP_SIZE))
-    scale_bytes = reference.absmax_scale_bytes(groups)
-    scaled = reference._scale_by_exponent(groups * 3.0, scale_bytes)
-    if rounding == "sr":
-        rows, width = values.shape
-        uniform = philox.element_uniform24(philox.stream_seed(seed, stream), rows * width, values.device)
-        codes = reference.stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
-    else:
-        codes = formats.encode_e2m1(scaled)
-    return formats.pack_nibbles(codes.flatten(-2)), scale_bytes
+    return reference.absmax_quantize_rows(values, seed, stream, stochastic=rounding == "sr")
 
 
 def _signs(seed: torch.Tensor, sign_stream: int, rotate: bool):
