@@ -41,16 +41,34 @@ def stream_seed(seed: int, stream: int) -> int:
     return mixed % SEED_MODULUS
 
 
-def _mulhi_lo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values in int64).
+def _mulhi_lo(a: int, b):
+    """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values as int64 tensor or int).
 
-    The product of two 32-bit values needs 64 bits; int64 multiplication keeps
-    exactly those 64 bits (two's-complement wrap-around), so an arithmetic
-    shift and a mask recover the unsigned high word.  The Philox known-answer
-    tests pin this down.
+    The product of two 32-bit values needs 64 bits; int64 tensor multiplication
+    keeps exactly those 64 bits (two's-complement wrap-around), so an arithmetic
+    shift and a mask recover the unsigned high word; Python integers are exact.
+    The Philox known-answer tests pin this down.
     """
     product = a * b
     return (product >> 32) & _MASK32, product & _MASK32
+
+
+def _key(seed: int) -> tuple[int, int]:
+    if not 0 <= seed < (1 << 64):
+        raise ValueError(f"Philox seed must be an unsigned 64-bit integer, got {seed}")
+    return seed & _MASK32, (seed >> 32) & _MASK32
+
+
+def _rounds(c0, c1, c2, c3, key: tuple[int, int]):
+    """The ten Philox rounds on counter words given as int64 tensors or Python integers."""
+    k0, k1 = key
+    for _ in range(ROUNDS):
+        hi_b, lo_b = _mulhi_lo(_ROUND_B, c2)
+        hi_a, lo_a = _mulhi_lo(_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + _KEY_A) & _MASK32
+        k1 = (k1 + _KEY_B) & _MASK32
+    return c0, c1, c2, c3
 
 
 def randint4x(seed: int, offsets: torch.Tensor) -> torch.Tensor:
@@ -59,22 +77,11 @@ def randint4x(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     Matches ``tl.randint4x(seed, offsets)`` for 32-bit offsets: key = (seed
     low word, seed high word), counter = (offset low word, offset high word, 0, 0).
     """
-    if not 0 <= seed < (1 << 64):
-        raise ValueError(f"Philox seed must be an unsigned 64-bit integer, got {seed}")
+    key = _key(seed)
     offsets = offsets.to(torch.int64)
     c0 = offsets & _MASK32
-    c1 = (offsets >> 32) & _MASK32
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
-    k0 = seed & _MASK32
-    k1 = (seed >> 32) & _MASK32
-    for _ in range(ROUNDS):
-        hi_b, lo_b = _mulhi_lo(_ROUND_B, c2)
-        hi_a, lo_a = _mulhi_lo(_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + _KEY_A) & _MASK32
-        k1 = (k1 + _KEY_B) & _MASK32
-    return torch.stack([c0, c1, c2, c3], dim=-1)
+    zero = torch.zeros_like(c0)
+    return torch.stack(_rounds(c0, (offsets >> 32) & _MASK32, zero, zero, key), dim=-1)
 
 
 def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
@@ -85,11 +92,6 @@ def randint32(seed: int, offsets: torch.Tensor) -> torch.Tensor:
 def to_uniform24(words: torch.Tensor) -> torch.Tensor:
     """Uniform float32 in [0, 1) with 24 random bits: ``(word >> 8) * 2**-24`` (exact)."""
     return (words >> 8).to(torch.float32) * (2.0**-24)
-
-
-def uniform24(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """``to_uniform24`` of the first word at each offset."""
-    return to_uniform24(randint32(seed, offsets))
 
 
 def element_words(seed: int, count: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -104,22 +106,6 @@ def element_uniform24(seed: int, count: int, device: torch.device | str | None =
     return to_uniform24(element_words(seed, count, device))
 
 
-def _philox4x32_int(key: tuple[int, int], counter: int) -> tuple[int, int, int, int]:
-    """One Philox4x32-10 call on plain integers (counter = (counter low word, high word, 0, 0))."""
-    c0, c1, c2, c3 = counter & _MASK32, (counter >> 32) & _MASK32, 0, 0
-    k0, k1 = key
-    for _ in range(ROUNDS):
-        product_a, product_b = _ROUND_A * c0, _ROUND_B * c2
-        c0, c1, c2, c3 = (
-            (product_b >> 32) ^ c1 ^ k0,
-            product_b & _MASK32,
-            (product_a >> 32) ^ c3 ^ k1,
-            product_a & _MASK32,
-        )
-        k0, k1 = (k0 + _KEY_A) & _MASK32, (k1 + _KEY_B) & _MASK32
-    return c0, c1, c2, c3
-
-
 @functools.lru_cache(maxsize=1024)
 def sign_mask(seed: int) -> int:
     """The 32 top bits of :func:`element_words` ``(seed, 32)`` as one word: bit ``i`` set means sign ``i`` is -1.
@@ -127,11 +113,9 @@ def sign_mask(seed: int) -> int:
     Host-side integer arithmetic, so a kernel receives the random diagonal
     ``D`` of ``H_b = D @ H`` as one 32-bit argument instead of drawing it.
     """
-    if not 0 <= seed < (1 << 64):
-        raise ValueError(f"Philox seed must be an unsigned 64-bit integer, got {seed}")
-    key = (seed & _MASK32, (seed >> 32) & _MASK32)
+    key = _key(seed)
     mask = 0
     for counter in range(8):
-        for word_index, word in enumerate(_philox4x32_int(key, counter)):
+        for word_index, word in enumerate(_rounds(counter, 0, 0, 0, key)):
             mask |= (word >> 31) << (4 * counter + word_index)
     return mask
