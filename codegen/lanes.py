@@ -250,7 +250,7 @@ def emit_philox(
 
     def xor(*terms):
         present = [t for t in terms if t is not None]
-        return " ^ ".join(present) if present else "tl.full([], 0, tl.uint32)"
+        return " ^ ".join(present)
 
     for r in range(PHILOX_ROUNDS):
         k0, k1 = f"{keys}_k0_{r}", f"{keys}_k1_{r}"

@@ -306,12 +306,13 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
         w.line("n_groups = out_width // 32")
         if spec.signs:
             w.comment("random +-1 diagonal D of H_b = D.H: bit i of sign_mask set means sign i is -1")
-            w.line("sign_row = tl.where(((sign_mask >> tl.arange(0, 32)) & 1) != 0, -1.0, 1.0)")
             if spec.source == "dense" and spec.axis == "last":
                 width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
                 for first in range(0, GROUP_SIZE, width):
                     bits = f"(sign_mask >> ({first} + tl.arange(0, {width})))"
                     w.line(f"sign_row{first:02d} = tl.where(({bits} & 1) != 0, -1.0, 1.0)")
+            else:
+                w.line("sign_row = tl.where(((sign_mask >> tl.arange(0, 32)) & 1) != 0, -1.0, 1.0)")
         if spec.fold:
             w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
             w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")

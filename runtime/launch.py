@@ -57,6 +57,11 @@ def device_target(device: torch.device) -> Target:
     return _device_target(device.index if device.index is not None else torch.cuda.current_device())
 
 
+def _wide_counters(out_rows: int, width: int) -> bool:
+    """Whether the Philox counters of an SR result (element index // 4) reach the counter's high word."""
+    return out_rows * width >= 4 << 32
+
+
 def _padded(size: int) -> int:
     return -(-size // GROUP_SIZE) * GROUP_SIZE
 
@@ -125,7 +130,7 @@ def launch_quantize_dense(
         x = x.contiguous()
     rows, cols = x.shape
     out_rows, width = (rows, _padded(cols)) if axis == "last" else (cols, _padded(rows))
-    wide = method == "sr" and out_rows * width >= 1 << 34
+    wide = method == "sr" and _wide_counters(out_rows, width)
     spec = QuantizeSpec(
         method, "dense", axis, rotate, sign_seed is not None, DTYPE_NAMES[x.dtype], fold_output, wide
     )  # fmt: skip
@@ -151,7 +156,7 @@ def launch_requantize(
     codes, scales = codes.contiguous(), scales.contiguous()
     rows, cols = codes.shape[0], codes.shape[1] * 2
     out_rows, width = cols, _padded(rows)
-    wide = out_rows * width >= 1 << 34
+    wide = _wide_counters(out_rows, width)
     spec = QuantizeSpec("sr", "mxfp4", "first", True, sign_seed is not None, "u8", wide_offsets=wide)
     outputs = _quantize_outputs(spec, out_rows, width, codes.device)
     args = [codes, scales, *outputs, rows, cols, codes.stride(0), scales.stride(0), width, seed]
