@@ -14,27 +14,7 @@ import sys
 
 import fp4.runtime.launch  # noqa: F401  (the kernels as the CUDA implementations of the ops)
 import torch
-from fp4.models import FeedForward, LlamaConfig
-from fp4.runtime.oracle import quartet_linear
-
-TOKENS, DIM, HIDDEN = 8192, 4096, 11008
-
-
-def linear_step():
-    x = torch.randn(TOKENS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    w = (torch.randn(HIDDEN, DIM, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
-    grad = torch.randn(TOKENS, HIDDEN, device="cuda", dtype=torch.bfloat16)
-    seed = torch.tensor(5)
-    return lambda: quartet_linear(x, w, None, seed).backward(grad)
-
-
-def block_step():
-    torch.manual_seed(0)
-    block = FeedForward(LlamaConfig(dim=DIM, hidden_dim=HIDDEN)).to("cuda", torch.bfloat16)
-    compiled = torch.compile(block, backend="fp4")
-    x = torch.randn(TOKENS, DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    grad = torch.randn(TOKENS, DIM, device="cuda", dtype=torch.bfloat16)
-    return lambda: compiled(x).backward(grad)
+from fp4.bench import block_steps, linear_steps
 
 
 def profile(name: str, step, repeats: int = 5) -> None:
@@ -60,6 +40,6 @@ def profile(name: str, step, repeats: int = 5) -> None:
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ["linear", "block"]
-    steps = {"linear": linear_step, "block": block_step}
+    steps = {"linear": lambda: linear_steps()["quartet"], "block": lambda: block_steps()["fp4"]}
     for name in chosen:
         profile(name, steps[name]())

@@ -201,7 +201,11 @@ def _bench_quantize_shape(rows, cols, log):
     return results
 
 
-def bench_linear(log, tokens=TOKENS, in_features=4096, out_features=11008):
+def linear_steps(tokens=TOKENS, in_features=4096, out_features=11008) -> dict:
+    """Forward + backward of one linear layer on CUDA: ``{"bf16_eager": step, "quartet": step}``.
+
+    ``quartet`` is the eager oracle ``quartet_linear`` with every op on its CUDA kernel.
+    """
     import torch
     from fp4.runtime.oracle import quartet_linear
 
@@ -218,18 +222,15 @@ def bench_linear(log, tokens=TOKENS, in_features=4096, out_features=11008):
         y = quartet_linear(x, w, None, seed)
         y.backward(grad)
 
-    quartet_step()  # compile and autotune outside the timing
-    bf16_ms = _median_ms(bf16_step)
-    quartet_ms = _median_ms(quartet_step)
-    result = {"shape": [tokens, out_features, in_features], "bf16_eager_ms": bf16_ms, "quartet_ms": quartet_ms,
-              "speedup": bf16_ms / quartet_ms}  # fmt: skip
-    log(f"linear fwd+bwd {tokens}x{out_features}x{in_features}: bf16 eager {bf16_ms:.3f} ms, "
-        f"Quartet kernels {quartet_ms:.3f} ms, x{result['speedup']:.2f}")  # fmt: skip
-    return result
+    return {"bf16_eager": bf16_step, "quartet": quartet_step}
 
 
-def bench_compiled(log, tokens=TOKENS, dim=4096, hidden=11008):
-    """A training step (forward + backward) of a Llama-7B SwiGLU block: bf16 eager, bf16 Inductor, ``backend="fp4"``."""
+def block_steps(tokens=TOKENS, dim=4096, hidden=11008) -> dict:
+    """A training step (forward + backward) of a Llama-7B SwiGLU block on CUDA, per way of running it.
+
+    ``{"bf16_eager": step, "bf16_inductor": step, "fp4": step}``; the compiled
+    forms compile on their first call.
+    """
     import torch
 
     from .models import FeedForward, LlamaConfig
@@ -247,13 +248,29 @@ def bench_compiled(log, tokens=TOKENS, dim=4096, hidden=11008):
 
         return run
 
+    return {
+        "bf16_eager": step(block),
+        "bf16_inductor": step(torch.compile(block)),
+        "fp4": step(torch.compile(block, backend="fp4")),
+    }
+
+
+def bench_linear(log, tokens=TOKENS, in_features=4096, out_features=11008):
+    steps = linear_steps(tokens, in_features, out_features)
+    bf16_ms = _median_ms(steps["bf16_eager"])
+    quartet_ms = _median_ms(steps["quartet"])  # _median_ms compiles and autotunes outside the timing
+    result = {"shape": [tokens, out_features, in_features], "bf16_eager_ms": bf16_ms, "quartet_ms": quartet_ms,
+              "speedup": bf16_ms / quartet_ms}  # fmt: skip
+    log(f"linear fwd+bwd {tokens}x{out_features}x{in_features}: bf16 eager {bf16_ms:.3f} ms, "
+        f"Quartet kernels {quartet_ms:.3f} ms, x{result['speedup']:.2f}")  # fmt: skip
+    return result
+
+
+def bench_compiled(log, tokens=TOKENS, dim=4096, hidden=11008):
+    """Time :func:`block_steps`: bf16 eager, bf16 Inductor and ``backend="fp4"``."""
     result = {"shape": [tokens, dim, hidden]}
-    for name, module in (
-        ("bf16_eager", block),
-        ("bf16_inductor", torch.compile(block)),
-        ("fp4", torch.compile(block, backend="fp4")),
-    ):
-        result[f"{name}_ms"] = _median_ms(step(module))
+    for name, step in block_steps(tokens, dim, hidden).items():
+        result[f"{name}_ms"] = _median_ms(step)
     result["fp4_vs_eager"] = result["bf16_eager_ms"] / result["fp4_ms"]
     result["fp4_vs_inductor"] = result["bf16_inductor_ms"] / result["fp4_ms"]
     log(f"SwiGLU block fwd+bwd {tokens}x{dim}x{hidden}: bf16 eager {result['bf16_eager_ms']:.3f} ms, "
