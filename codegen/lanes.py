@@ -22,6 +22,7 @@ conversion after the load.
 
 from __future__ import annotations
 
+from fp4.runtime import philox
 from fp4.runtime.formats import E8M0_BIAS, E8M0_NAN, GROUP_SIZE
 from fp4.runtime.hadamard import _STAGE_STRIDES, HADAMARD_NORM
 
@@ -211,11 +212,9 @@ def pack_words(w: SourceWriter, values: list[str], bits: int, prefix: str) -> li
 
 # Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is a
 # high-word and a low-word multiply, and each new counter word one three-way XOR.
-PHILOX_KEY_A = 0x9E3779B9
-PHILOX_KEY_B = 0xBB67AE85
-PHILOX_ROUND_A = 0xD2511F53
-PHILOX_ROUND_B = 0xCD9E8D57
-PHILOX_ROUNDS = 10
+PHILOX_KEY_A, PHILOX_KEY_B = philox.KEY_A, philox.KEY_B
+PHILOX_ROUND_A, PHILOX_ROUND_B = philox.ROUND_A, philox.ROUND_B
+PHILOX_ROUNDS = philox.ROUNDS
 _MASK32 = 0xFFFFFFFF
 
 
@@ -232,6 +231,37 @@ def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
     for r in range(1, PHILOX_ROUNDS):
         w.line(f"{prefix}_k0_{r} = {prefix}_k0_0 + tl.full([], {(r * PHILOX_KEY_A) & _MASK32:#x}, tl.uint32)")
         w.line(f"{prefix}_k1_{r} = {prefix}_k1_0 + tl.full([], {(r * PHILOX_KEY_B) & _MASK32:#x}, tl.uint32)")
+
+
+def stream_addend(stream: int) -> int:
+    """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as a signed 64-bit kernel argument (its two's complement)."""
+    addend = ((stream + 1) * philox.STREAM_MULTIPLIER) % (1 << 64)
+    return addend - (1 << 64) if addend >= 1 << 63 else addend
+
+
+def emit_stream_seed(w: SourceWriter, layer_seed: str, addend: str, out: str) -> None:
+    """``out`` (uint64 scalar) = ``stream_seed(layer seed, stream)`` for ``addend = stream_addend(stream)``.
+
+    The layer seed is read on the device, so the host never looks at it (CUDA-graph replays draw new seeds).
+    """
+    w.line(f"{out} = {layer_seed} + {addend}.to(tl.uint64, bitcast=True)")
+    w.line(f"{out} = {out} ^ ({out} >> 29)")
+    w.comment("seeds are below 2**63 (they travel as int64)")
+    w.line(f"{out} = ({out} << 1) >> 1")
+
+
+def emit_sign_mask(w: SourceWriter, seed: str, out: str) -> None:
+    """``out`` (int32 scalar) = ``fp4.runtime.philox.sign_mask(seed)``: bit i is the top bit of element word i.
+
+    Element ``i`` of the first 32 takes word ``i % 4`` of Philox counter ``i // 4`` (eight calls).
+    """
+    emit_philox_keys(w, seed, f"{out}_key")
+    w.line(f"{out}_counter = tl.arange(0, 8).to(tl.uint32)")
+    words = emit_philox(w, f"{out}_key", f"{out}_counter", None, f"{out}_rand", words=4)
+    terms = " | ".join(f"(({word} >> 31) << ({out}_counter * 4 + {k}))" for k, word in enumerate(words))
+    w.line(f"{out}_bits = ({terms}).to(tl.int64)")
+    w.comment("the bits are disjoint, so their sum is their OR")
+    w.line(f"{out} = tl.sum({out}_bits, axis=0).to(tl.int32)")
 
 
 def emit_philox(

@@ -255,10 +255,12 @@ def _signature(spec: QuantizeSpec) -> dict:
     if spec.source == "mxfp4":
         sig["stride_x_scales"] = "i32"
     sig["out_width"] = "i32"
+    if spec.uses_philox:
+        sig["seed_ptr"] = "*i64"
     if spec.method == "sr":
-        sig["seed"] = "i64"
+        sig["stream_addend"] = "i64"
     if spec.signs:
-        sig["sign_mask"] = "i32"
+        sig["sign_addend"] = "i64"
     return sig
 
 
@@ -304,7 +306,14 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
         w.line("out_rows64 = out_rows.to(tl.int64)")
         w.line(f"n_out_rows = {'rows' if spec.axis == 'last' else 'cols'}")
         w.line("n_groups = out_width // 32")
+        if spec.uses_philox:
+            w.comment("the layer's seed lives on the device; each stream of it gets its own Philox seed")
+            w.line("layer_seed = tl.load(seed_ptr).to(tl.uint64, bitcast=True)")
+        if spec.method == "sr":
+            L.emit_stream_seed(w, "layer_seed", "stream_addend", "seed")
         if spec.signs:
+            L.emit_stream_seed(w, "layer_seed", "sign_addend", "sign_seed")
+            L.emit_sign_mask(w, "sign_seed", "sign_mask")
             w.comment("random +-1 diagonal D of H_b = D.H: bit i of sign_mask set means sign i is -1")
             if spec.source == "dense" and spec.axis == "last":
                 width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]

@@ -23,11 +23,15 @@ from .options import Options
 _overrides = threading.local()
 
 
+MODES = {None: {}, "default": {}, "reduce-overhead": {"cudagraphs": True}}
+"""``torch.compile(..., mode=...)`` values the backend accepts, and the options each one sets."""
+
+
 def fp4_backend(gm, example_inputs, options=None, mode=None):
-    """Entry point of ``torch.compile(model, backend="fp4", options=...)``."""
-    if mode not in (None, "default"):
-        raise ValueError(f"fp4 backend: mode={mode!r} is not supported; pass options= instead")
-    return Fp4Backend(Options.from_mapping(options))(gm, example_inputs)
+    """Entry point of ``torch.compile(model, backend="fp4", options=...)`` (or ``mode="reduce-overhead"``)."""
+    if mode not in MODES:
+        raise ValueError(f"fp4 backend: mode={mode!r} is not supported; modes: {[m for m in MODES if m]}")
+    return Fp4Backend(Options.from_mapping(options, **MODES[mode]))(gm, example_inputs)
 
 
 class Fp4Backend:

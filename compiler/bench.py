@@ -1,6 +1,6 @@
 """``fp4 bench``: time the kernels against cuBLAS and the copy bandwidth, baselines in the same run.
 
-Sections (``--sections gemm,quantize,linear,compiled``):
+Sections (``--sections gemm,quantize,linear,compiled,model``):
 
 * ``gemm``: the MXFP4 GEMM at square sizes and Llama-7B/70B linear shapes, against
   bf16 cuBLAS (``torch.matmul``) and FP8 cuBLAS with row-wise scales
@@ -13,6 +13,9 @@ Sections (``--sections gemm,quantize,linear,compiled``):
 * ``compiled``: a training step (forward + backward) of a Llama-7B SwiGLU block
   under ``torch.compile(block, backend="fp4")`` against the same block in bf16,
   eager and compiled by Inductor.
+* ``model``: whole ``LlamaForCausalLM`` training steps (:mod:`fp4.bench_model`): bf16 eager,
+  bf16 Inductor, ``backend="fp4"`` with and without CUDA graphs, per configuration
+  (``--models``); written to ``bench_model_<card>.json`` as well.
 
 Writes ``bench.json``, ``results.md`` and ``gemm_tflops.png`` into ``--out``.
 """
@@ -72,7 +75,10 @@ def bench_gemm(shapes, log, variants=True):
 def _bench_gemm_shape(name, M, N, K, log, variants):
     import torch
     from fp4.codegen.spec import EpilogueSpec, GemmSpec
-    from fp4.runtime import autotune, kernels, launch
+    from fp4.runtime import autotune, launch
+    from fp4.runtime.lowering import LOWERINGS
+
+    fold_lowering = LOWERINGS["fp8_fold"]
 
     generator = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(M, K, device="cuda", generator=generator, dtype=torch.bfloat16)
@@ -99,12 +105,12 @@ def _bench_gemm_shape(name, M, N, K, log, variants):
         sweeps = [
             (True, variant, config)
             for variant in ("tma", "tma_persistent")
-            for config in kernels.gemm_configs(GemmSpec("fp8_fold", EpilogueSpec(), promote=True))
+            for config in fold_lowering.configs(GemmSpec("fp8_fold", EpilogueSpec(), promote=True))
         ]
         fast = autotune.Config.make(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)
         sweeps += [(False, variant, fast) for variant in ("tma", "tma_persistent")]  # fmt: skip
         for promote, variant, config in sweeps:
-            launch.PROMOTE_FP8_ACCUMULATION = promote
+            fold_lowering.promote = promote
             cfg = autotune.Config(config.params, config.num_warps, config.num_stages, variant)
             kind = variant + ("" if promote else "+fast_accum")
             try:
@@ -115,7 +121,7 @@ def _bench_gemm_shape(name, M, N, K, log, variants):
             row.setdefault("candidates", {})[f"{kind}:{cfg.label()}"] = ms
             if ms < best.get(kind, (math.inf,))[0]:
                 best[kind] = (ms, cfg.label())
-        launch.PROMOTE_FP8_ACCUMULATION = True
+        fold_lowering.promote = True
         row["triton_best"] = {k: {"ms": v[0], "config": v[1]} for k, v in best.items()}
         precise = [v[0] for k, v in best.items() if "fast_accum" not in k]
         fast_ms = [v[0] for k, v in best.items() if "fast_accum" in k]
@@ -163,31 +169,25 @@ def bench_quantize(rows_cols, log):
 
 def _bench_quantize_shape(rows, cols, log):
     import torch
-    from fp4.runtime import launch
-    from fp4.runtime.philox import stream_seed
 
+    fp4 = torch.ops.fp4
     x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
     copy_target = torch.empty_like(x)
     n = rows * cols
     copy_ms = _median_ms(lambda: copy_target.copy_(x))
     copy_tbs = 2 * n * 2 / (copy_ms * 1e-3) / 1e12
-    codes, scales, _ = torch.ops.fp4.quest_quantize(x, True)
-    seed, signs = stream_seed(7, 2), stream_seed(7, 0)
+    codes, scales, _ = fp4.quest_quantize(x, True)
+    seed = torch.tensor(7, device="cuda")
     packed = n // 2 + n // 32  # codes + scales
+    # the ops as a compiled graph calls them (their launch plans), streams as for an input-grad GEMM
     cases = {
-        "quest_quantize (rotate, last dim)": (
-            lambda: launch.launch_quantize_dense(x, "quest", "last", True), 2 * n + packed + n // 8),
-        "quest_quantize + FP8 fold": (
-            lambda: launch.launch_quantize_dense(x, "quest", "last", True, fold_output=True),
-            2 * n + packed + n // 8 + n + 4 * rows),
-        "sr_quantize (D.H, last dim)": (
-            lambda: launch.launch_quantize_dense(x, "sr", "last", True, seed, signs), 2 * n + packed),
-        "sr_quantize (D.H, first dim)": (
-            lambda: launch.launch_quantize_dense(x, "sr", "first", True, seed, signs), 2 * n + packed),
-        "requantize_sr (MXFP4 -> transposed)": (
-            lambda: launch.launch_requantize(codes, scales, seed, signs), 2 * packed),
-        "fold_fp8 (MXFP4 -> E4M3 + row scale)": (lambda: launch.launch_fold(codes, scales), packed + n + 4 * rows),
-        "bias_grad (column sums)": (lambda: launch.launch_bias_grad(x, torch.bfloat16), 2 * n + 2 * cols),
+        "quest_quantize (rotate, last dim)": (lambda: fp4.quest_quantize(x, True), 2 * n + packed + n // 8),
+        "quest_quantize + FP8 fold": (lambda: fp4.quest_quantize_fold(x, True), 2 * n + packed + n // 8 + n + 4 * rows),
+        "sr_quantize (D.H, last dim)": (lambda: fp4.sr_quantize(x, seed, 0, 2, False), 2 * n + packed),
+        "sr_quantize (D.H, first dim)": (lambda: fp4.sr_quantize(x, seed, 0, 2, True), 2 * n + packed),
+        "requantize_sr (MXFP4 -> transposed)": (lambda: fp4.requantize_sr(codes, scales, seed, 0, 3), 2 * packed),
+        "fold_fp8 (MXFP4 -> E4M3 + row scale)": (lambda: fp4.fold_fp8(codes, scales), packed + n + 4 * rows),
+        "bias_grad (column sums)": (lambda: fp4.bias_grad(x, torch.bfloat16), 2 * n + 2 * cols),
     }  # fmt: skip
     results = []
     for name, (fn, nbytes) in cases.items():
@@ -212,7 +212,7 @@ def linear_steps(tokens=TOKENS, in_features=4096, out_features=11008) -> dict:
     x = torch.randn(tokens, in_features, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     w = (torch.randn(out_features, in_features, device="cuda") * 0.02).to(torch.bfloat16).requires_grad_()
     grad = torch.randn(tokens, out_features, device="cuda", dtype=torch.bfloat16)
-    seed = torch.tensor(5)
+    seed = torch.tensor(5, device="cuda")
 
     def bf16_step():
         y = torch.nn.functional.linear(x, w)
@@ -303,7 +303,7 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def markdown(info, gemm_rows, quant_rows, linear, compiled=None):
+def markdown(info, gemm_rows, quant_rows, linear, compiled=None, models=None):
     lines = [f"Card: {info['card']}; {info['date']}; torch {info['torch']}, Triton {info['triton']}.",
              f"Command: `{info['command']}`", ""]  # fmt: skip
     if gemm_rows:
@@ -352,6 +352,10 @@ def markdown(info, gemm_rows, quant_rows, linear, compiled=None):
             f"bf16 Inductor {compiled['bf16_inductor_ms']:.2f} ms, backend='fp4' {compiled['fp4_ms']:.2f} ms: "
             f"×{compiled['fp4_vs_eager']:.2f} vs eager, ×{compiled['fp4_vs_inductor']:.2f} vs Inductor."
         )
+    if models:
+        from .bench_model import markdown as model_markdown
+
+        lines += ["", *model_markdown(models), ""]
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +367,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="square",
                         help="which GEMM shapes also time every kernel variant: all, square or none")  # fmt: skip
     parser.add_argument("--quantize-shapes", default="8192x8192,8192x11008")
+    parser.add_argument("--models", default="llama7b-8l,llama1b-8l,small-6l", help="model configurations")
+    parser.add_argument("--modes", default="bf16_eager,bf16_inductor,fp4,fp4_cudagraphs", help="model modes")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per model and mode")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)
 
@@ -390,7 +397,7 @@ def main(argv=None) -> int:
 
     log(f"{info['card']}  torch {info['torch']}  triton {info['triton']}")
     sections = set(args.sections.split(","))
-    gemm_rows, quant_rows, linear, compiled = [], [], None, None
+    gemm_rows, quant_rows, linear, compiled, models = [], [], None, None, []
     started = time.time()
     if "quantize" in sections:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.quantize_shapes.split(",") if s]
@@ -404,13 +411,24 @@ def main(argv=None) -> int:
         linear = bench_linear(log)
     if "compiled" in sections:
         compiled = bench_compiled(log)
+    if "model" in sections:
+        from .bench_model import bench_models
+
+        models = bench_models(args.models.split(","), log, modes=args.modes.split(","), steps=args.steps)
+        card = info["card"].lower().replace("nvidia", "").strip().split()[0]
+        (out / f"bench_model_{card}.json").write_text(
+            json.dumps([{"card": info["card"], "date": info["date"], "command": info["command"], **row}
+                        for row in models], indent=1)
+        )  # fmt: skip
     info["seconds"] = time.time() - started
-    (out / "bench.json").write_text(json.dumps({"info": info, "gemm": gemm_rows, "quantize": quant_rows,
-                                                "linear": linear, "compiled": compiled}, indent=1))  # fmt: skip
-    (out / "results.md").write_text(markdown(info, gemm_rows, quant_rows, linear, compiled))
+    results = {"info": info, "gemm": gemm_rows, "quantize": quant_rows, "linear": linear, "compiled": compiled,
+               "model": models}  # fmt: skip
+    (out / "bench.json").write_text(json.dumps(results, indent=1))
+    report = markdown(info, gemm_rows, quant_rows, linear, compiled, models)
+    (out / "results.md").write_text(report)
     if gemm_rows:
         plot(gemm_rows, out / "gemm_tflops.png")
-    print(markdown(info, gemm_rows, quant_rows, linear, compiled))
+    print(report)
     return 0
 
 

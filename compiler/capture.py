@@ -314,11 +314,14 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
             rewriter.record_forward(graph, training=False)
         return compile_fx_inner(graph, inputs, **kwargs)
 
+    patches = {"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()}
+    if rewriter.options.cudagraphs:
+        patches["triton.cudagraphs"] = True
     return compile_fx(
         gm,
         example_inputs,
         inner_compile=inner_compile,
-        config_patches={"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()},
+        config_patches=patches,
         decompositions=inductor_decompositions(),
     )
 

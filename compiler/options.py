@@ -67,6 +67,8 @@ class Options:
     ``verify``             check every pass's output graph (shapes/dtypes re-derived), slower
     ``measure_saved``      partition the unrewritten graph too, to report the saved-activation bytes before/after
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
+    ``cudagraphs``         run the compiled forward and backward as CUDA graphs (Inductor's CUDA-graph trees);
+                           needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
     """
 
     format: str = "mxfp4"
@@ -80,11 +82,14 @@ class Options:
     verify: bool = False
     measure_saved: bool = True
     target: str | None = None
+    cudagraphs: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise NotImplementedError(f"fp4: format {self.format!r} is not implemented; available: {FORMATS}")
+        if self.cudagraphs and not self.inductor:
+            raise ValueError("fp4: cudagraphs=True needs inductor=True (Inductor's CUDA-graph trees run the graphs)")
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"
@@ -115,7 +120,7 @@ class Options:
                 values[key] = _patterns(values[key], key)
         if "passes" in values and isinstance(values["passes"], str):
             values["passes"] = tuple(p.strip() for p in _split_pipeline(values["passes"]))
-        for key in ("rotate", "inductor", "verify", "measure_saved"):
+        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs"):
             if key in values and not isinstance(values[key], bool):
                 raise ValueError(f"fp4 option {key!r} must be True or False, got {values[key]!r}")
         return cls(**values)

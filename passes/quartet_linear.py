@@ -15,7 +15,7 @@ number ``seq_nr`` that AOTAutograd copies onto backward nodes.  All GEMMs of
 a layer are rewritten together, sharing the forward's FP4 codes, scales, clip
 masks and the layer's seed, exactly as :mod:`fp4.runtime.oracle` composes the
 ops.  Layer ``i`` (forward program order) uses seed ``i`` of one
-``draw_seeds(n)`` at the start of the graph.
+``draw_seeds(n, device)`` at the start of the graph (on the device of the layers' inputs).
 
 The epilogue is emitted unfused (float32 GEMM, then ``+ bias``, clip mask,
 inverse rotation and the cast to the model dtype as separate nodes); the
@@ -32,7 +32,7 @@ Before (one layer, joint graph)::
 
 After::
 
-    draw_seeds = fp4.draw_seeds(1);  select = aten.select.int(draw_seeds, 0, 0)
+    draw_seeds = fp4.draw_seeds(1, torch.device("cpu"));  select = aten.select.int(draw_seeds, 0, 0)
     quest_quantize = fp4.quest_quantize(x, True)             # codes, scales, mask of x
     quest_quantize_1 = fp4.quest_quantize(primals_1, True)   # ... of w
     mxfp4_gemm = fp4.mxfp4_gemm(x_codes, x_scales, w_codes, w_scales, 1.0, None, 'none', None, None, None,
@@ -281,7 +281,7 @@ class QuartetLinear(GraphPass):
             first_op = next(n for n in graph.nodes if n.op != "placeholder")
             with graph.inserting_before(first_op):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
-                seeds = builder.call(fp4.draw_seeds.default, len(matches))
+                seeds = builder.call(fp4.draw_seeds.default, len(matches), value(matches[0].x).device)
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         for index, match in enumerate(matches):
             self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)

@@ -36,10 +36,10 @@ operands itself (one extra pass over each operand).
 from __future__ import annotations
 
 import torch
-from torch.library import custom_op
 
 from . import formats, ops, reference
 from .formats import E8M0_BIAS, E8M0_NAN, GROUP_SIZE
+from .library import fp4_op
 
 FOLD_HEADROOM = 6
 """The row exponent is the largest group exponent minus this: 6 * 2**6 = 384 <= 448, the largest E4M3."""
@@ -74,7 +74,7 @@ def unfold(values: torch.Tensor, row_scales: torch.Tensor) -> torch.Tensor:
     return values.float() * row_scales.float()[:, None]
 
 
-@custom_op("fp4::fold_fp8", mutates_args=())
+@fp4_op("fp4::fold_fp8")
 def fold_fp8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return fold_reference(codes, scales)
 
@@ -87,7 +87,7 @@ def _(codes, scales):
     )
 
 
-@custom_op("fp4::quest_quantize_fold", mutates_args=())
+@fp4_op("fp4::quest_quantize_fold")
 def quest_quantize_fold(
     x: torch.Tensor, rotate: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +122,7 @@ def fp8_fold_gemm_reference(
     return reference.gemm_epilogue(acc, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
 
 
-@custom_op("fp4::fp8_fold_gemm", mutates_args=())
+@fp4_op("fp4::fp8_fold_gemm")
 def fp8_fold_gemm(
     a: torch.Tensor,
     a_row_scales: torch.Tensor,

@@ -67,32 +67,3 @@ FOLD_CONFIGS = [
 ]
 
 BIAS_GRAD_CONFIGS = [Config.make(4, BLOCK_T=64, BLOCK_N=128), Config.make(4, BLOCK_T=32, BLOCK_N=256)]
-
-
-def gemm_configs(spec: GemmSpec) -> list[Config]:
-    split = 2 if spec.epilogue.inverse_rotate else 1
-
-    def make(bm, bn, bk, warps, stages, group=8):
-        return Config.make(
-            warps, stages, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group, SPLIT_N=2 if bn >= 256 else split
-        )
-
-    if spec.lowering == "fp8_fold" and spec.promote:
-        # the fp32 add after every K tile waits for the MMA: 128 x 128 tiles keep both sums in registers,
-        # and BLOCK_K = 256 halves the waits
-        return [
-            make(128, 128, 256, 8, 3),
-            make(128, 128, 128, 8, 4),
-            make(256, 128, 128, 8, 3),
-            make(128, 256, 128, 8, 3),
-        ]
-    if spec.lowering == "fp8_fold":
-        return [
-            make(128, 256, 128, 8, 3),
-            make(256, 128, 128, 8, 3),
-            make(128, 256, 64, 8, 4),
-            make(128, 128, 128, 4, 4),
-        ]
-    if spec.lowering == "dot_scaled":
-        return [make(128, 128, 256, 4, 3), make(128, 256, 256, 8, 3), make(128, 128, 128, 4, 4)]
-    return [make(64, 64, 64, 4, 3), make(128, 64, 64, 4, 3), make(64, 128, 64, 4, 3)]

@@ -1,22 +1,30 @@
 """Launchers: the generated Triton kernels as the CUDA implementations of the fp4 ops.
 
-Importing this module registers, with ``torch.library.register_kernel``, a
-CUDA implementation for each op of :mod:`fp4.runtime.ops` that has a kernel
-(and for the fold ops of :mod:`fp4.runtime.fold`), so graphs that call
-``torch.ops.fp4.*`` run the kernels on a GPU without any change.  Each
-launcher:
+Importing this module registers a CUDA kernel for each op of
+:mod:`fp4.runtime.ops` that has one (and for the fold ops of
+:mod:`fp4.runtime.fold`), so graphs that call ``torch.ops.fp4.*`` run the
+kernels on a GPU without any change.
 
-* detects the target of its tensors' device (the one place the runtime asks
-  what the hardware is) and picks the lowering (``Target.gemm_lowering``);
-* generates the kernel source for the spec the arguments call for, loads it
-  through the content-hashed cache (:mod:`fp4.runtime.cache`) and picks a
-  launch configuration per shape bucket (:mod:`fp4.runtime.autotune`);
-* falls back to the reference implementation on the same device, with the
-  reason logged and counted in ``COUNTERS``, for inputs the kernels do not
-  cover (another dtype, a gate of another dtype, ...).  The fallback is exact.
+Each CUDA implementation looks its call signature up in a plan cache
+(:mod:`fp4.runtime.plans`).  A missing plan is built once: the target of the
+tensors' device picks the GEMM lowering (:mod:`fp4.runtime.lowering`), the
+spec the arguments call for gives the kernel source (loaded through the
+content-hashed cache, :mod:`fp4.runtime.cache`), and the autotuner picks a
+launch configuration for the shape bucket (:mod:`fp4.runtime.autotune`).  A
+plan then allocates the outputs and launches with the tensors alone.
+
+Inputs the kernels do not cover (another dtype, a gate of another dtype, ...)
+get a plan that runs the reference implementation on the same device, with
+the reason logged once and counted in ``COUNTERS``.  The fallback is exact.
+
+Random bits never cross to the host: the layer seed is an int64 tensor on the
+device (``fp4::draw_seeds``) that the kernels read, deriving each stream's
+Philox seed and the rotation signs themselves, so a CUDA-graph replay draws
+new bits every step.
 
 The ``launch_*`` functions take ``interpret=True`` to run the same kernels in
-Triton's CPU interpreter on CPU tensors (the CPU tests do that).
+Triton's CPU interpreter on CPU tensors (the CPU tests do that) and
+``config=`` to force a launch configuration; those calls build a fresh plan.
 """
 
 from __future__ import annotations
@@ -27,22 +35,26 @@ import os
 from collections import Counter
 
 import torch
-from fp4.codegen.spec import BiasGradSpec, EpilogueSpec, GemmSpec, QuantizeSpec
+from fp4.codegen.lanes import stream_addend
+from fp4.codegen.spec import BiasGradSpec, QuantizeSpec
 from fp4.target import Target
 
-from . import autotune, fold, kernels, ops, reference
+from . import autotune, fold, kernels, library, ops, reference
 from .cache import default_cache
 from .formats import GROUP_SIZE
-from .philox import sign_mask, stream_seed
+from .lowering import CUBLAS, DTYPE_NAMES, LOWERINGS, Epilogue, lowering_for
+from .plans import KernelLaunch, PlanCache, tensor_key
 
 log = logging.getLogger("fp4.launch")
 
 COUNTERS: Counter = Counter()
-"""``launch.<kernel>`` per launch, ``fallback.<op>.<reason>`` per reference fallback, ``gemm.<implementation>``."""
+"""``plan.<kernel>`` per plan built, ``gemm.<lowering>[.<variant>]`` per GEMM plan, ``fallback.<op>.<reason>``
+per reference fallback call."""
 
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-CUBLAS = autotune.Config(name="cublas")
-"""The autotuning candidate that runs cuBLAS (``torch._scaled_mm``) on the folded operands."""
+FAST_ACCUMULATION_ENV = "FP4_FP8_FAST_ACCUMULATION"
+LOWERINGS["fp8_fold"].promote = os.environ.get(FAST_ACCUMULATION_ENV, "0") != "1"
+"""``FP4_FP8_FAST_ACCUMULATION=1`` accumulates FP8 products inside Hopper's tensor cores (faster, as accurate as
+cuBLAS with ``use_fast_accum=True``); the default adds each K tile's product in fp32, as cuBLAS does by default."""
 
 
 @functools.cache
@@ -77,135 +89,169 @@ def _fallback(op: str, reason: str) -> None:
     COUNTERS[key] += 1
 
 
-def _kernel_runner(source, target, interpret, args, grid_for):
-    """``run(config)``: launch ``source`` with ``args`` (a list, or a function of the config) on its grid."""
-    kernel = default_cache().load(source, str(target), interpret)
+class _Kernel:
+    """One kernel source with its candidate configurations; the chosen one is launched by :meth:`run`.
 
-    def run(cfg):
-        arguments = args(cfg) if callable(args) else args
-        kernel[grid_for(cfg)](
-            *arguments, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **source.options
-        )
+    The first :meth:`run` chooses (the autotuner times the candidates on the
+    call's own arguments, or ``config`` when given, or the first candidate in
+    the interpreter); every later call launches the chosen configuration.
+    """
 
-    return run
+    def __init__(self, source, target, candidates, shape_bucket, grid_for, device, interpret=False, config=None):
+        self.source, self.target, self.device, self.interpret = source, target, device, interpret
+        self.candidates, self.shape_bucket, self.grid_for = candidates, shape_bucket, grid_for
+        self.function = default_cache().load(source, str(target), interpret)
+        self.launches: dict = {}
+        self.chosen = config if config is not None else (candidates[0] if interpret else None)
+        self._launch = None
 
+    def launch_for(self, config) -> KernelLaunch:
+        launch = self.launches.get(config)
+        if launch is None:
+            options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **self.source.options)
+            device = None if self.interpret else self.device
+            launch = self.launches[config] = KernelLaunch(self.function, config.kwargs, options, device)
+        return launch
 
-def _choose_and_run(source, target, candidates, shape_bucket, run, interpret=False, config=None):
-    """Run with ``config``, else the autotuner's choice among ``candidates`` (the first one when interpreting)."""
-    if config is None:
-        if interpret:
-            config = candidates[0]
-        else:
-            config = autotune.AUTOTUNER.choose(source, target, shape_bucket, candidates, run)
-    COUNTERS[f"launch.{config.name or source.name}"] += 1
-    return run(config), config
-
-
-def _launch(source, target, args, grid_for, candidates, shape_bucket, interpret=False, config=None):
-    run = _kernel_runner(source, target, interpret, args, grid_for)
-    return _choose_and_run(source, target, candidates, shape_bucket, run, interpret, config)
+    def run(self, args: list) -> None:
+        if self._launch is None:
+            if self.chosen is None:
+                run = lambda cfg: self.launch_for(cfg)(self.grid_for(cfg), args)
+                self.chosen = autotune.AUTOTUNER.choose(
+                    self.source, self.target, self.shape_bucket, self.candidates, run
+                )  # fmt: skip
+            COUNTERS[f"plan.{self.chosen.name or self.source.name}"] += 1
+            self._launch = (self.launch_for(self.chosen), self.grid_for(self.chosen))
+        launch, grid = self._launch
+        launch(grid, args)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # quantizers
 
 
-def launch_quantize_dense(
-    x: torch.Tensor,
-    method: str,
-    axis: str,
-    rotate: bool = True,
-    seed: int | None = None,
-    sign_seed: int | None = None,
-    fold_output: bool = False,
-    *,
-    interpret: bool = False,
-    config=None,
-    target=None,
-):
-    """Quantize a 2-D dense tensor; returns ``(codes, scales[, mask][, fold values, fold row scales])``."""
-    if x.dim() != 2:
-        raise ValueError(f"quantize kernels take 2-D tensors, got {tuple(x.shape)}")
-    if x.stride(-1) != 1:
-        x = x.contiguous()
+def _quantize_output_shapes(spec: QuantizeSpec, out_rows: int, width: int) -> list[tuple]:
+    u8 = torch.uint8
+    shapes = [((out_rows, width // 2), u8), ((out_rows, width // GROUP_SIZE), u8)]
+    if spec.writes_mask:
+        shapes.append(((out_rows, width // 8), u8))
+    if spec.fold:
+        shapes += [((out_rows, width), fold.FP8_DTYPE), ((out_rows,), torch.float32)]
+    return shapes
+
+
+class QuantizePlan:
+    """A rotate + quantize kernel for one input signature: ``plan(inputs, seed)`` -> the output tensors.
+
+    ``inputs`` are the 2-D dense tensor (or the saved codes and scales);
+    ``seed`` the layer's one-element int64 seed on the device (stochastic
+    rounding and random signs only).  ``stream`` and ``sign_stream`` name the
+    Philox streams of the rounding bits and the rotation signs.
+    """
+
+    def __init__(self, spec, rows, cols, strides, device, stream=0, sign_stream=ops.NO_SIGNS, *, interpret=False,
+                 config=None, target=None):  # fmt: skip
+        out_rows, width = (rows, _padded(cols)) if spec.axis == "last" else (cols, _padded(rows))
+        self.spec, self.device = spec, device
+        self.outputs = _quantize_output_shapes(spec, out_rows, width)
+        self.scalars = [rows, cols, *strides, width]
+        self.reads_seed = spec.uses_philox
+        self.addends = [stream_addend(stream)] if spec.method == "sr" else []
+        self.addends += [stream_addend(sign_stream)] if spec.signs else []
+        self.kernel = None
+        if out_rows and width:
+            groups = width // GROUP_SIZE
+
+            def grid_for(cfg):
+                block_rows, block_groups = cfg.kwargs["BLOCK_ROWS"], cfg.kwargs["BLOCK_GROUPS"]
+                if spec.fold:
+                    return (_cdiv(out_rows, block_rows),)
+                return (_cdiv(out_rows, block_rows), _cdiv(groups, block_groups))
+
+            source = kernels.quantize_source(spec)
+            self.kernel = _Kernel(
+                source, target or device_target(device), kernels.quantize_configs(spec),
+                autotune.bucket(out_rows, width), grid_for, device, interpret, config,
+            )  # fmt: skip
+
+    def __call__(self, inputs: list, seed: torch.Tensor | None = None) -> list[torch.Tensor]:
+        device = self.device
+        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outputs]
+        if self.kernel is not None:
+            seeds = [seed] if self.reads_seed else []
+            self.kernel.run([*inputs, *outputs, *self.scalars, *seeds, *self.addends])
+        return outputs
+
+
+def _quantize_spec(method, axis, rotate, signs, dtype, fold_output, out_rows, width) -> QuantizeSpec:
+    wide = method == "sr" and _wide_counters(out_rows, width)
+    return QuantizeSpec(method, "dense", axis, rotate, signs, DTYPE_NAMES[dtype], fold_output, wide)
+
+
+def dense_quantize_plan(x, method, axis, rotate, stream=0, sign_stream=ops.NO_SIGNS, fold_output=False, **kwargs):
+    """The :class:`QuantizePlan` of a 2-D dense ``x`` (last-dim contiguous)."""
     rows, cols = x.shape
     out_rows, width = (rows, _padded(cols)) if axis == "last" else (cols, _padded(rows))
-    wide = method == "sr" and _wide_counters(out_rows, width)
-    spec = QuantizeSpec(
-        method, "dense", axis, rotate, sign_seed is not None, DTYPE_NAMES[x.dtype], fold_output, wide
-    )  # fmt: skip
-    outputs = _quantize_outputs(spec, out_rows, width, x.device)
-    args = [x, *outputs, rows, cols, x.stride(0), width]
-    args += [seed] if method == "sr" else []
-    args += [_sign_mask_argument(sign_seed)] if sign_seed is not None else []
-    _run_quantize(spec, args, out_rows, width, x.device, interpret, config, target)
-    return outputs
+    spec = _quantize_spec(method, axis, rotate, sign_stream != ops.NO_SIGNS, x.dtype, fold_output, out_rows, width)
+    return QuantizePlan(spec, rows, cols, [x.stride(0)], x.device, stream, sign_stream, **kwargs)
 
 
-def launch_requantize(
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    seed: int,
-    sign_seed: int | None,
-    *,
-    interpret: bool = False,
-    config=None,
-    target=None,
+def requantize_plan(codes, scales, stream, sign_stream, **kwargs):
+    """The :class:`QuantizePlan` re-quantizing saved MXFP4 ``[R, K]`` into its transpose ``[K, pad(R)]``."""
+    rows, cols = codes.shape[0], codes.shape[1] * 2
+    wide = _wide_counters(cols, _padded(rows))
+    spec = QuantizeSpec("sr", "mxfp4", "first", True, sign_stream != ops.NO_SIGNS, "u8", wide_offsets=wide)
+    strides = [codes.stride(0), scales.stride(0)]
+    return QuantizePlan(spec, rows, cols, strides, codes.device, stream, sign_stream, **kwargs)
+
+
+def launch_quantize_dense(
+    x, method, axis, rotate=True, seed=None, stream=0, sign_stream=ops.NO_SIGNS, fold_output=False, **kwargs
 ):
+    """Quantize a 2-D dense tensor; returns ``[codes, scales(, mask)(, fold values, fold row scales)]``.
+
+    ``seed`` is the layer's int64 seed tensor (``method="sr"``); ``stream`` and
+    ``sign_stream`` are its Philox streams, as for ``fp4::sr_quantize``.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize kernels take 2-D tensors, got {tuple(x.shape)}")
+    if method == "sr" and seed is None:
+        raise ValueError("stochastic rounding needs the layer's seed tensor")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    return dense_quantize_plan(x, method, axis, rotate, stream, sign_stream, fold_output, **kwargs)([x], seed)
+
+
+def launch_requantize(codes, scales, seed, stream, sign_stream=ops.NO_SIGNS, **kwargs):
     """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]`` re-quantized with stochastic rounding."""
     codes, scales = codes.contiguous(), scales.contiguous()
-    rows, cols = codes.shape[0], codes.shape[1] * 2
-    out_rows, width = cols, _padded(rows)
-    wide = _wide_counters(out_rows, width)
-    spec = QuantizeSpec("sr", "mxfp4", "first", True, sign_seed is not None, "u8", wide_offsets=wide)
-    outputs = _quantize_outputs(spec, out_rows, width, codes.device)
-    args = [codes, scales, *outputs, rows, cols, codes.stride(0), scales.stride(0), width, seed]
-    args += [_sign_mask_argument(sign_seed)] if sign_seed is not None else []
-    _run_quantize(spec, args, out_rows, width, codes.device, interpret, config, target)
-    return outputs
+    return requantize_plan(codes, scales, stream, sign_stream, **kwargs)([codes, scales], seed)
 
 
-def _quantize_outputs(spec: QuantizeSpec, out_rows: int, width: int, device) -> list[torch.Tensor]:
-    u8 = dict(dtype=torch.uint8, device=device)
-    outputs = [torch.empty((out_rows, width // 2), **u8), torch.empty((out_rows, width // GROUP_SIZE), **u8)]
-    if spec.writes_mask:
-        outputs.append(torch.empty((out_rows, width // 8), **u8))
-    if spec.fold:
-        outputs.append(torch.empty((out_rows, width), dtype=fold.FP8_DTYPE, device=device))
-        outputs.append(torch.empty((out_rows,), dtype=torch.float32, device=device))
-    return outputs
+class FoldPlan:
+    """MXFP4 ``[R, K]`` -> ``(E4M3 values [R, K], fp32 row scales [R])`` for one shape."""
+
+    def __init__(self, rows, width, device, *, interpret=False, config=None, target=None):
+        self.rows, self.width, self.device = rows, width, device
+        self.kernel = None
+        if rows and width:
+            grid_for = lambda cfg: (_cdiv(rows, cfg.kwargs["BLOCK_ROWS"]),)
+            self.kernel = _Kernel(
+                kernels.fold_source(), target or device_target(device), kernels.FOLD_CONFIGS,
+                autotune.bucket(rows, width), grid_for, device, interpret, config,
+            )  # fmt: skip
+
+    def __call__(self, codes, scales):
+        values = torch.empty((self.rows, self.width), dtype=fold.FP8_DTYPE, device=self.device)
+        row_scales = torch.empty((self.rows,), dtype=torch.float32, device=self.device)
+        if self.kernel is not None:
+            self.kernel.run([codes, scales, values, row_scales, self.rows, self.width])
+        return values, row_scales
 
 
-def _run_quantize(spec, args, out_rows, width, device, interpret, config, target):
-    if out_rows == 0 or width == 0:
-        return
-    source = kernels.quantize_source(spec)
-    target = target or device_target(device)
-    groups = width // GROUP_SIZE
-
-    def grid_for(cfg):
-        block_rows, block_groups = cfg.kwargs["BLOCK_ROWS"], cfg.kwargs["BLOCK_GROUPS"]
-        if spec.fold:
-            return (_cdiv(out_rows, block_rows),)
-        return (_cdiv(out_rows, block_rows), _cdiv(groups, block_groups))
-
-    candidates = kernels.quantize_configs(spec)
-    _launch(source, target, args, grid_for, candidates, autotune.bucket(out_rows, width), interpret, config)
-
-
-def launch_fold(codes: torch.Tensor, scales: torch.Tensor, *, interpret=False, config=None, target=None):
+def launch_fold(codes: torch.Tensor, scales: torch.Tensor, **kwargs):
     """MXFP4 ``[R, K]`` -> ``(E4M3 values [R, K], fp32 row scales [R])`` (:mod:`fp4.runtime.fold`)."""
     codes, scales = codes.contiguous(), scales.contiguous()
-    rows, width = codes.shape[0], codes.shape[1] * 2
-    values = torch.empty((rows, width), dtype=fold.FP8_DTYPE, device=codes.device)
-    row_scales = torch.empty((rows,), dtype=torch.float32, device=codes.device)
-    if rows and width:
-        source = kernels.fold_source()
-        target = target or device_target(codes.device)
-        args = [codes, scales, values, row_scales, rows, width]
-        grid_for = lambda cfg: (_cdiv(rows, cfg.kwargs["BLOCK_ROWS"]),)
-        _launch(source, target, args, grid_for, kernels.FOLD_CONFIGS, autotune.bucket(rows, width), interpret, config)
-    return values, row_scales
+    return FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device, **kwargs)(codes, scales)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -214,123 +260,8 @@ def launch_fold(codes: torch.Tensor, scales: torch.Tensor, *, interpret=False, c
 
 def gemm_unsupported_reason(M, N, bias, gate, residual, clip_mask, inverse_rotate, out_dtype) -> str | None:
     """Why the GEMM kernels cannot run these epilogue arguments (None when they can)."""
-    if out_dtype not in DTYPE_NAMES:
-        return f"out_dtype {out_dtype} has no kernel"
-    if M == 0 or N == 0:
-        return "empty output"
-    if bias is not None and tuple(bias.shape) != (N,):
-        return f"bias of shape {tuple(bias.shape)}"
-    for name, other in (("gate", gate), ("residual", residual)):
-        if other is not None and (other.dtype != out_dtype or tuple(other.shape) != (M, N)):
-            return f"{name} {other.dtype} {tuple(other.shape)} is not {out_dtype} [{M}, {N}]"
-    if clip_mask is not None and (N % 32 or tuple(clip_mask.shape) != (M, N // 8)):
-        return f"clip mask {tuple(clip_mask.shape)} for a [{M}, {N}] output"
-    if inverse_rotate and N % GROUP_SIZE:
-        return f"inverse rotation of {N} columns"
-    return None
-
-
-def _epilogue_args(M, N, device, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype):
-    spec = EpilogueSpec(
-        alpha=alpha != 1.0,
-        bias=bias is not None,
-        activation=activation,
-        gate=gate is not None,
-        residual=residual is not None,
-        clip_mask=clip_mask is not None,
-        inverse_rotate=inverse_rotate,
-        out_dtype=DTYPE_NAMES[out_dtype],
-    )
-    out = torch.empty((M, N), dtype=out_dtype, device=device)
-    values = {"out_ptr": out, "stride_om": out.stride(0), "alpha": float(alpha)}
-    if bias is not None:
-        values["bias_ptr"] = bias.float().contiguous()
-    if gate is not None:
-        gate = gate if gate.stride(-1) == 1 else gate.contiguous()
-        values.update(gate_ptr=gate, stride_gm=gate.stride(0))
-    if residual is not None:
-        residual = residual if residual.stride(-1) == 1 else residual.contiguous()
-        values.update(residual_ptr=residual, stride_rm=residual.stride(0))
-    if clip_mask is not None:
-        values["mask_ptr"] = clip_mask.contiguous()
-    return spec, out, values
-
-
-FAST_ACCUMULATION_ENV = "FP4_FP8_FAST_ACCUMULATION"
-PROMOTE_FP8_ACCUMULATION = os.environ.get(FAST_ACCUMULATION_ENV, "0") != "1"
-"""Add each K tile's FP8 product to the fp32 accumulator outside the tensor core (the accuracy of cuBLAS's
-default FP8 mode).  ``FP4_FP8_FAST_ACCUMULATION=1`` accumulates inside the tensor core instead: faster, and as
-accurate as cuBLAS with ``use_fast_accum=True``."""
-
-
-def _gemm_launch(lowering, operands, M, N, K, epilogue_inputs, device, interpret, config, target, cublas=None):
-    """Run the GEMM; on Hopper the candidates also cover the TMA, persistent and cuBLAS variants."""
-    a, a_scale, b, b_scale = operands
-    spec_e, out, values = _epilogue_args(M, N, device, *epilogue_inputs)
-    values.update(a_ptr=a, a_scale_ptr=a_scale, b_ptr=b, b_scale_ptr=b_scale, M=M, N=N, K=K)
-    values.update(stride_am=a.stride(0), stride_bn=b.stride(0))
-    target = target or device_target(device)
-    promote = lowering == "fp8_fold" and PROMOTE_FP8_ACCUMULATION
-    primary = GemmSpec(lowering, spec_e, promote=promote)
-    variants = {"": primary}
-    if lowering == "fp8_fold" and not interpret and _tma_usable(a, b):
-        # on Hopper the tensor-descriptor kernels beat pointer loads for every shape measured
-        variants = {
-            "tma": GemmSpec(lowering, spec_e, tma=True, promote=promote),
-            "tma_persistent": GemmSpec(lowering, spec_e, tma=True, persistent=True, promote=promote),
-        }
-    runners = {}
-
-    def run(cfg):
-        if cfg.name == CUBLAS.name:
-            return cublas()
-        spec = variants[cfg.name]
-        if cfg.name not in runners:
-            source = kernels.gemm_source(spec)
-            runners[cfg.name] = (source, default_cache().load(source, str(target), interpret))
-        source, kernel = runners[cfg.name]
-        params = cfg.kwargs
-        params["EVEN_K"] = K % params["BLOCK_K"] == 0
-        tiles = _cdiv(M, params["BLOCK_M"]) * _cdiv(N, params["BLOCK_N"])
-        if spec.persistent:
-            params["NUM_PROGRAMS"] = min(tiles, _sm_count(device))
-        if spec.tma:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            values["a_desc"] = TensorDescriptor.from_tensor(a, [params["BLOCK_M"], params["BLOCK_K"]])
-            values["b_desc"] = TensorDescriptor.from_tensor(b, [params["BLOCK_N"], params["BLOCK_K"]])
-        args = [values[name] for name in source.signature]
-        grid = (params["NUM_PROGRAMS"],) if spec.persistent else (tiles,)
-        kernel[grid](*args, **params, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **source.options)
-        return out
-
-    candidates = []
-    for name, spec in variants.items():
-        candidates += [autotune.Config(c.params, c.num_warps, c.num_stages, name) for c in kernels.gemm_configs(spec)]
-    if cublas is not None:
-        candidates.append(CUBLAS)
-    if config is not None and config.name not in variants and config.name != CUBLAS.name:
-        if config.name in ("tma", "tma_persistent") and lowering == "fp8_fold" and not interpret:
-            variants[config.name] = GemmSpec(
-                lowering, spec_e, tma=True, persistent=config.name == "tma_persistent", promote=promote
-            )  # fmt: skip
-        elif config.name == "" and not interpret:
-            variants[""] = primary
-        else:
-            raise ValueError(f"unknown GEMM variant {config.name!r}")
-    result, chosen = _choose_and_run(
-        kernels.gemm_source(primary), target, candidates, autotune.bucket(M, N, K), run, interpret, config
-    )
-    COUNTERS[f"gemm.{lowering}{'.' + chosen.name if chosen.name else ''}"] += 1
-    return result
-
-
-def _tma_usable(a, b) -> bool:
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
-    except ImportError:
-        return False
-    return all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 for t in (a, b))
+    epilogue = Epilogue(1.0, bias, "none", gate, residual, clip_mask, inverse_rotate, out_dtype)
+    return epilogue.unsupported_reason(M, N)
 
 
 @functools.cache
@@ -342,62 +273,123 @@ def _sm_count(device) -> int:
     return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
+class GemmPlan:
+    """One GEMM signature on one lowering: ``plan(operands, epilogue, cublas)`` -> the output tensor.
+
+    The candidates are the lowering's kernel variants at their configurations,
+    plus cuBLAS where ``cublas_eligible`` (on the fold lowering); the first call
+    times them (the autotuner) and every later call runs the winner.
+    """
+
+    def __init__(self, lowering, operands, M, N, K, epilogue: Epilogue, device, *, interpret=False, config=None,
+                 target=None):  # fmt: skip
+        a, _, b, _ = operands
+        self.lowering, self.M, self.N, self.K, self.device = lowering, M, N, K, device
+        self.interpret = interpret
+        self.target = target or device_target(device)
+        spec_e = epilogue.spec()
+        self.variants = lowering.variants(spec_e, a, b, interpret)
+        candidates = []
+        for name, spec in self.variants.items():
+            candidates += [autotune.Config(c.params, c.num_warps, c.num_stages, name) for c in lowering.configs(spec)]
+        self.cublas = not interpret and lowering.cublas_eligible(M, N, K, epilogue)
+        if self.cublas:
+            candidates.append(CUBLAS)
+        if config is not None and config.name not in self.variants and config != CUBLAS:
+            if interpret and config.name:
+                raise ValueError(f"GEMM variant {config.name!r} does not run in the interpreter")
+            self.variants[config.name] = lowering.variant(config.name, spec_e)
+        self.candidates = candidates
+        self.primary = kernels.gemm_source(lowering.variant("", spec_e))
+        self.chosen = config if config is not None else (candidates[0] if interpret else None)
+        self.kernels: dict = {}
+        self._run = None
+
+    def _kernel(self, config):
+        """``(source, launch, grid, constexpr values)`` of a kernel config."""
+        entry = self.kernels.get(config)
+        if entry is None:
+            spec = self.variants[config.name]
+            source = kernels.gemm_source(spec)
+            params = config.kwargs
+            params["EVEN_K"] = self.K % params["BLOCK_K"] == 0
+            tiles = _cdiv(self.M, params["BLOCK_M"]) * _cdiv(self.N, params["BLOCK_N"])
+            if spec.persistent:
+                params["NUM_PROGRAMS"] = min(tiles, _sm_count(self.device))
+            grid = (params["NUM_PROGRAMS"],) if spec.persistent else (tiles,)
+            function = default_cache().load(source, str(self.target), self.interpret)
+            options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **source.options)
+            launch = KernelLaunch(function, params, options, None if self.interpret else self.device)
+            entry = self.kernels[config] = (source, spec, launch, grid, params)
+        return entry
+
+    def _launch(self, config, operands, epilogue, cublas):
+        if config == CUBLAS:
+            return cublas()
+        source, spec, launch, grid, params = self._kernel(config)
+        a, a_scale, b, b_scale = operands
+        out = torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
+        values = epilogue.kernel_values(out)
+        values.update(a_ptr=a, a_scale_ptr=a_scale, b_ptr=b, b_scale_ptr=b_scale, M=self.M, N=self.N, K=self.K)
+        values.update(stride_am=a.stride(0), stride_bn=b.stride(0))
+        if spec.tma:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            values["a_desc"] = TensorDescriptor.from_tensor(a, [params["BLOCK_M"], params["BLOCK_K"]])
+            values["b_desc"] = TensorDescriptor.from_tensor(b, [params["BLOCK_N"], params["BLOCK_K"]])
+        launch(grid, [values[name] for name in source.signature])
+        return out
+
+    def __call__(self, operands, epilogue: Epilogue, cublas=None):
+        if self.chosen is None:
+            run = lambda cfg: self._launch(cfg, operands, epilogue, cublas)
+            self.chosen = autotune.AUTOTUNER.choose(
+                self.primary, self.target, autotune.bucket(self.M, self.N, self.K), self.candidates, run
+            )  # fmt: skip
+        if self._run is None:
+            chosen = self.chosen
+            COUNTERS[f"gemm.{self.lowering.name}{'.' + chosen.name if chosen.name else ''}"] += 1
+            self._run = functools.partial(self._launch, chosen)
+        return self._run(operands, epilogue, cublas)
+
+
 def launch_fold_gemm(
     a, a_row_scales, b, b_row_scales, alpha=1.0, bias=None, activation="none", gate=None, residual=None,
-    clip_mask=None, inverse_rotate=False, out_dtype=torch.bfloat16, *, interpret=False, config=None, target=None,
+    clip_mask=None, inverse_rotate=False, out_dtype=torch.bfloat16, **kwargs,
 ):  # fmt: skip
     """``fp8_fold_gemm`` with the Triton FP8 kernel, or cuBLAS when the autotuner finds it faster."""
-    a, b = a.contiguous(), b.contiguous()
-    M, N, K = a.shape[0], b.shape[0], a.shape[1]
-    epilogue_inputs = (alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
-    cublas = None
-    if not interpret and _cublas_eligible(M, N, K, bias, clip_mask, inverse_rotate, out_dtype):
-        cublas = lambda: cublas_fold_gemm(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual)
-    operands = (a, a_row_scales.contiguous(), b, b_row_scales.contiguous())
-    return _gemm_launch("fp8_fold", operands, M, N, K, epilogue_inputs, a.device, interpret, config, target, cublas)
+    epilogue = Epilogue(alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
+    operands = (a.contiguous(), a_row_scales.contiguous(), b.contiguous(), b_row_scales.contiguous())
+    M, N, K = operands[0].shape[0], operands[2].shape[0], operands[0].shape[1]
+    plan = GemmPlan(LOWERINGS["fp8_fold"], operands, M, N, K, epilogue, a.device, **kwargs)
+    return plan(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
 
 
 def launch_mxfp4_gemm(
     a, a_scales, b, b_scales, alpha=1.0, bias=None, activation="none", gate=None, residual=None, clip_mask=None,
-    inverse_rotate=False, out_dtype=torch.bfloat16, *, lowering, interpret=False, config=None, target=None,
+    inverse_rotate=False, out_dtype=torch.bfloat16, *, lowering, **kwargs,
 ):  # fmt: skip
     """``mxfp4_gemm`` on codes and scales with the ``dot_scaled`` or ``dequant_bf16`` kernel."""
-    a, b = a.contiguous(), b.contiguous()
-    M, N, K = a.shape[0], b.shape[0], a.shape[1] * 2
-    epilogue_inputs = (alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
-    operands = (a, a_scales.contiguous(), b, b_scales.contiguous())
-    return _gemm_launch(lowering, operands, M, N, K, epilogue_inputs, a.device, interpret, config, target)
+    epilogue = Epilogue(alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
+    operands = (a.contiguous(), a_scales.contiguous(), b.contiguous(), b_scales.contiguous())
+    M, N, K = operands[0].shape[0], operands[2].shape[0], operands[0].shape[1] * 2
+    return GemmPlan(LOWERINGS[lowering], operands, M, N, K, epilogue, a.device, **kwargs)(operands, epilogue)
 
 
-def _cublas_eligible(M, N, K, bias, clip_mask, inverse_rotate, out_dtype) -> bool:
-    # cuBLAS row-wise scaled FP8 (torch._scaled_mm) writes bf16 and adds a bf16 bias; the clip mask and the
-    # inverse rotation act on the fp32 accumulator before rounding, so they need the Triton epilogue.
-    return (
-        hasattr(torch, "_scaled_mm")
-        and out_dtype == torch.bfloat16
-        and clip_mask is None
-        and not inverse_rotate
-        and (bias is None or bias.dtype == torch.bfloat16)
-        and M % 16 == 0
-        and N % 16 == 0
-        and K % 16 == 0
-    )
-
-
-def cublas_fold_gemm(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual):
+def cublas_fold_gemm(a, a_row_scales, b, b_row_scales, epilogue: Epilogue):
     """The fold GEMM through cuBLAS; the steps after rounding run as the eager ops (identical to the reference)."""
     scale_a = a_row_scales.float()
-    if alpha != 1.0:
-        scale_a = scale_a * alpha  # alpha times a power of two: exact
+    if epilogue.alpha != 1.0:
+        scale_a = scale_a * epilogue.alpha  # alpha times a power of two: exact
     out = torch._scaled_mm(
         a, b.t(), scale_a=scale_a[:, None].contiguous(), scale_b=b_row_scales.float()[None, :].contiguous(),
-        bias=bias, out_dtype=torch.bfloat16,
+        bias=epilogue.bias, out_dtype=torch.bfloat16,
     )  # fmt: skip
-    out = reference.apply_activation(out, activation)
-    if gate is not None:
-        out = out * gate
-    if residual is not None:
-        out = out + residual
+    out = reference.apply_activation(out, epilogue.activation)
+    if epilogue.gate is not None:
+        out = out * epilogue.gate
+    if epilogue.residual is not None:
+        out = out + epilogue.residual
     return out
 
 
@@ -405,127 +397,258 @@ def cublas_fold_gemm(a, a_row_scales, b, b_row_scales, alpha, bias, activation, 
 # bias gradient
 
 
-def launch_bias_grad(grad_output: torch.Tensor, dtype: torch.dtype, *, interpret=False, config=None, target=None):
+class BiasGradPlan:
+    """``sum_T grad_output`` in fp32 for one ``[T, N]`` signature (fixed chunks, fixed order: deterministic)."""
+
+    def __init__(self, T, N, stride, input_dtype, dtype, device, *, interpret=False, config=None, target=None):
+        chunks = max(1, min(_cdiv(T, 256), 64))
+        rows_per_chunk = _cdiv(_cdiv(T, chunks), 64) * 64
+        self.chunks = _cdiv(T, rows_per_chunk) if T else 1
+        self.N, self.dtype, self.device = N, dtype, device
+        self.scalars = [T, N, stride, rows_per_chunk]
+        self.kernel = None
+        if T and N:
+            source = kernels.bias_grad_source(BiasGradSpec(DTYPE_NAMES[input_dtype]))
+            grid_for = lambda cfg: (_cdiv(N, cfg.kwargs["BLOCK_N"]), self.chunks)
+            self.kernel = _Kernel(
+                source, target or device_target(device), kernels.BIAS_GRAD_CONFIGS, autotune.bucket(T, N), grid_for,
+                device, interpret, config,
+            )  # fmt: skip
+
+    def __call__(self, grad):
+        partial = torch.zeros((self.chunks, self.N), dtype=torch.float32, device=self.device)
+        if self.kernel is not None:
+            self.kernel.run([grad, partial, *self.scalars])
+        return partial.sum(0).to(self.dtype)
+
+
+def launch_bias_grad(grad_output: torch.Tensor, dtype: torch.dtype, **kwargs):
     """``sum_T grad_output`` in fp32, rounded once to ``dtype`` (deterministic: fixed chunks, fixed order)."""
     grad = grad_output if grad_output.stride(-1) == 1 else grad_output.contiguous()
     T, N = grad.shape
-    spec = BiasGradSpec(DTYPE_NAMES[grad.dtype])
-    source = kernels.bias_grad_source(spec)
-    chunks = max(1, min(_cdiv(T, 256), 64))
-    rows_per_chunk = _cdiv(_cdiv(T, chunks), 64) * 64
-    chunks = _cdiv(T, rows_per_chunk) if T else 1
-    partial = torch.zeros((chunks, N), dtype=torch.float32, device=grad.device)
-    if T and N:
-        args = [grad, partial, T, N, grad.stride(0), rows_per_chunk]
-        grid_for = lambda cfg: (_cdiv(N, cfg.kwargs["BLOCK_N"]), chunks)
-        target = target or device_target(grad.device)
-        _launch(source, target, args, grid_for, kernels.BIAS_GRAD_CONFIGS, autotune.bucket(T, N), interpret, config)
-    return partial.sum(0).to(dtype)
+    return BiasGradPlan(T, N, grad.stride(0), grad.dtype, dtype, grad.device, **kwargs)(grad)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the CUDA implementations of the ops
+# the CUDA implementations of the ops: plan look-up, then launch
+
+_PLANS = {
+    name: PlanCache(name)
+    for name in ("quest_quantize", "sr_quantize", "requantize_sr", "mxfp4_gemm", "bias_grad", "fold_fp8",
+                 "quest_quantize_fold", "fp8_fold_gemm")
+}  # fmt: skip
 
 
-def _sign_mask_argument(sign_seed: int) -> int:
-    """The rotation signs of ``sign_seed`` as the kernels' signed 32-bit ``sign_mask`` argument."""
-    mask = sign_mask(sign_seed)
-    return mask - (1 << 32) if mask >= 1 << 31 else mask
+def _reference_plan(op: str, reason: str, function):
+    def run(*args):
+        _fallback(op, reason)
+        return function(*args)
 
-
-def _signs_seed(seed: int, sign_stream: int) -> int | None:
-    return None if sign_stream == ops.NO_SIGNS else stream_seed(seed, sign_stream)
+    return run
 
 
 def quest_quantize_cuda(x, rotate):
+    plans = _PLANS["quest_quantize"]
+    key = (tensor_key(x), x.device, rotate)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _quest_plan(x, rotate))
+    return plan(x)
+
+
+def _quest_plan(x, rotate):
     ops._check_last_dim(x, "quest_quantize")
     if x.dtype not in DTYPE_NAMES:
-        _fallback("quest_quantize", f"input dtype {x.dtype}")
-        return reference.quest_quantize(x, rotate)
+        return _reference_plan(
+            "quest_quantize", f"input dtype {x.dtype}", lambda x: reference.quest_quantize(x, rotate)
+        )
     lead, k = tuple(x.shape[:-1]), x.shape[-1]
-    codes, scales, mask = launch_quantize_dense(x.reshape(-1, k), "quest", "last", rotate)
-    return codes.view(lead + (k // 2,)), scales.view(lead + (k // GROUP_SIZE,)), mask.view(lead + (k // 8,))
+    flat = x.reshape(-1, k)
+    copy = flat.stride(-1) != 1 or flat.data_ptr() != x.data_ptr()
+    flat = flat.contiguous() if copy else flat
+    quantize = dense_quantize_plan(flat, "quest", "last", rotate)
+    shapes = (lead + (k // 2,), lead + (k // GROUP_SIZE,), lead + (k // 8,))
+
+    def run(x):
+        flat = x.reshape(-1, k)
+        codes, scales, mask = quantize([flat.contiguous() if copy else flat])
+        return codes.view(shapes[0]), scales.view(shapes[1]), mask.view(shapes[2])
+
+    return run
 
 
 def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
+    plans = _PLANS["sr_quantize"]
+    key = (tensor_key(x), x.device, tensor_key(seed), seed.device, sign_stream, stream, transpose)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _sr_plan(x, seed, sign_stream, stream, transpose))
+    return plan(x, seed)
+
+
+def _sr_plan(x, seed, sign_stream, stream, transpose):
     ops._check_seed(seed)
     if x.dim() != 2:
         raise ValueError(f"fp4::sr_quantize takes a 2-D tensor, got {x.dim()}-D")
-    seed = int(seed)
-    if x.dtype not in DTYPE_NAMES:
-        _fallback("sr_quantize", f"input dtype {x.dtype}")
-        return reference.sr_quantize(x, ops._signs(torch.tensor(seed), sign_stream), seed, stream, transpose)
+    reason = _seed_reason(x, seed) or (f"input dtype {x.dtype}" if x.dtype not in DTYPE_NAMES else None)
+    if reason is not None:
+        return _reference_plan("sr_quantize", reason, lambda x, seed: ops.sr_quantize.function(
+            x, seed, sign_stream, stream, transpose))  # fmt: skip
+    copy = x.stride(-1) != 1
     axis = "first" if transpose else "last"
-    codes, scales = launch_quantize_dense(
-        x, "sr", axis, True, stream_seed(seed, stream), _signs_seed(seed, sign_stream)
-    )  # fmt: skip
-    return codes, scales
+    quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream)
+    return lambda x, seed: tuple(quantize([x.contiguous() if copy else x], seed))
+
+
+def _seed_reason(x, seed) -> str | None:
+    if seed.device != x.device:
+        return f"the seed is on {seed.device}, the input on {x.device} (a host read each call)"
+    return None
 
 
 def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
+    plans = _PLANS["requantize_sr"]
+    key = (tensor_key(codes), tensor_key(scales), codes.device, tensor_key(seed), seed.device, sign_stream, stream)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _requantize_plan(codes, scales, seed, sign_stream, stream))
+    return plan(codes, scales, seed)
+
+
+def _requantize_plan(codes, scales, seed, sign_stream, stream):
     ops._check_seed(seed)
-    seed = int(seed)
-    return tuple(launch_requantize(codes, scales, stream_seed(seed, stream), _signs_seed(seed, sign_stream)))
-
-
-def mxfp4_gemm_cuda(
-    a, a_scales, b, b_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype
-):
-    ops.check_gemm_operands(a, a_scales, b, b_scales, activation)
-    M, N = a.shape[0], b.shape[0]
-    lowering = device_target(a.device).gemm_lowering
-    reason = gemm_unsupported_reason(M, N, bias, gate, residual, clip_mask, inverse_rotate, out_dtype)
-    if reason is None and lowering == "reference":
-        reason = f"no GEMM kernel for {device_target(a.device)}"
+    reason = _seed_reason(codes, seed)
     if reason is not None:
-        _fallback("mxfp4_gemm", reason)
-        return reference.mxfp4_gemm(
-            a, a_scales, b, b_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype
-        )
-    epilogue = (alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
-    if lowering == "fp8_fold":
-        a_values, a_row_scales = launch_fold(a, a_scales)
-        b_values, b_row_scales = launch_fold(b, b_scales)
-        return launch_fold_gemm(a_values, a_row_scales, b_values, b_row_scales, *epilogue)
-    return launch_mxfp4_gemm(a, a_scales, b, b_scales, *epilogue, lowering=lowering)
+        return _reference_plan("requantize_sr", reason, lambda codes, scales, seed: ops.requantize_sr.function(
+            codes, scales, seed, sign_stream, stream))  # fmt: skip
+    copy = not (codes.is_contiguous() and scales.is_contiguous())
+    quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream)
+    if copy:
+        return lambda codes, scales, seed: tuple(quantize([codes.contiguous(), scales.contiguous()], seed))
+    return lambda codes, scales, seed: tuple(quantize([codes, scales], seed))
+
+
+def _gemm_key(a, a_scales, b, b_scales, epilogue_args):
+    alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype = epilogue_args
+    return (
+        tensor_key(a), tensor_key(a_scales), tensor_key(b), tensor_key(b_scales), a.device, alpha, tensor_key(bias),
+        activation, tensor_key(gate), tensor_key(residual), tensor_key(clip_mask), inverse_rotate, out_dtype,
+    )  # fmt: skip
+
+
+def mxfp4_gemm_cuda(a, a_scales, b, b_scales, *epilogue_args):
+    plans = _PLANS["mxfp4_gemm"]
+    key = _gemm_key(a, a_scales, b, b_scales, epilogue_args)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _mxfp4_gemm_plan(a, a_scales, b, b_scales, Epilogue(*epilogue_args)))
+    return plan(a, a_scales, b, b_scales, Epilogue(*epilogue_args))
+
+
+def _mxfp4_gemm_plan(a, a_scales, b, b_scales, epilogue: Epilogue):
+    ops.check_gemm_operands(a, a_scales, b, b_scales, epilogue.activation)
+    M, N, K = a.shape[0], b.shape[0], a.shape[1] * 2
+    target = device_target(a.device)
+    lowering = lowering_for(target)
+    reason = epilogue.unsupported_reason(M, N) or lowering.unavailable_reason(target)
+    if reason is not None:
+        return _reference_plan(
+            "mxfp4_gemm", reason, lambda a, sa, b, sb, e: reference.mxfp4_gemm(a, sa, b, sb, *e.arguments())
+        )  # fmt: skip
+    contiguous = lambda *tensors: tuple(t.contiguous() for t in tensors)
+    if lowering.operands == "fp8_fold":
+        # the GEMM op on codes and scales folds its operands itself (use-fp8-fold saves this on the forward)
+        fold_a, fold_b = FoldPlan(M, K, a.device), FoldPlan(N, K, a.device)
+        folded = fold_a(*contiguous(a, a_scales)) + fold_b(*contiguous(b, b_scales))
+        gemm = GemmPlan(lowering, folded, M, N, K, epilogue, a.device)
+
+        def run(a, sa, b, sb, epilogue):
+            operands = fold_a(*contiguous(a, sa)) + fold_b(*contiguous(b, sb))
+            return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
+
+        return run
+    gemm = GemmPlan(lowering, contiguous(a, a_scales, b, b_scales), M, N, K, epilogue, a.device)
+    return lambda a, sa, b, sb, epilogue: gemm(contiguous(a, sa, b, sb), epilogue)
 
 
 def bias_grad_cuda(grad_output, dtype):
+    plans = _PLANS["bias_grad"]
+    key = (tensor_key(grad_output), grad_output.device, dtype)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _bias_grad_plan(grad_output, dtype))
+    return plan(grad_output)
+
+
+def _bias_grad_plan(grad_output, dtype):
     if grad_output.dim() != 2 or grad_output.dtype not in DTYPE_NAMES:
-        _fallback("bias_grad", f"input {grad_output.dtype} of {grad_output.dim()} dims")
-        return reference.bias_grad(grad_output, dtype)
-    return launch_bias_grad(grad_output, dtype)
+        reason = f"input {grad_output.dtype} of {grad_output.dim()} dims"
+        return _reference_plan("bias_grad", reason, lambda grad: reference.bias_grad(grad, dtype))
+    copy = grad_output.stride(-1) != 1
+    grad = grad_output.contiguous() if copy else grad_output
+    T, N = grad.shape
+    plan = BiasGradPlan(T, N, grad.stride(0), grad.dtype, dtype, grad.device)
+    return lambda grad: plan(grad.contiguous() if copy else grad)
 
 
 def fold_fp8_cuda(codes, scales):
-    return launch_fold(codes, scales)
+    plans = _PLANS["fold_fp8"]
+    key = (tensor_key(codes), tensor_key(scales), codes.device)
+    plan = plans.get(key)
+    if plan is None:
+        fold_plan = FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device)
+        plan = plans.build(key, lambda: lambda c, s: fold_plan(c.contiguous(), s.contiguous()))
+    return plan(codes, scales)
 
 
 def quest_quantize_fold_cuda(x, rotate):
+    plans = _PLANS["quest_quantize_fold"]
+    key = (tensor_key(x), x.device, rotate)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _quest_fold_plan(x, rotate))
+    return plan(x)
+
+
+def _quest_fold_plan(x, rotate):
     if x.dim() != 2:
         raise ValueError(f"fp4::quest_quantize_fold takes a 2-D tensor, got {x.dim()}-D")
     ops._check_last_dim(x, "quest_quantize_fold")
     if x.dtype not in DTYPE_NAMES:
-        _fallback("quest_quantize_fold", f"input dtype {x.dtype}")
-        codes, scales, mask = reference.quest_quantize(x, rotate)
-        return (codes, scales, mask) + fold.fold_reference(codes, scales)
-    return tuple(launch_quantize_dense(x, "quest", "last", rotate, fold_output=True))
+        return _reference_plan(
+            "quest_quantize_fold", f"input dtype {x.dtype}", lambda x: fold.quest_quantize_fold.function(x, rotate)
+        )  # fmt: skip
+    copy = x.stride(-1) != 1
+    quantize = dense_quantize_plan(x.contiguous() if copy else x, "quest", "last", rotate, fold_output=True)
+    return lambda x: tuple(quantize([x.contiguous() if copy else x]))
 
 
-def fp8_fold_gemm_cuda(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual, clip_mask,
-                       inverse_rotate, out_dtype):  # fmt: skip
-    M, N = a.shape[0], b.shape[0]
-    reason = gemm_unsupported_reason(M, N, bias, gate, residual, clip_mask, inverse_rotate, out_dtype)
+def fp8_fold_gemm_cuda(a, a_row_scales, b, b_row_scales, *epilogue_args):
+    plans = _PLANS["fp8_fold_gemm"]
+    key = _gemm_key(a, a_row_scales, b, b_row_scales, epilogue_args)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans.build(key, lambda: _fold_gemm_plan(a, a_row_scales, b, b_row_scales, Epilogue(*epilogue_args)))
+    return plan(a, a_row_scales, b, b_row_scales, Epilogue(*epilogue_args))
+
+
+def _fold_gemm_plan(a, a_row_scales, b, b_row_scales, epilogue: Epilogue):
+    M, N, K = a.shape[0], b.shape[0], a.shape[1]
+    reason = epilogue.unsupported_reason(M, N)
     if reason is None and not device_target(a.device).has_fp8_mma:
         reason = f"no FP8 tensor cores on {device_target(a.device)}"
     if reason is not None:
-        _fallback("fp8_fold_gemm", reason)
-        return fold.fp8_fold_gemm_reference(
-            a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate,
-            out_dtype,
+        return _reference_plan(
+            "fp8_fold_gemm", reason, lambda a, sa, b, sb, e: fold.fp8_fold_gemm_reference(a, sa, b, sb, *e.arguments())
         )  # fmt: skip
-    epilogue = (alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype)
-    return launch_fold_gemm(a, a_row_scales, b, b_row_scales, *epilogue)
+    contiguous = lambda *tensors: tuple(t.contiguous() for t in tensors)
+    gemm = GemmPlan(LOWERINGS["fp8_fold"], contiguous(a, a_row_scales, b, b_row_scales), M, N, K, epilogue, a.device)
+
+    def run(a, sa, b, sb, epilogue):
+        operands = contiguous(a, sa, b, sb)
+        return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
+
+    return run
 
 
 CUDA_IMPLEMENTATIONS = {
@@ -543,7 +666,7 @@ CUDA_IMPLEMENTATIONS = {
 def register() -> None:
     """Make the kernels the CUDA implementations of the fp4 ops (idempotent)."""
     for name, function in CUDA_IMPLEMENTATIONS.items():
-        torch.library.register_kernel(name, "cuda", function)
+        library.register_cuda(name, function)
 
 
 register()

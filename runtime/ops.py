@@ -12,7 +12,7 @@ A quantized operand travels as plain tensors:
 codes              uint8 [R, K/2]  E2M1, two per byte, low nibble first
 scales             uint8 [R, K/32] E8M0 (forward: QuEST; backward: absmax)
 mask               uint8 [R, K/8]  forward clip mask, one bit per element
-seed               int64 []        per-layer Philox seed (CPU), from ``draw_seeds``
+seed               int64 []        per-layer Philox seed (on the op's device), from ``draw_seeds``
 =================  ==============  ===========================================
 
 Op summary (``fp4::``):
@@ -26,16 +26,16 @@ Op summary (``fp4::``):
                                            FP4 GEMM with fused epilogue
 ``dequantize(codes, scales, alpha, dtype)``  MXFP4 to a dense tensor
 ``bias_grad(grad_output, dtype)``           sum over tokens in float32, rounded once
-``draw_seeds(n)``                           n layer seeds from torch's default generator
+``draw_seeds(n, device, salt)``             n layer seeds from ``device``'s torch generator
 """
 
 from __future__ import annotations
 
 import torch
-from torch.library import custom_op
 
-from . import reference
+from . import philox, reference
 from .formats import GROUP_SIZE
+from .library import fp4_op
 
 NAMESPACE = "fp4"
 
@@ -65,7 +65,7 @@ def _check_last_dim(x: torch.Tensor, op: str) -> None:
 # forward quantizer
 
 
-@custom_op("fp4::quest_quantize", mutates_args=())
+@fp4_op("fp4::quest_quantize")
 def quest_quantize(x: torch.Tensor, rotate: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_last_dim(x, "quest_quantize")
     return reference.quest_quantize(x, rotate)
@@ -86,7 +86,7 @@ def _(x, rotate):
 # backward quantizers
 
 
-@custom_op("fp4::sr_quantize", mutates_args=())
+@fp4_op("fp4::sr_quantize")
 def sr_quantize(
     x: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +106,7 @@ def _(x, seed, sign_stream, stream, transpose):
     )
 
 
-@custom_op("fp4::requantize_sr", mutates_args=())
+@fp4_op("fp4::requantize_sr")
 def requantize_sr(
     codes: torch.Tensor, scales: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +127,7 @@ def _(codes, scales, seed, sign_stream, stream):
 # GEMM, dequantize, reductions
 
 
-@custom_op("fp4::mxfp4_gemm", mutates_args=())
+@fp4_op("fp4::mxfp4_gemm")
 def mxfp4_gemm(
     a: torch.Tensor,
     a_scales: torch.Tensor,
@@ -177,7 +177,7 @@ def gemm_result_like(a, b, out_dtype, gate, residual):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=dtype)
 
 
-@custom_op("fp4::dequantize", mutates_args=())
+@fp4_op("fp4::dequantize")
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
     return reference.dequantize(codes, scales, alpha).to(dtype)
 
@@ -187,7 +187,7 @@ def _(codes, scales, alpha, dtype):
     return codes.new_empty(tuple(codes.shape[:-1]) + (codes.shape[-1] * 2,), dtype=dtype)
 
 
-@custom_op("fp4::bias_grad", mutates_args=())
+@fp4_op("fp4::bias_grad")
 def bias_grad(grad_output: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return reference.bias_grad(grad_output, dtype)
 
@@ -197,24 +197,33 @@ def _(grad_output, dtype):
     return grad_output.new_empty((grad_output.shape[-1],), dtype=dtype)
 
 
-@custom_op("fp4::draw_seeds", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def draw_seeds(n: int) -> torch.Tensor:
-    """``n`` seeds from torch's default CPU generator (so ``torch.manual_seed`` governs them)."""
-    return draw_seeds_eager(n)
+@fp4_op("fp4::draw_seeds", tags=(torch.Tag.nondeterministic_seeded,))
+def draw_seeds(n: int, device: torch.device, salt: int = 0) -> torch.Tensor:
+    """``n`` int64 layer seeds on ``device``, from that device's torch generator (``torch.manual_seed`` governs it).
+
+    On a GPU the draw runs on the device, so a CUDA-graph replay draws new seeds
+    (the generator's offset advances with every replay) and no seed crosses to
+    the host.  ``salt != 0`` mixes the salt into every seed
+    (:func:`fp4.runtime.philox.salt_seeds`), e.g. to decorrelate data-parallel ranks.
+    """
+    return draw_seeds_eager(n, device, salt)
 
 
-def draw_seeds_eager(n: int) -> torch.Tensor:
-    # One draw per seed, so drawing n at once equals n draws of one.
-    return (
-        torch.cat([torch.randint(0, 1 << 62, (1,), dtype=torch.int64) for _ in range(n)])
-        if n
-        else torch.empty(0, dtype=torch.int64)
-    )
+def draw_seeds_eager(n: int, device: torch.device | str = "cpu", salt: int = 0) -> torch.Tensor:
+    # One launch for all n.  On the CPU generator n seeds at once are the n seeds of n draws of one (what the
+    # eager oracle does, one draw per layer call), so compiled and oracle get the same seeds; a CUDA generator
+    # gives one draw of n other values than n draws of one (its Philox subsequences are per thread).
+    seeds = torch.empty((n,), dtype=torch.int64, device=device).random_(0, SEED_BOUND)
+    return philox.salt_seeds(seeds, salt) if salt else seeds
+
+
+SEED_BOUND = 1 << 62
+"""Seeds are drawn uniformly from [0, 2**62)."""
 
 
 @draw_seeds.register_fake
-def _(n):
-    return torch.empty((n,), dtype=torch.int64, device="cpu")
+def _(n, device, salt=0):
+    return torch.empty((n,), dtype=torch.int64, device=device)
 
 
 OPS = {

@@ -87,7 +87,7 @@ class QuartetLinearFunction(torch.autograd.Function):
 def quartet_linear(x, weight, bias=None, seed=None):
     """Functional Quartet linear; draws a seed from torch's generator when none is given."""
     if seed is None:
-        seed = fp4_ops.draw_seeds(1)[0]
+        seed = fp4_ops.draw_seeds(1, x.device)[0]
     return QuartetLinearFunction.apply(x, weight, bias, seed)
 
 

@@ -22,23 +22,37 @@ import functools
 import torch
 
 _MASK32 = 0xFFFFFFFF
-_KEY_A = 0x9E3779B9
-_KEY_B = 0xBB67AE85
-_ROUND_A = 0xD2511F53
-_ROUND_B = 0xCD9E8D57
+KEY_A = 0x9E3779B9
+KEY_B = 0xBB67AE85
+ROUND_A = 0xD2511F53
+ROUND_B = 0xCD9E8D57
 ROUNDS = 10
+"""Philox 4x32-10's constants (the key increments, the round multipliers, the round count); the kernels use these."""
 
 SEED_MODULUS = 1 << 63
 """Seeds are non-negative integers below 2**63 (they travel as int64)."""
 
-_STREAM_MULTIPLIER = 0x9E3779B97F4A7C15
+STREAM_MULTIPLIER = 0x9E3779B97F4A7C15
+"""``stream_seed`` adds ``(stream + 1)`` times this (mod 2**64) to a layer's seed."""
 
 
 def stream_seed(seed: int, stream: int) -> int:
     """Independent seed for sub-stream ``stream`` of a layer's ``seed`` (host-side integer math)."""
-    mixed = (seed + (stream + 1) * _STREAM_MULTIPLIER) % (1 << 64)
+    mixed = (seed + (stream + 1) * STREAM_MULTIPLIER) % (1 << 64)
     mixed ^= mixed >> 29
     return mixed % SEED_MODULUS
+
+
+def salt_seeds(seeds: torch.Tensor, salt: int) -> torch.Tensor:
+    """``stream_seed(seed, salt)`` of every int64 seed, as tensor arithmetic on the seeds' device.
+
+    int64 arithmetic wraps like the unsigned 64-bit sum of :func:`stream_seed`; the
+    logical shift is an arithmetic shift with the sign-extended bits masked off.
+    """
+    addend = ((salt + 1) * STREAM_MULTIPLIER) % (1 << 64)
+    mixed = seeds + (addend - (1 << 64) if addend >= 1 << 63 else addend)
+    mixed = mixed ^ ((mixed >> 29) & ((1 << 35) - 1))
+    return mixed & (SEED_MODULUS - 1)
 
 
 def _mulhi_lo(a: int, b):
@@ -63,11 +77,11 @@ def _rounds(c0, c1, c2, c3, key: tuple[int, int]):
     """The ten Philox rounds on counter words given as int64 tensors or Python integers."""
     k0, k1 = key
     for _ in range(ROUNDS):
-        hi_b, lo_b = _mulhi_lo(_ROUND_B, c2)
-        hi_a, lo_a = _mulhi_lo(_ROUND_A, c0)
+        hi_b, lo_b = _mulhi_lo(ROUND_B, c2)
+        hi_a, lo_a = _mulhi_lo(ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0 = (k0 + _KEY_A) & _MASK32
-        k1 = (k1 + _KEY_B) & _MASK32
+        k0 = (k0 + KEY_A) & _MASK32
+        k1 = (k1 + KEY_B) & _MASK32
     return c0, c1, c2, c3
 
 

@@ -31,11 +31,11 @@ A fusion of two ops that read the same tensor:
 from __future__ import annotations
 
 import torch
-from torch.library import custom_op
 
 from . import formats, ops, reference
 from .formats import GROUP_SIZE
 from .hadamard import rotate as hadamard_rotate
+from .library import fp4_op
 
 ROUNDINGS = ("sr", "rtn")
 
@@ -49,7 +49,7 @@ def clip_mask_values(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * formats.unpack_bits(mask)[..., : x.shape[-1]].to(x.dtype)
 
 
-@custom_op("fp4::apply_clip_mask", mutates_args=())
+@fp4_op("fp4::apply_clip_mask")
 def apply_clip_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return clip_mask_values(x, mask)
 
@@ -61,7 +61,7 @@ def _(x, mask):
     return torch.empty_like(x)
 
 
-@custom_op("fp4::inverse_rotate", mutates_args=())
+@fp4_op("fp4::inverse_rotate")
 def inverse_rotate(x: torch.Tensor) -> torch.Tensor:
     return hadamard_rotate(x, -1, inverse=True)
 
@@ -102,7 +102,7 @@ def _signs(seed: torch.Tensor, sign_stream: int, rotate: bool):
     return reference.rotation_signs(int(seed), sign_stream) if rotate and sign_stream != ops.NO_SIGNS else None
 
 
-@custom_op("fp4::quantize_grad", mutates_args=())
+@fp4_op("fp4::quantize_grad")
 def quantize_grad(
     x: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int, transpose: bool, rotate: bool, rounding: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +116,7 @@ def _(x, seed, sign_stream, stream, transpose, rotate, rounding):
     return torch.ops.fp4.sr_quantize.default(x, seed, sign_stream, stream, transpose)
 
 
-@custom_op("fp4::requantize_grad", mutates_args=())
+@fp4_op("fp4::requantize_grad")
 def requantize_grad(
     codes: torch.Tensor, scales: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int, rotate: bool,
     rounding: str,
@@ -136,7 +136,7 @@ def _(codes, scales, seed, sign_stream, stream, rotate, rounding):
 # fused bias gradient
 
 
-@custom_op("fp4::sr_quantize_with_bias_grad", mutates_args=())
+@fp4_op("fp4::sr_quantize_with_bias_grad")
 def sr_quantize_with_bias_grad(
     x: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int, transpose: bool, bias_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

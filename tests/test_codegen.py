@@ -267,6 +267,24 @@ def test_gemm_fallback_reasons():
 
 
 def test_cuda_implementations_are_registered_for_the_ops():
+    # the dispatcher holds a CUDA kernel of its own for each op (not only the device-generic reference)
+    from fp4.runtime import library
+
     for name in launch.CUDA_IMPLEMENTATIONS:
-        namespace, op = name.split("::")
-        assert hasattr(getattr(torch.ops, namespace), op)
+        assert library.has_cuda_kernel(name), name
+    assert not library.has_cuda_kernel("fp4::dequantize")
+
+
+def test_lowering_objects_per_target():
+    from fp4.runtime.lowering import lowering_for
+    from fp4.target import Target
+
+    expected = {"sm_100": "dot_scaled", "sm_120": "dot_scaled", "sm_90": "fp8_fold", "sm_80": "dequant_bf16"}
+    for target, name in expected.items():
+        lowering = lowering_for(Target.parse(target))
+        assert (
+            lowering.name == name and lowering.has_kernel and lowering.unavailable_reason(Target.parse(target)) is None
+        )
+    cpu = lowering_for(Target("cpu"))
+    assert not cpu.has_kernel and "no GEMM kernel" in cpu.unavailable_reason(Target("cpu"))
+    assert lowering_for(Target.parse("sm_90")).operands == "fp8_fold"

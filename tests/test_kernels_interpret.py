@@ -27,7 +27,7 @@ def _cases():
     import torch
     from fp4.runtime import fold, launch, philox, reference
     from fp4.runtime.autotune import Config
-    from fp4.runtime.philox import stream_seed
+    from fp4.runtime.ops import NO_SIGNS
 
     generator = torch.Generator().manual_seed(20261127)
     results = {}
@@ -56,21 +56,22 @@ def _cases():
         for rotate in (True, False):
             got = launch.launch_quantize_dense(x, "quest", "last", rotate, interpret=True, config=last)
             record(f"quest_{dtype}_{rotate}", got, reference.quest_quantize(x, rotate))
-    seed = 123456789123
-    signs = reference.rotation_signs(seed, reference.STREAM_DGRAD_SIGNS)
-    x = data(45, 70, torch.bfloat16)
-    for axis, config in (("last", last), ("first", first)):
-        for sign_seed in (stream_seed(seed, reference.STREAM_DGRAD_SIGNS), None):
-            got = launch.launch_quantize_dense(
-                x, "sr", axis, True, stream_seed(seed, 2), sign_seed, interpret=True, config=config
-            )
-            want = reference.sr_quantize(x, signs if sign_seed else None, seed, 2, transpose=axis == "first")
-            record(f"sr_{axis}_{sign_seed is not None}", got, want)
-    codes, scales, _ = reference.quest_quantize(data(70, 64, torch.float32), True)
-    got = launch.launch_requantize(
-        codes, scales, stream_seed(seed, 3), stream_seed(seed, 0), interpret=True, config=first
-    )
-    record("requantize", got, reference.requantize_sr(codes, scales, reference.rotation_signs(seed, 0), seed, 3))
+    # the layer seed reaches the kernels as a tensor; they derive each stream's seed and the signs themselves
+    for seed in SEEDS:
+        seed_tensor = torch.tensor(seed, dtype=torch.int64)
+        signs = reference.rotation_signs(seed, reference.STREAM_DGRAD_SIGNS)
+        x = data(45, 70, torch.bfloat16)
+        for axis, config in (("last", last), ("first", first)):
+            for sign_stream in (reference.STREAM_DGRAD_SIGNS, NO_SIGNS):
+                got = launch.launch_quantize_dense(
+                    x, "sr", axis, True, seed_tensor, 2, sign_stream, interpret=True, config=config
+                )
+                want = reference.sr_quantize(x, signs if sign_stream != NO_SIGNS else None, seed, 2, axis == "first")
+                record(f"sr_{axis}_{sign_stream != NO_SIGNS}_{seed}", got, want)
+        codes, scales, _ = reference.quest_quantize(data(70, 64, torch.float32), True)
+        got = launch.launch_requantize(codes, scales, seed_tensor, 3, 0, interpret=True, config=first)
+        want = reference.requantize_sr(codes, scales, reference.rotation_signs(seed, 0), seed, 3)
+        record(f"requantize_{seed}", got, want)
     record("fold", launch.launch_fold(codes, scales, interpret=True, config=last), fold.fold_reference(codes, scales))
     x = data(20, 128, torch.bfloat16)
     got = launch.launch_quantize_dense(x, "quest", "last", True, fold_output=True, interpret=True, config=last)
@@ -164,8 +165,10 @@ def interpreted():
 
 
 BITWISE = [f"quest_{d}_{r}" for d in ("torch.bfloat16", "torch.float32") for r in (True, False)]
-BITWISE += [f"sr_{axis}_{signs}" for axis in ("last", "first") for signs in (True, False)]
-BITWISE += ["requantize", "fold", "quest_fold", "philox_wide", "philox_wide_4x"]
+SEEDS = (123456789123, 2**62 + 977, 5)
+BITWISE += [f"sr_{axis}_{signs}_{seed}" for axis in ("last", "first") for signs in (True, False) for seed in SEEDS]
+BITWISE += [f"requantize_{seed}" for seed in SEEDS]
+BITWISE += ["fold", "quest_fold", "philox_wide", "philox_wide_4x"]
 
 
 @pytest.mark.parametrize("case", BITWISE)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fp4.runtime import ops
+from fp4.runtime import ops, philox
 from fp4.runtime import reference as ref
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 fp4 = torch.ops.fp4
 SEED = torch.tensor(20240601, dtype=torch.int64)
+CPU = torch.device("cpu")
 
 
 def quantized(rows, k, seed=0):
@@ -75,7 +76,9 @@ def test_opcheck_draw_seeds():
     # draw_seeds is random: the AOT-dispatch check would compare two different draws.
     for n in (0, 1, 5):
         torch.library.opcheck(
-            fp4.draw_seeds.default, (n,), test_utils=("test_schema", "test_autograd_registration", "test_faketensor")
+            fp4.draw_seeds.default,
+            (n, CPU),
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
         )
 
 
@@ -97,22 +100,39 @@ def test_fake_matches_real(name, args):
 
 def test_fake_draw_seeds():
     with FakeTensorMode():
-        fake = fp4.draw_seeds(3)
-    assert _describe(fake) == _describe(fp4.draw_seeds(3))
+        fake = fp4.draw_seeds(3, CPU)
+    assert _describe(fake) == _describe(fp4.draw_seeds(3, CPU))
 
 
 def test_draw_seeds_is_governed_by_manual_seed():
     torch.manual_seed(5)
-    together = fp4.draw_seeds(4)
+    together = fp4.draw_seeds(4, CPU)
     torch.manual_seed(5)
-    one_by_one = torch.cat([fp4.draw_seeds(1) for _ in range(4)])
+    one_by_one = torch.cat([fp4.draw_seeds(1, CPU) for _ in range(4)])
     assert torch.equal(together, one_by_one)
     assert together.dtype == torch.int64 and together.device.type == "cpu"
     assert bool(((together >= 0) & (together < 2**62)).all()) and len(set(together.tolist())) == 4
     torch.manual_seed(6)
-    assert not torch.equal(fp4.draw_seeds(4), together)
-    assert fp4.draw_seeds(0).shape == (0,)
+    assert not torch.equal(fp4.draw_seeds(4, CPU), together)
+    assert fp4.draw_seeds(0, CPU).shape == (0,)
     assert torch.Tag.nondeterministic_seeded in fp4.draw_seeds.default.tags
+
+
+def test_draw_seeds_salt_mixes_like_stream_seed():
+    torch.manual_seed(5)
+    plain = fp4.draw_seeds(4, CPU)
+    torch.manual_seed(5)
+    salted = fp4.draw_seeds(4, CPU, 3)
+    assert salted.tolist() == [philox.stream_seed(seed, 3) for seed in plain.tolist()]
+    assert not torch.equal(salted, plain)
+
+
+def test_ops_dispatch_without_python_autograd_layer():
+    # Plain schemas: the dispatcher reaches the kernel without a Python autograd kernel in between.
+    for name in ops.OPS:
+        qualname = f"fp4::{name}"
+        assert not torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "Autograd"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CompositeExplicitAutograd"), name
 
 
 def test_ops_compute_the_reference():

@@ -45,13 +45,13 @@ def unused_quantization(x: "f32[8, 64]"):
 
 # Mutations and random draws stay even when unused: removing a draw would shift the generator's later draws.
 # CHECK-LABEL: def side_effects(
-# CHECK-NEXT:    torch.ops.fp4.draw_seeds.default(2)
+# CHECK-NEXT:    torch.ops.fp4.draw_seeds.default(2, torch.device("cpu"))
 # CHECK-NEXT:    torch.ops.aten.rand_like.default(x)
 # CHECK-NEXT:    torch.ops.aten.copy_.default(x, x)
 # CHECK-NOT:     neg
 # CHECK:         return (x,)
 def side_effects(x: "f32[4, 32]"):
-    seeds: "i64[2]" = torch.ops.fp4.draw_seeds.default(2)
+    seeds: "i64[2]" = torch.ops.fp4.draw_seeds.default(2, torch.device("cpu"))
     noise: "f32[4, 32]" = torch.ops.aten.rand_like.default(x)
     copy: "f32[4, 32]" = torch.ops.aten.copy_.default(x, x)
     neg: "f32[4, 32]" = torch.ops.aten.neg.default(x)

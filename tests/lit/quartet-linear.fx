@@ -12,7 +12,7 @@
 # 2-D input with bias: one seed; x and w quantized once, their codes, scales and masks shared by all
 # three GEMMs; the bias gradient becomes fp4::bias_grad.  Streams: dgrad signs 0, dY 2, W 3; wgrad 1, 4, 5.
 # CHECK-LABEL: def linear_2d_bias(
-# CHECK:         [[SEEDS:\b\w+]]: "i64[1]" = torch.ops.fp4.draw_seeds.default(1)
+# CHECK:         [[SEEDS:\b\w+]]: "i64[1]" = torch.ops.fp4.draw_seeds.default(1, torch.device("cpu"))
 # CHECK-NEXT:    [[SEED:\b\w+]]: "i64[]" = torch.ops.aten.select.int([[SEEDS]], 0, 0)
 # CHECK-NEXT:    [[QX:\b\w+]]: "(u8[16, 32], u8[16, 2], u8[16, 8])" = torch.ops.fp4.quest_quantize.default(primals_3, True)
 # CHECK-NEXT:    [[XC:\b\w+]]: "u8[16, 32]" = operator.getitem([[QX]], 0)
@@ -198,7 +198,7 @@ def k_not_multiple_of_32(
 # Two layers reading the same input (like k_proj and v_proj): each weight-grad GEMM is told apart by
 # the output gradient its layer's input-grad GEMM uses. Layer i gets seed i.
 # CHECK-LABEL: def shared_input(
-# CHECK:         [[SEEDS:\b\w+]]: "i64[2]" = torch.ops.fp4.draw_seeds.default(2)
+# CHECK:         [[SEEDS:\b\w+]]: "i64[2]" = torch.ops.fp4.draw_seeds.default(2, torch.device("cpu"))
 # CHECK-NEXT:    [[S0:\b\w+]]: "i64[]" = torch.ops.aten.select.int([[SEEDS]], 0, 0)
 # CHECK-NEXT:    [[S1:\b\w+]]: "i64[]" = torch.ops.aten.select.int([[SEEDS]], 0, 1)
 # The gradient of k's output (layer 0) is mul_2 = dY * v(x); v's (layer 1) is mul_1 = dY * k(x).

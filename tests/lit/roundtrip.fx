@@ -26,7 +26,7 @@ def quartet_forward(x: "f32[8, 64]", w: "bf16[32, 64]", bias: "bf16[32]"):
 # the masked, un-rotating GEMM, dequantize and the bias gradient.
 # CHECK-LABEL: # Constructed by capture
 # CHECK-NEXT:  def quartet_backward(
-# CHECK:         torch.ops.fp4.draw_seeds.default(1)
+# CHECK:         torch.ops.fp4.draw_seeds.default(1, torch.device("cpu"))
 # CHECK:         "(u8[40, 16], u8[40, 1])" = torch.ops.fp4.sr_quantize.default(grad_y, seed, 0, 2, False)
 # CHECK:         "(u8[64, 16], u8[64, 1])" = torch.ops.fp4.requantize_sr.default(w_codes, w_scales, seed, 0, 3)
 # CHECK:         "f32[40, 64]" = torch.ops.fp4.mxfp4_gemm.default({{.*}}, 0.1111111111111111, None, 'none', None, None, x_mask, True, torch.float32)
@@ -35,7 +35,7 @@ def quartet_forward(x: "f32[8, 64]", w: "bf16[32, 64]", bias: "bf16[32]"):
 # CHECK-NEXT:    bias_grad: "bf16[32]" = torch.ops.fp4.bias_grad.default(grad_y, torch.bfloat16)
 # Constructed by capture
 def quartet_backward(grad_y: "f32[40, 32]", w_codes: "u8[32, 32]", w_scales: "u8[32, 2]", x_mask: "u8[40, 8]"):
-    draw_seeds: "i64[1]" = torch.ops.fp4.draw_seeds.default(1)
+    draw_seeds: "i64[1]" = torch.ops.fp4.draw_seeds.default(1, torch.device("cpu"))
     seed: "i64[]" = torch.ops.aten.select.int(draw_seeds, 0, 0)
     sr_quantize: "(u8[40, 16], u8[40, 1])" = torch.ops.fp4.sr_quantize.default(grad_y, seed, 0, 2, False)
     g_codes: "u8[40, 16]" = operator.getitem(sr_quantize, 0)

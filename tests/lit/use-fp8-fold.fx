@@ -44,7 +44,7 @@ def joint_linear(
     primals_3: "bf16[16, 64]",
     tangents_1: "bf16[16, 32]",
 ):
-    draw_seeds_default: "i64[1]" = torch.ops.fp4.draw_seeds.default(1)
+    draw_seeds_default: "i64[1]" = torch.ops.fp4.draw_seeds.default(1, torch.device("cpu"))
     select_int: "i64[]" = torch.ops.aten.select.int(draw_seeds_default, 0, 0)
     quest_quantize_default: "(u8[16, 32], u8[16, 2], u8[16, 8])" = torch.ops.fp4.quest_quantize.default(primals_3, True)
     getitem: "u8[16, 32]" = operator.getitem(quest_quantize_default, 0)

@@ -1,0 +1,187 @@
+"""``fp4 bench --sections model``: whole Hugging Face Llama training steps, fp4 against bf16 in the same run.
+
+Each configuration trains ``LlamaForCausalLM`` (random weights, bf16
+parameters, ``sdpa`` attention, fused AdamW) for a few steps per mode:
+
+* ``bf16_eager``: the model as it is;
+* ``bf16_inductor``: ``torch.compile(model)``;
+* ``fp4``: ``torch.compile(model, backend="fp4")``;
+* ``fp4_cudagraphs``: the same with ``options={"cudagraphs": True}``.
+
+Per mode: the first step (it compiles), the median and the maximum step time
+from the third step on, tokens/s, peak memory, and the host time per step
+(Python issuing the step, before the closing synchronisation) against the GPU
+time per step (the kernels' device time summed by ``torch.profiler`` over one
+more step).  A step is forward, loss, backward, optimizer step and
+``zero_grad``; the loss is read back once per step, as a training loop logs it.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+CONFIGS = {
+    # name: model shape, batch, sequence length
+    "llama7b-8l": dict(hidden=4096, intermediate=11008, layers=8, heads=32, vocab=32000, batch=4, seq=2048),
+    "llama1b-8l": dict(hidden=2048, intermediate=5632, layers=8, heads=16, vocab=32000, batch=4, seq=2048),
+    "small-6l": dict(hidden=512, intermediate=1376, layers=6, heads=8, vocab=256, batch=32, seq=512),
+}
+
+MODES = ("bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs")
+
+
+def build_model(shape: dict, device="cuda"):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=shape["hidden"], intermediate_size=shape["intermediate"], num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"], vocab_size=shape["vocab"],
+        max_position_embeddings=shape["seq"], attn_implementation="sdpa", use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
+
+
+def compiled(model, mode: str):
+    import torch
+
+    if mode == "bf16_eager":
+        return model
+    if mode == "bf16_inductor":
+        return torch.compile(model)
+    options = {"cudagraphs": True} if mode == "fp4_cudagraphs" else {}
+    return torch.compile(model, backend="fp4", options=options)
+
+
+def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: bool = True) -> dict:
+    """Train one configuration in one mode; returns the measured record."""
+    import torch
+
+    model = build_model(shape, device)
+    runner = compiled(model, mode)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    generator = torch.Generator(device=device).manual_seed(1)
+    batches = [
+        torch.randint(0, shape["vocab"], (shape["batch"], shape["seq"]), device=device, generator=generator)
+        for _ in range(2)
+    ]
+    cuda = device == "cuda"
+
+    def step(i):
+        if cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        tokens = batches[i % len(batches)]
+        loss = runner(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    step_ms, host_ms, losses = [], [], []
+    for i in range(steps):
+        start = time.perf_counter()
+        loss = step(i)
+        issued = time.perf_counter()
+        losses.append(float(loss))  # the loop's one read-back (a synchronisation)
+        done = time.perf_counter()
+        step_ms.append((done - start) * 1e3)
+        host_ms.append((issued - start) * 1e3)
+    tokens_per_step = shape["batch"] * shape["seq"]
+    steady = step_ms[2:] or step_ms
+    record = {
+        "mode": mode,
+        "first_step_ms": step_ms[0],
+        "median_step_ms": statistics.median(steady),
+        "max_step_ms": max(steady),
+        "max_over_median": max(steady) / statistics.median(steady),
+        "tokens_per_s": tokens_per_step / (statistics.median(steady) * 1e-3),
+        "host_ms_per_step": statistics.median(host_ms[2:] or host_ms),
+        "step_ms": step_ms,
+        "losses": losses,
+    }
+    if cuda:
+        record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if profile and cuda:
+        record["gpu_ms_per_step"] = _gpu_time_of(lambda: step(steps))
+    return record
+
+
+def _release_memory() -> None:
+    import torch
+
+    gc.collect()
+    torch._dynamo.reset()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _gpu_time_of(fn) -> float:
+    """Device time of the kernels ``fn`` launches, in ms (torch.profiler, summed over kernels)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    total_us = sum(
+        event.device_time for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA
+    )  # fmt: skip
+    return total_us / 1e3
+
+
+def bench_models(names, log, modes=MODES, steps=8) -> list[dict]:
+    """Every configuration in every mode; ratios against ``bf16_inductor`` of the same configuration."""
+    rows = []
+    for name in names:
+        shape = CONFIGS[name]
+        records = {}
+        for mode in modes:
+            try:
+                record = train_steps(shape, mode, steps)
+            except Exception as error:  # noqa: BLE001  (one failing mode is reported, the others still run)
+                log(f"{name} {mode}: failed ({type(error).__name__}: {str(error)[:300]})")
+                records[mode] = {"mode": mode, "error": f"{type(error).__name__}: {error}"[:2000]}
+                continue
+            finally:
+                _release_memory()
+            records[mode] = record
+            log(
+                f"{name:12s} {mode:15s} median {record['median_step_ms']:8.2f} ms  max {record['max_step_ms']:8.2f} "
+                f"first {record['first_step_ms'] / 1e3:6.1f} s  host {record['host_ms_per_step']:7.2f} ms  "
+                f"gpu {record.get('gpu_ms_per_step', float('nan')):7.2f} ms  "
+                f"{record['tokens_per_s']:9.0f} tok/s  peak {record.get('peak_memory_gib', 0):5.1f} GiB"
+            )
+        baseline = records.get("bf16_inductor", {}).get("median_step_ms")
+        for record in records.values():
+            row = {"config": name, **shape, **record}
+            if baseline and "median_step_ms" in record:
+                row["vs_bf16_inductor"] = baseline / record["median_step_ms"]
+            rows.append(row)
+    return rows
+
+
+def markdown(rows) -> list[str]:
+    lines = [
+        "| config | mode | median step ms | max step ms (step ≥ 3) | first step s | host ms/step | GPU ms/step "
+        "| tokens/s | peak GiB | × bf16 Inductor |",
+        "|---" * 10 + "|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['mode']} | failed: {r['error'][:80]} |" + " |" * 7)
+            continue
+        lines.append(
+            f"| {r['config']} | {r['mode']} | {r['median_step_ms']:.2f} | {r['max_step_ms']:.2f} "
+            f"| {r['first_step_ms'] / 1e3:.1f} | {r['host_ms_per_step']:.2f} "
+            f"| {r.get('gpu_ms_per_step', float('nan')):.2f} "
+            f"| {r['tokens_per_s']:.0f} | {r.get('peak_memory_gib', float('nan')):.1f} "
+            f"| {r.get('vs_bf16_inductor', float('nan')):.2f} |"
+        )
+    return lines

@@ -1,0 +1,74 @@
+"""The ``fp4`` operator library: one ``torch.library.Library`` that defines every op and holds its kernels.
+
+Ops are declared with :func:`fp4_op`, a decorator in the shape of
+``torch.library.custom_op``: the schema is inferred from the Python signature,
+the decorated function becomes the implementation for every device
+(``CompositeExplicitAutograd``), and ``.register_fake`` adds the meta
+implementation.  The difference is the dispatch path.  ``custom_op`` routes
+every call through a Python autograd layer and an aliasing check before the
+kernel (about 40 µs per call, measured on a CPU: 56 µs against 16 µs for a
+plain schema); compiled training graphs call the fp4 ops hundreds of times a
+step, so the ops are plain schemas dispatched in C++, and the device kernels
+(:func:`register_cuda`) are reached without Python in between.
+
+None of the ops is differentiable: the compiler inserts them after autograd
+has built the backward graph, and the eager oracle calls them inside its own
+``autograd.Function``.  Without an autograd kernel the dispatcher falls back
+to "autograd not implemented", which only complains if a gradient is asked of
+an op's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+NAMESPACE = "fp4"
+
+LIBRARY = torch.library.Library(NAMESPACE, "DEF")
+_CUDA_REGISTERED: set[str] = set()
+
+
+class Fp4Op:
+    """A defined op: call it like the function it was made from; ``register_fake`` adds its meta function."""
+
+    def __init__(self, qualname: str, function: Callable, tags: Sequence[torch.Tag]):
+        namespace, _, name = qualname.partition("::")
+        if namespace != NAMESPACE or not name:
+            raise ValueError(f"fp4 ops are named '{NAMESPACE}::<name>', got {qualname!r}")
+        schema = torch.library.infer_schema(function, mutates_args=())
+        LIBRARY.define(name + schema, tags=tuple(tags))
+        LIBRARY.impl(name, function, "CompositeExplicitAutograd")
+        self.qualname, self.name, self.function = qualname, name, function
+        self.__doc__ = function.__doc__
+        self._opoverload = getattr(getattr(torch.ops, NAMESPACE), name).default
+
+    def register_fake(self, fake: Callable) -> Callable:
+        torch.library.register_fake(self.qualname, fake, lib=LIBRARY)
+        return fake
+
+    def __call__(self, *args, **kwargs):
+        return self._opoverload(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Fp4Op({self.qualname})"
+
+
+def fp4_op(qualname: str, *, tags: Sequence[torch.Tag] = ()) -> Callable[[Callable], Fp4Op]:
+    """``@fp4_op("fp4::name")`` over a typed function defines the op ``torch.ops.fp4.name``."""
+    return lambda function: Fp4Op(qualname, function, tags)
+
+
+def register_cuda(qualname: str, function: Callable) -> None:
+    """Make ``function`` the CUDA kernel of ``qualname`` (once per process; a second call is a no-op)."""
+    name = qualname.partition("::")[2]
+    if name in _CUDA_REGISTERED:
+        return
+    LIBRARY.impl(name, function, "CUDA")
+    _CUDA_REGISTERED.add(name)
+
+
+def has_cuda_kernel(qualname: str) -> bool:
+    """Whether the dispatcher holds a CUDA kernel for the op (not only the device-generic implementation)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA")
