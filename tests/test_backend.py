@@ -172,6 +172,87 @@ def test_shared_weight_and_float32_match_oracle_bitwise():
     assert "convert_element_type" not in report.stages[-1][1]
 
 
+class CalledTwice(nn.Module):
+    """``lin(lin(x))``: one layer whose second call reads its own first call's GEMM."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.lin(self.lin(x))
+
+
+class LoRA(nn.Module):
+    """LoRA's low-rank path ``B(A(x))`` on 2-D features (rank 32, so both GEMMs are rewritten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = nn.Linear(64, 32, bias=False)
+        self.B = nn.Linear(32, 64, bias=False)
+
+    def forward(self, x):
+        return self.B(self.A(x))
+
+
+BACK_TO_BACK = {
+    "sequential": lambda: nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)),
+    "identity-between": lambda: nn.Sequential(nn.Linear(64, 64), nn.Identity(), nn.Linear(64, 64)),
+    "no-bias": lambda: nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False)),
+    "three-deep": lambda: nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 96), nn.Linear(96, 64)),
+    "called-twice": CalledTwice,
+    "lora": LoRA,
+}
+
+
+@pytest.mark.parametrize("case", list(BACK_TO_BACK))
+def test_back_to_back_linears_on_2d_input_match_oracle_bitwise(case):
+    """With no view between two layers, one layer's rewrite replaces nodes the next layer's match holds."""
+    torch.manual_seed(0)
+    model = BACK_TO_BACK[case]().to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    oracle, compiled, backend = compare_with_oracle(model, make_inputs)
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    assert report.layers and all(layer.status == "rewritten" for layer in report.layers)
+    assert all({"forward", "input_grad", "weight_grad"} <= set(layer.gemms) for layer in report.layers)
+
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = quartetize(copy.deepcopy(model))(x)
+        torch.manual_seed(1)
+        actual = torch.compile(copy.deepcopy(model), backend=configure(inductor=False))(x)
+    assert torch.equal(expected, actual)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "no_grad"])
+def test_back_to_back_linears_compile_with_inductor(grad):
+    """The same graphs through Inductor; nothing but the layers around them, so still bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Identity(), nn.Linear(64, 64)).to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    with torch.set_grad_enabled(grad):
+        if grad:
+            oracle = run(quartetize(copy.deepcopy(model)), make_inputs)
+            compiled = run(torch.compile(copy.deepcopy(model), backend=configure(inductor=True)), make_inputs)
+            assert_bitwise(oracle, compiled)
+        else:
+            (x,) = make_inputs()
+            torch.manual_seed(1)
+            expected = quartetize(copy.deepcopy(model))(x)
+            torch.manual_seed(1)
+            backend = configure(inductor=True)
+            assert torch.equal(expected, torch.compile(copy.deepcopy(model), backend=backend)(x))
+            assert len(backend.reports[0].rewritten()) == 2
+
+
 def test_tiny_llama_training_matches_oracle_bitwise():
     torch.manual_seed(0)
     model = TinyLlama(SMALL).to(torch.bfloat16)
