@@ -514,6 +514,27 @@ def test_variants_match_their_eager_composition(rotate, rounding):
 # Inductor
 
 
+@pytest.mark.parametrize("rounding", ["sr", "rtn"])
+def test_unrotated_variant_compiles_with_inductor(rounding):
+    """rotate=False under Inductor: the backward quantizers' fakes must promise the layout the ops return.
+
+    A single layer with nothing around it is bitwise the same with and without Inductor.
+    """
+    torch.manual_seed(0)
+    model = nn.Linear(64, 128).to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(32, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    results = []
+    for inductor in (False, True):
+        torch._dynamo.reset()
+        backend = configure(inductor=inductor, rotate=False, backward_rounding=rounding, exclude=[])
+        results.append(run(torch.compile(copy.deepcopy(model), backend=backend), make_inputs))
+        assert backend.reports[0].counters["quartet-linear.rewritten"] == 1
+    assert_bitwise(*results)
+
+
 def test_inductor_single_layer_matches_oracle_bitwise():
     """With nothing but the layer around it, Inductor leaves no op to re-associate: still bit for bit."""
     torch.manual_seed(0)
