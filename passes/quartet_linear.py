@@ -138,11 +138,11 @@ def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
 @register_pass
 @dataclass(frozen=True)
 class QuartetLinear(GraphPass):
-    """Options: ``rotate`` and ``rounding`` override the backend options when given."""
+    """Options: ``rotate`` (bool) and ``rounding`` (``sr``/``rtn``) override the backend options when given."""
 
     name = "quartet-linear"
-    rotate: str = ""  # "" (from ctx.options), "true" or "false"
-    rounding: str = ""  # "" (from ctx.options), "sr" or "rtn"
+    rotate: bool | None = None  # None: the backend option
+    rounding: str | None = field(default=None, metadata={"choices": variants.ROUNDINGS})  # None: the backend option
 
     # ------------------------------------------------------------------ matching
 
@@ -255,10 +255,8 @@ class QuartetLinear(GraphPass):
 
     def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         options = _options(ctx)
-        rotate = options.rotate if not self.rotate else self.rotate == "true"
-        rounding = self.rounding or options.backward_rounding
-        if rounding not in variants.ROUNDINGS:
-            raise ValueError(f"quartet-linear: rounding must be one of {variants.ROUNDINGS}, got {rounding!r}")
+        rotate = options.rotate if self.rotate is None else self.rotate
+        rounding = options.backward_rounding if self.rounding is None else self.rounding
         graph = gm.graph
         joint = is_joint(graph)
         backward = tangent_closure(graph)

@@ -92,6 +92,39 @@ def test_options_are_validated():
         Options.from_mapping({"rotate": "no"})
 
 
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"target": 5}, "fp4 option 'target': a target is a string such as 'sm_90' or 'cpu', got 5"),
+        ({"target": "cuda"}, "unknown target 'cuda': a target is an architecture, not a device"),
+        ({"target": "cuda:0"}, "unknown target 'cuda:0': a target is an architecture"),
+        ({"target": "sm_999"}, "unknown target 'sm_999': not a supported architecture"),
+        ({"target": "sm_80a"}, "sm_80 has no 'a' form"),
+        ({"target": "sm90"}, "did you mean 'sm_90'"),
+        ({"target": "hopper"}, "name the architecture, e.g. 'sm_90'"),
+        ({"passes": 5}, "fp4 option 'passes' takes a pipeline string"),
+        ({"passes": "quartet-linear,no-such-pass"}, "fp4 option 'passes': unknown pass 'no-such-pass'"),
+        ({"passes": "quartet-linear{rotate=maybe}"}, "option rotate='maybe' is not valid; it takes true or false"),
+        ({"dump_dir": 5}, "fp4 option 'dump_dir' takes a directory path"),
+        ({"format": 4}, "fp4 option 'format' takes one of"),
+    ],
+)
+def test_bad_option_values_get_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Options.from_mapping(options)
+
+
+def test_option_values_are_normalised(tmp_path):
+    assert Options.from_mapping({"target": " SM_100a "}).target == "sm_100"
+    for target in ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121"):
+        assert Options.from_mapping({"target": target}).target == target
+    assert Options.from_mapping({"dump_dir": tmp_path}).dump_dir == str(tmp_path)
+    assert Options.from_mapping({"passes": ["quartet-linear{rotate=True}", "dce"]}).passes == (
+        "quartet-linear{rotate=True}",
+        "dce",
+    )
+
+
 def test_options_reach_the_named_backend():
     """torch.compile(..., backend="fp4", options=...) hands the options to the backend."""
     model = MLP().to(torch.bfloat16)

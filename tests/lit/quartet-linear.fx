@@ -1,6 +1,9 @@
 # RUN: fp4-opt %s -p quartet-linear | filecheck %s
 # RUN: fp4-opt %s -p "quartet-linear{rotate=false}" | filecheck %s --check-prefix=NOROT
 # RUN: fp4-opt %s -p "quartet-linear{rounding=rtn}" | filecheck %s --check-prefix=RTN
+# RUN: fp4-opt %s -p "quartet-linear{rotate=True}" | filecheck %s --check-prefix=ROT
+# RUN: not fp4-opt %s -p "quartet-linear{rotate=yes}" 2>&1 | filecheck %s --check-prefix=BADBOOL
+# RUN: not fp4-opt %s -p "quartet-linear{rounding=nearest}" 2>&1 | filecheck %s --check-prefix=BADROUNDING
 # RUN: fp4-opt %s -p quartet-linear,fuse-bias,fuse-clip-mask,fuse-inverse-rotation,fuse-output-cast,fuse-bias-grad,dce \
 # RUN:   | filecheck %s --check-prefix=FUSED
 
@@ -63,6 +66,14 @@
 # FUSED-NOT:     inverse_rotate
 # FUSED-NOT:     fp4.bias_grad
 # FUSED:         return
+# Options are typed: `rotate=True` is the bool true (any case), other words are refused, naming the
+# pass, the option and the values it takes.
+# ROT-LABEL: def linear_2d_bias(
+# ROT:         torch.ops.fp4.quest_quantize.default(primals_3, True)
+# ROT:         torch.ops.fp4.sr_quantize.default(tangents_1,
+# ROT:         torch.ops.fp4.inverse_rotate.default(
+# BADBOOL: fp4-opt: error: pass 'quartet-linear': option rotate='yes' is not valid; it takes true or false
+# BADROUNDING: fp4-opt: error: pass 'quartet-linear': option rounding='nearest' is not valid; it takes one of sr, rtn
 # RTN-LABEL: def linear_2d_bias(
 # RTN:           torch.ops.fp4.quest_quantize.default(primals_3, True)
 # RTN:           torch.ops.fp4.quantize_grad.default(tangents_1, {{\w+}}, 0, 2, False, True, 'rtn')
