@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from fp4.runtime import reference as ref
-from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
+from fp4.runtime import variants
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import fp4.runtime as fp4_runtime
 import pytest
 import torch
 from fp4.runtime import fold, ops, variants
@@ -95,7 +96,7 @@ def _cases():
 
 CASES = _cases()
 CASE_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
-ALL_OPS = {**ops.OPS, **fold.OPS, **variants.OPS}
+ALL_OPS = fp4_runtime.OPS
 
 
 def _has_fp8(args) -> bool:
@@ -228,6 +229,22 @@ def test_op_errors():
 def test_every_op_is_covered():
     """Every registered fp4 op has cases (and so an opcheck and a fake-vs-real check)."""
     covered = {name for name, _ in CASES} | {"draw_seeds"}
+    assert ALL_OPS == {**ops.OPS, **fold.OPS, **variants.OPS}
     assert covered == set(ALL_OPS)
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("fp4::")}
     assert registered == set(ALL_OPS)
+
+
+def test_importing_the_runtime_registers_every_op():
+    """The op set is registered in one place, ``import fp4.runtime``: no pass module needs importing first."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, fp4.runtime\n"
+        "names = {n.split('::')[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith('fp4::')}\n"
+        "print(sorted(names) == sorted(fp4.runtime.OPS), len(names), 'fp4.passes' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", str(len(ALL_OPS)), "False"]
