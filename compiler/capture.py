@@ -11,7 +11,8 @@ backward instead of model-dtype activations.
   joint passes and partitioner, and on inference graphs).  The graph is
   decomposed with Inductor's table except for the ops the fusions match
   (mm/addmm/silu/gelu).  fp4 ops stay opaque calls in the generated code.
-* ``inductor=False``: ``aot_module_simplified`` without decompositions and a
+* ``inductor=False``: ``aot_module_simplified`` (through dynamo's ``aot_autograd``
+  entry, which DDPOptimizer counts) without decompositions and a
   partition function that runs the pipeline, then
   ``min_cut_rematerialization_partition``; the partitioned FX graphs run as
   they are (eager ATen ops, bitwise equal to eager PyTorch).
@@ -249,8 +250,14 @@ def _detect_target(example_inputs) -> Target:
 
 
 def _compile_plain(gm, example_inputs, rewriter: GraphRewriter):
+    """AOTAutograd through dynamo's ``aot_autograd`` backend factory, the entry ``aot_eager`` and Inductor use.
+
+    Calling ``aot_module_simplified`` directly works for one graph, but DDPOptimizer (DDP with several
+    gradient buckets) splits the graph per bucket and counts the AOT compiles through the counter this
+    entry keeps; without it the backward finds no bucket ("expected same # of fw and bw compiles").
+    """
     from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
+    from torch._dynamo.backends.common import aot_autograd
 
     def rewrite_and_partition(joint, joint_inputs, **kwargs):
         return partition(rewriter(joint), joint_inputs, rewriter, **kwargs)
@@ -263,16 +270,14 @@ def _compile_plain(gm, example_inputs, rewriter: GraphRewriter):
         rewriter.record_forward(graph, training=False)
         return make_boxed_func(graph)
 
-    return aot_module_simplified(
-        gm,
-        example_inputs,
+    return aot_autograd(
         fw_compiler=run_as_is,
         bw_compiler=run_as_is,
         inference_compiler=inference,
         partition_fn=rewrite_and_partition,
         decompositions={},
         keep_inference_input_mutations=True,
-    )
+    )(gm, example_inputs)
 
 
 def inductor_decompositions() -> dict:

@@ -15,17 +15,29 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (``--steps 0`` trains nothing and has no curve to show)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _train(argv: list[str]) -> int:
     from .models import LlamaConfig, compare_with_bf16
 
     parser = argparse.ArgumentParser(prog="fp4 train", description="Train the built-in model with fp4 and BF16.")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--steps", type=_positive, default=30)
+    parser.add_argument("--batch", type=_positive, default=8)
+    parser.add_argument("--seq", type=_positive, default=64)
+    parser.add_argument("--layers", type=_positive, default=2)
+    parser.add_argument("--dim", type=_positive, default=128)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--no-inductor", action="store_true", help="run the fp4 graphs without Inductor")
     args = parser.parse_args(argv)
@@ -50,7 +62,7 @@ def _builtin_step() -> None:
 def _inspect(argv: list[str]) -> int:
     from . import report
     from .backend import override_options
-    from .inspect import Inspection, inspect_script
+    from .inspect import Inspection, ScriptNotFoundError, inspect_script
 
     parser = argparse.ArgumentParser(
         prog="fp4 inspect", description="Show what the fp4 backend rewrote in every graph a script compiles."
@@ -76,7 +88,16 @@ def _inspect(argv: list[str]) -> int:
         target = args.target
         if args.module and target.endswith(".py"):
             parser.error("-m takes a module name, not a .py path")
-        result = inspect_script(target, args.script_args, **options)
+        try:
+            result = inspect_script(target, args.script_args, **options)
+        except ScriptNotFoundError as error:
+            print(f"fp4 inspect: error: {error}", file=sys.stderr)
+            return 2
+        except ValueError as error:  # the script compiled nothing
+            if error.__cause__ is not None:
+                traceback.print_exception(error.__cause__)
+            print(f"fp4 inspect: {error}", file=sys.stderr)
+            return 1
     print(result.summary())
     if args.stages:
         for r in result.reports:
@@ -89,7 +110,12 @@ def _inspect(argv: list[str]) -> int:
         print(f"wrote {result.write_svg(args.svg)}")
     if args.dump_dir:
         print(f"wrote every stage under {args.dump_dir}")
-    return 0
+    if result.error is not None:
+        # The reports above are the graphs compiled before the script failed.
+        sys.stdout.flush()
+        traceback.print_exception(result.error)
+        print(f"fp4 inspect: {args.target} raised {type(result.error).__name__}: {result.error}", file=sys.stderr)
+    return result.exit_code
 
 
 def _bench(argv: list[str]) -> int:

@@ -27,10 +27,12 @@ from .backend import Fp4Backend
 class Inspection:
     """The reports of the graphs one inspected run compiled (usually one training graph)."""
 
-    def __init__(self, reports: list[report_lib.CompileReport]):
+    def __init__(self, reports: list[report_lib.CompileReport], exit_code: int = 0, error: BaseException | None = None):
         if not reports:
             raise ValueError("nothing was compiled: did the model run through torch.compile?")
         self.reports = list(reports)
+        self.exit_code = exit_code  # of an inspected script: 0, what it passed to sys.exit, or 1 if it raised
+        self.error = error  # the exception an inspected script raised after compiling these graphs
 
     @property
     def report(self) -> report_lib.CompileReport:
@@ -106,21 +108,63 @@ def inspect_model(model: torch.nn.Module, *args, backward: bool = True, loss_fn=
     return Inspection(backend.reports)
 
 
+class ScriptNotFoundError(FileNotFoundError):
+    """The script or module given to :func:`inspect_script` does not exist."""
+
+
+def exit_status(code) -> int:
+    """The process exit status of ``sys.exit(code)``, as Python computes it (None: 0; not an int: 1)."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
 def inspect_script(path_or_module: str, argv: list[str] | None = None, **options) -> Inspection:
-    """Run a script (``.py`` path) or module (``python -m`` name) with these options forced on every fp4 compile."""
+    """Run a script (``.py`` path) or module (``python -m`` name) with these options forced on every fp4 compile.
+
+    The script may end with ``sys.exit(...)`` or fail after compiling: the result still holds every graph it
+    compiled, with the script's exit status in ``exit_code`` and its exception in ``error``.  A missing script
+    or module raises :class:`ScriptNotFoundError`; a script that compiled nothing raises ``ValueError``
+    (chained to the script's own exception, if it raised one).
+    """
+    import importlib.util
     import runpy
     import sys
 
     from .backend import override_options
 
+    is_path = path_or_module.endswith(".py") or os.path.exists(path_or_module)
+    if is_path and not os.path.isfile(path_or_module):
+        raise ScriptNotFoundError(f"no such script: {path_or_module}")
+    if not is_path:
+        try:
+            found = importlib.util.find_spec(path_or_module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ScriptNotFoundError(f"no module named {path_or_module!r}")
     saved_argv = sys.argv
     sys.argv = [path_or_module, *(argv or [])]
+    exit_code, error = 0, None
     try:
         with override_options(**options), report_lib.collect() as reports:
-            if path_or_module.endswith(".py") or os.path.exists(path_or_module):
-                runpy.run_path(path_or_module, run_name="__main__")
-            else:
-                runpy.run_module(path_or_module, run_name="__main__", alter_sys=True)
+            try:
+                if is_path:
+                    runpy.run_path(path_or_module, run_name="__main__")
+                else:
+                    runpy.run_module(path_or_module, run_name="__main__", alter_sys=True)
+            except SystemExit as stop:
+                exit_code = exit_status(stop.code)
+                if not isinstance(stop.code, (int, type(None))):
+                    print(stop.code, file=sys.stderr)  # what Python prints for sys.exit("message")
+            except Exception as raised:
+                exit_code, error = 1, raised
     finally:
         sys.argv = saved_argv
-    return Inspection(reports)
+    if not reports:
+        raise ValueError(
+            f"nothing was compiled: {path_or_module} "
+            + (f"raised {type(error).__name__}: {error}" if error else f"exited with status {exit_code}")
+            + " before any graph reached the fp4 backend"
+        ) from error
+    return Inspection(reports, exit_code, error)

@@ -215,6 +215,9 @@ def compare_with_bf16(
     """Train the same initial model with ``backend="fp4"`` and with BF16 Inductor; print both loss curves."""
     from . import report
 
+    if steps < 1:
+        raise ValueError(f"compare_with_bf16 needs at least one step to compare, got steps={steps}")
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     report.clear_reports()
     out(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 from dataclasses import dataclass, field
 
 # Linear layers whose qualified name matches one of these stay in the model dtype by default.
@@ -86,14 +87,39 @@ class Options:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if self.format not in FORMATS:
+        # Normalise what may be given in several forms, then check every value: a bad option is an error
+        # that names it and what it takes, never a raw TypeError later or a silently different meaning.
+        set_ = lambda key, value: object.__setattr__(self, key, value)
+        if not isinstance(self.format, str):
+            raise ValueError(f"fp4 option 'format' takes one of {FORMATS}, got {self.format!r}")
+        if self.format.lower() not in FORMATS:
             raise NotImplementedError(f"fp4: format {self.format!r} is not implemented; available: {FORMATS}")
-        if self.cudagraphs and not self.inductor:
-            raise ValueError("fp4: cudagraphs=True needs inductor=True (Inductor's CUDA-graph trees run the graphs)")
+        set_("format", self.format.lower())
+        set_("include", _patterns(self.include, "include"))
+        set_("exclude", _patterns(self.exclude, "exclude"))
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"
             )
+        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"fp4 option {key!r} must be True or False, got {getattr(self, key)!r}")
+        if self.cudagraphs and not self.inductor:
+            raise ValueError("fp4: cudagraphs=True needs inductor=True (Inductor's CUDA-graph trees run the graphs)")
+        if self.dump_dir is not None:
+            if not isinstance(self.dump_dir, (str, os.PathLike)) or not os.fspath(self.dump_dir):
+                raise ValueError(
+                    f"fp4 option 'dump_dir' takes a directory path (str or os.PathLike), got {self.dump_dir!r}"
+                )
+            set_("dump_dir", str(os.fspath(self.dump_dir)))
+        set_("passes", _pipeline(self.passes))
+        if self.target is not None:
+            from .target import Target
+
+            try:
+                set_("target", Target.parse(self.target).name)
+            except ValueError as error:
+                raise ValueError(f"fp4 option 'target': {error}") from None
 
     def selects(self, name: str) -> bool:
         return name_matches(name, self.include) and not name_matches(name, self.exclude)
@@ -115,14 +141,6 @@ class Options:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"fp4: unknown option(s) {unknown}; known options: {sorted(known - {'extra'})}")
-        for key in ("include", "exclude"):
-            if key in values:
-                values[key] = _patterns(values[key], key)
-        if "passes" in values and isinstance(values["passes"], str):
-            values["passes"] = tuple(p.strip() for p in _split_pipeline(values["passes"]))
-        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs"):
-            if key in values and not isinstance(values[key], bool):
-                raise ValueError(f"fp4 option {key!r} must be True or False, got {values[key]!r}")
         return cls(**values)
 
     def pipeline_text(self) -> str:
@@ -131,6 +149,27 @@ class Options:
         if self.inductor and not any(p.startswith(INDUCTOR_ONLY_PASS) for p in passes):
             passes.append(INDUCTOR_ONLY_PASS)
         return ",".join(passes)
+
+
+def _pipeline(value) -> tuple[str, ...]:
+    """The ``passes`` option as a tuple of pass specs, each checked against the pass registry."""
+    if isinstance(value, str):
+        value = tuple(p.strip() for p in _split_pipeline(value))
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        value = tuple(p.strip() for p in value)
+    else:
+        raise ValueError(
+            f"fp4 option 'passes' takes a pipeline string such as 'quartet-linear,dce' or a list of pass specs, "
+            f"got {value!r}"
+        )
+    from .passes.registry import parse_pipeline
+
+    try:
+        parse_pipeline(",".join(value))
+    except (KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"fp4 option 'passes': {message}") from None
+    return value
 
 
 def _split_pipeline(text: str) -> list[str]:

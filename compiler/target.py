@@ -8,27 +8,70 @@ CPU against a stub target such as ``Target.parse("sm_100")``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+KNOWN_TARGETS = ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121")
+"""The targets a user may name; ``sm_90`` and later also as their architecture-specific ``a`` form (``sm_100a``)."""
+
+ARCH_SPECIFIC_FROM = 90
+"""The first capability with an ``a`` (architecture-specific) form."""
+
+_NAMED_ARCHITECTURES = {"ampere": "sm_80", "ada": "sm_89", "hopper": "sm_90", "blackwell": "sm_100"}
+_SM = re.compile(r"^sm_?(\d+)(a?)$")
+
+
+def _accepted() -> str:
+    arch_specific = [f"{t}a" for t in KNOWN_TARGETS if t != "cpu" and int(t[3:]) >= ARCH_SPECIFIC_FROM]
+    return ", ".join(repr(t) for t in KNOWN_TARGETS + tuple(arch_specific))
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where compiled code runs: ``cpu`` or a CUDA architecture ``sm_<major><minor>``."""
+    """Where compiled code runs: ``cpu`` or a CUDA architecture ``sm_<major><minor>``.
+
+    :meth:`parse` takes the targets a user may name (:data:`KNOWN_TARGETS`); :meth:`detect` returns
+    whatever architecture the device reports.
+    """
 
     name: str
 
-    KNOWN = ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120")
+    KNOWN = KNOWN_TARGETS
 
     def __post_init__(self):
         if self.name != "cpu" and not (self.name.startswith("sm_") and self.name[3:].isdigit()):
-            raise ValueError(f"unknown target {self.name!r}; expected 'cpu' or 'sm_<NN>' such as {self.KNOWN}")
+            raise ValueError(f"unknown target {self.name!r}; expected one of {_accepted()}")
 
     @classmethod
-    def parse(cls, text: str) -> Target:
-        text = text.strip().lower()
-        if text in ("cuda:100", "blackwell"):
-            text = "sm_100"
-        return cls(text.removesuffix("a"))
+    def parse(cls, text) -> Target:
+        """A target a user named: one of :data:`KNOWN_TARGETS` (or its ``a`` form), with a clear error otherwise."""
+        if not isinstance(text, str):
+            raise ValueError(f"a target is a string such as 'sm_90' or 'cpu', got {text!r} ({type(text).__name__})")
+        name = text.strip().lower()
+        if name in KNOWN_TARGETS:
+            return cls(name)
+        match = _SM.match(name)
+        if match:
+            number, arch_specific = match.groups()
+            base = f"sm_{number}"
+            if base in KNOWN_TARGETS:
+                if arch_specific and int(number) < ARCH_SPECIFIC_FROM:
+                    raise ValueError(f"unknown target {text!r}: {base} has no 'a' form; use {base!r}")
+                if name == base + arch_specific:
+                    return cls(base)
+                raise ValueError(f"unknown target {text!r}; did you mean {base + arch_specific!r}?")
+            raise ValueError(f"unknown target {text!r}: not a supported architecture; expected one of {_accepted()}")
+        if name in _NAMED_ARCHITECTURES:
+            raise ValueError(
+                f"unknown target {text!r}: name the architecture, e.g. {_NAMED_ARCHITECTURES[name]!r}; "
+                f"expected one of {_accepted()}"
+            )
+        if name.split(":")[0] in ("cuda", "gpu"):
+            raise ValueError(
+                f"unknown target {text!r}: a target is an architecture, not a device; leave the target unset to "
+                f"compile for the inputs' device, or name one of {_accepted()}"
+            )
+        raise ValueError(f"unknown target {text!r}; expected one of {_accepted()}")
 
     @classmethod
     def detect(cls, device=None) -> Target:

@@ -19,7 +19,6 @@ import torch
 import torch.fx
 
 from .epilogue import EpilogueFusion, Fold, can_fold, sole_consumer
-from .fx_tools import variants  # noqa: F401  (registers fp4::apply_clip_mask)
 from .registry import register_pass
 
 APPLY_CLIP_MASK = torch.ops.fp4.apply_clip_mask.default

@@ -14,9 +14,9 @@ from __future__ import annotations
 import operator
 import re
 
+import fp4.runtime  # noqa: F401  (the torch.ops.fp4 op set the passes insert)
 import torch
 import torch.fx
-from fp4.runtime import variants  # noqa: F401  (registers the fp4 ops the passes insert)
 from torch._guards import detect_fake_mode
 
 aten = torch.ops.aten

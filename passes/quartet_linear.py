@@ -54,12 +54,13 @@ backward GEMMs not matched unambiguously).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx
 from fp4.runtime import reference as ref
-from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
+from fp4.runtime import variants
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
@@ -137,11 +138,11 @@ def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
 @register_pass
 @dataclass(frozen=True)
 class QuartetLinear(GraphPass):
-    """Options: ``rotate`` and ``rounding`` override the backend options when given."""
+    """Options: ``rotate`` (bool) and ``rounding`` (``sr``/``rtn``) override the backend options when given."""
 
     name = "quartet-linear"
-    rotate: str = ""  # "" (from ctx.options), "true" or "false"
-    rounding: str = ""  # "" (from ctx.options), "sr" or "rtn"
+    rotate: bool | None = None  # None: the backend option
+    rounding: str | None = field(default=None, metadata={"choices": variants.ROUNDINGS})  # None: the backend option
 
     # ------------------------------------------------------------------ matching
 
@@ -254,10 +255,8 @@ class QuartetLinear(GraphPass):
 
     def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:
         options = _options(ctx)
-        rotate = options.rotate if not self.rotate else self.rotate == "true"
-        rounding = self.rounding or options.backward_rounding
-        if rounding not in variants.ROUNDINGS:
-            raise ValueError(f"quartet-linear: rounding must be one of {variants.ROUNDINGS}, got {rounding!r}")
+        rotate = options.rotate if self.rotate is None else self.rotate
+        rounding = options.backward_rounding if self.rounding is None else self.rounding
         graph = gm.graph
         joint = is_joint(graph)
         backward = tangent_closure(graph)
@@ -283,15 +282,19 @@ class QuartetLinear(GraphPass):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
                 seeds = builder.call(fp4.draw_seeds.default, len(matches), value(matches[0].x).device)
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
+        # A layer's rewrite erases nodes a later layer's match may hold (back to back layers on a 2-D
+        # input: layer 1's forward GEMM is layer 2's x, layer 2's input-grad GEMM is layer 1's dY), so
+        # every match is resolved through the replacements made so far before it is rewritten.
+        replaced: dict[torch.fx.Node, torch.fx.Node] = {}
         for index, match in enumerate(matches):
-            self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)
+            self._rewrite(graph, _resolve(match, replaced), seed_nodes[index], index, rotate, rounding, ctx, replaced)
         for layer in layers:
             ctx.counters[f"quartet-linear.{layer.status}"] += 1
         graph.eliminate_dead_code()
         gm.recompile()
         return PassResult(gm, True)
 
-    def _rewrite(self, graph, match: _Match, seed, index, rotate, rounding, ctx) -> None:
+    def _rewrite(self, graph, match: _Match, seed, index, rotate, rounding, ctx, replaced) -> None:
         layer = match.layer
         layer.status = "rewritten"
         layer.seed_index = index if seed is not None else None
@@ -309,8 +312,7 @@ class QuartetLinear(GraphPass):
             if match.bias is not None:
                 y = b.call(aten.add.Tensor, y, match.bias)
             y = b.cast(y, out_dtype)
-        forward.replace_all_uses_with(y)
-        graph.erase_node(forward)
+        _replace(graph, forward, y, replaced)
         layer.gemms["forward"] = gemm.name
         ctx.counters["quartet-linear.forward_gemm"] += 1
 
@@ -318,7 +320,10 @@ class QuartetLinear(GraphPass):
             return
         dgrad_streams = (ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT)
         wgrad_streams = (ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT)
-        backward = dict(layer_name=layer.name, grad_spec=match.grad_output, seed=seed, rotate=rotate, rounding=rounding)
+        backward = dict(
+            layer_name=layer.name, grad_spec=match.grad_output, seed=seed, rotate=rotate, rounding=rounding,
+            replaced=replaced,
+        )  # fmt: skip
         if match.input_grad is not None:
             # dX = dY . W: contract N; W's saved codes requantized along N; x's clip mask.
             layer.gemms["input_grad"] = self._backward_gemm(
@@ -339,14 +344,14 @@ class QuartetLinear(GraphPass):
             layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
         if match.bias is not None:
             if match.bias_grad is not None:
-                layer.gemms["bias_grad"] = self._bias_grad(graph, match)
+                layer.gemms["bias_grad"] = self._bias_grad(graph, match, replaced)
                 ctx.counters["quartet-linear.bias_grad"] += 1
             else:
                 layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
 
     def _backward_gemm(
         self, graph, node, transposed, saved, mask, streams, *, layer_name, grad_spec, seed, grad_transposed, rotate,
-        rounding,
+        rounding, replaced,
     ) -> str:  # fmt: skip
         """Replace one backward ``mm`` by quantize(dY), requantize(saved operand), FP4 GEMM and unfused epilogue."""
         out_dtype = value(node).dtype
@@ -389,11 +394,10 @@ class QuartetLinear(GraphPass):
             result = b.cast(result, out_dtype)
             if transposed:
                 result = b.transpose(result)
-        node.replace_all_uses_with(result)
-        graph.erase_node(node)
+        _replace(graph, node, result, replaced)
         return gemm.name
 
-    def _bias_grad(self, graph, match: _Match) -> str:
+    def _bias_grad(self, graph, match: _Match, replaced) -> str:
         node = match.bias_grad
         keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
         with graph.inserting_before(node):
@@ -403,9 +407,29 @@ class QuartetLinear(GraphPass):
             result = b.cast(reduction, value(node).dtype)
             if keepdim:
                 result = b.call(aten.view.default, result, [1, match.layer.out_features])
-        node.replace_all_uses_with(result)
-        graph.erase_node(node)
+        _replace(graph, node, result, replaced)
         return reduction.name
+
+
+def _replace(graph: torch.fx.Graph, old: torch.fx.Node, new: torch.fx.Node, replaced: dict) -> None:
+    """Replace ``old`` by ``new`` in the graph, erase it, and remember it for the matches not rewritten yet."""
+    old.replace_all_uses_with(new)
+    graph.erase_node(old)
+    replaced[old] = new
+
+
+def _resolve(match: _Match, replaced: dict) -> _Match:
+    """``match`` with every node an earlier rewrite erased replaced by the node that took its place."""
+
+    def current(node):
+        if isinstance(node, tuple):  # a gradient spec ("t", node)
+            return (node[0], current(node[1]))
+        while node in replaced:
+            node = replaced[node]
+        return node
+
+    nodes = ("forward", "x", "weight", "bias", "grad_output", "input_grad", "weight_grad", "bias_grad")
+    return dataclasses.replace(match, **{name: current(getattr(match, name)) for name in nodes})
 
 
 def _value_key(node: torch.fx.Node) -> tuple:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,9 +39,20 @@ class PassResult:
 
 @dataclass(frozen=True)
 class GraphPass:
-    """Base class: subclasses set ``name`` and implement ``apply``; fields are options."""
+    """Base class: subclasses set ``name`` and implement ``apply``; fields are options.
+
+    An option's type is its field annotation: ``bool``, ``int``, ``float``, ``str``, ``tuple[str, ...]``,
+    ``typing.Literal[...]`` (one of the given values), any of them ``| None`` (unset: the pass decides),
+    and ``field(metadata={"choices": (...)})`` restricts a ``str`` to those values.  Pipeline text is
+    parsed to that type (``{rotate=True}`` is the bool ``True``) and anything else is refused with an
+    error naming the pass, the option and what it accepts; so are wrongly typed values given directly.
+    """
 
     name: ClassVar[str] = ""
+
+    def __post_init__(self):
+        for option in _options(type(self)).values():
+            _check(getattr(self, option.name), option, self.name)
 
     def apply(self, gm: torch.fx.GraphModule, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError
@@ -50,6 +63,58 @@ class GraphPass:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [f"{k}={_format_value(v)}" for k, v in values.items() if v != defaults[k]]
         return self.name + ("{" + ",".join(changed) + "}" if changed else "")
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One pass option: its field name, value type, accepted values (or None) and whether it may be unset."""
+
+    name: str
+    kind: type
+    choices: tuple | None
+    optional: bool
+
+    def accepted(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(_format_value(c) for c in self.choices)
+        return {bool: "true or false", int: "an integer", float: "a number", tuple: "values separated by ':'"}.get(
+            self.kind, "a string"
+        )
+
+
+def _options(cls: type) -> dict[str, _Option]:
+    """The options of a pass class, typed from the field annotations."""
+    hints = typing.get_type_hints(cls)
+    options = {}
+    for f in dataclasses.fields(cls):
+        annotation, optional = hints[f.name], False
+        arguments = typing.get_args(annotation)
+        if type(None) in arguments and (typing.get_origin(annotation) in (typing.Union, types.UnionType)):
+            rest = tuple(a for a in arguments if a is not type(None))
+            annotation, optional = (rest[0] if len(rest) == 1 else annotation), True  # X | Y | None: unsupported
+        choices = f.metadata.get("choices")
+        if typing.get_origin(annotation) is typing.Literal:
+            choices = typing.get_args(annotation)
+            kind = type(choices[0])
+        else:
+            kind = typing.get_origin(annotation) or annotation
+        if kind not in (bool, int, float, str, tuple):
+            raise TypeError(f"pass {cls.name!r}: option {f.name!r} has an unsupported type {hints[f.name]!r}")
+        options[f.name] = _Option(f.name, kind, tuple(choices) if choices is not None else None, optional)
+    return options
+
+
+def _check(value: Any, option: _Option, pass_name: str) -> None:
+    if value is None and option.optional:
+        return
+    typed = isinstance(value, option.kind) and not (option.kind is int and isinstance(value, bool))
+    if option.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        typed = True
+    if not typed or (option.choices is not None and value not in option.choices):
+        raise ValueError(
+            f"pass {pass_name!r}: option {option.name}={value!r} is not valid; it takes {option.accepted()} "
+            f"(a {option.kind.__name__}{' or None' if option.optional else ''})"
+        )
 
 
 _REGISTRY: dict[str, type[GraphPass]] = {}
@@ -89,23 +154,28 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _convert(text: str, annotation: Any, pass_name: str, option: str) -> Any:
-    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    kind = kind.replace(" ", "")
-    try:
-        if kind == "bool":
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind.startswith("tuple"):
-            return tuple(part for part in text.split(":") if part)
-        return text
-    except ValueError:
-        raise ValueError(f"pass {pass_name!r}: option {option}={text!r} is not a valid {kind}") from None
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _convert(text: str, option: _Option, pass_name: str) -> Any:
+    """Pipeline text -> the option's typed value, or an error naming the pass, the option and what it takes."""
+    value: Any = None
+    if option.kind is bool:
+        value = _BOOLS.get(text.lower())
+    elif option.kind is tuple:
+        value = tuple(part for part in text.split(":") if part)
+    elif option.choices is not None:
+        value = next((c for c in option.choices if _format_value(c).lower() == text.lower()), None)
+    else:
+        try:
+            value = option.kind(text) if text else None
+        except ValueError:
+            value = None
+    if value is None:
+        raise ValueError(
+            f"pass {pass_name!r}: option {option.name}={text!r} is not valid; it takes {option.accepted()}"
+        )
+    return value
 
 
 _ITEM = re.compile(r"\s*([a-z0-9-]+)\s*(\{[^}]*\})?\s*(,|$)")
@@ -122,15 +192,21 @@ def parse_pipeline(text: str) -> list[GraphPass]:
             raise ValueError(f"cannot parse pass pipeline at {text[position:]!r}")
         name, body = match.group(1), match.group(2)
         cls = get_pass(name)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        options = _options(cls)
         kwargs = {}
         for item in filter(None, (body or "{}")[1:-1].split(",")):
-            key, _, value = item.partition("=")
+            key, equals, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key not in fields:
-                known = ", ".join(fields) or "none"
+            if key not in options:
+                known = ", ".join(options) or "none"
                 raise ValueError(f"pass {name!r} has no option {key!r} (options: {known})")
-            kwargs[key] = _convert(value.strip(), fields[key].type, name, key)
+            if not equals:
+                raise ValueError(
+                    f"pass {name!r}: option {key} needs a value ({key}=...); it takes {options[key].accepted()}"
+                )
+            if key in kwargs:
+                raise ValueError(f"pass {name!r}: option {key} is given twice")
+            kwargs[key] = _convert(value.strip(), options[key], name)
         passes.append(cls(**kwargs))
         position = match.end()
     return passes

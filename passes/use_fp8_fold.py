@@ -49,7 +49,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx
-from fp4.runtime import fold  # noqa: F401  (registers the fold ops)
 
 from .fx_tools import Builder, provenance, shape, tangent_closure
 from .registry import GraphPass, PassContext, PassResult, register_pass

@@ -1,19 +1,36 @@
 """fp4.runtime: the fp4 op set, its reference semantics, targets, kernel cache and launchers.
 
-Importing this package registers the ``torch.ops.fp4`` op set.
+Importing this package registers the whole ``torch.ops.fp4`` op set, here and nowhere else: the core
+ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`) and the ops the passes emit besides them
+(:mod:`.variants`); :data:`OPS` maps every op name to its definition.  The generated kernels then
+register themselves as the CUDA implementations (:mod:`.launch`) where a code generator is usable.
 """
 
-from . import formats, hadamard, ops, philox, reference
+# ops, fold and variants define the op set in the fp4 library (runtime/library.py) as they are imported.
+from . import (
+    fold,
+    formats,
+    hadamard,
+    ops,
+    philox,
+    reference,
+    variants,
+)
 from .oracle import QuartetLinear, QuartetLinearFunction, quartet_linear, quartetize
 
+OPS = {**ops.OPS, **fold.OPS, **variants.OPS}
+"""Every ``torch.ops.fp4`` op by name."""
+
 try:  # the generated Triton kernels register themselves as the CUDA implementations of the ops
-    from . import fold, launch  # noqa: F401
+    from . import launch  # noqa: F401
 except ImportError:  # no usable code generator here: every op keeps its reference implementation
     pass
 
 __all__ = [
+    "OPS",
     "QuartetLinear",
     "QuartetLinearFunction",
+    "fold",
     "formats",
     "hadamard",
     "ops",
@@ -21,4 +38,5 @@ __all__ = [
     "quartet_linear",
     "quartetize",
     "reference",
+    "variants",
 ]

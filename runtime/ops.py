@@ -2,7 +2,10 @@
 
 Every op has a fake (meta) implementation, so shapes and dtypes stay known in
 traced graphs, and a default implementation for every device that calls the
-reference in :mod:`fp4.runtime.reference`.  The GPU kernels register
+reference in :mod:`fp4.runtime.reference`.  Every op returns dense row-major
+(contiguous) tensors whatever its inputs' layout, and its fake says exactly that:
+Inductor lays out buffers by the fake (``tests/test_ops.py`` checks shapes,
+dtypes and strides of every op and variant).  The GPU kernels register
 themselves as the CUDA implementations of the same ops (``fp4.runtime.launch``);
 graphs never change when they do.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.fp4)
 from . import reference as ref
 
 fp4_ops = torch.ops.fp4

@@ -100,10 +100,12 @@ def quest_quantize(x: torch.Tensor, rotate_input: bool = True) -> tuple[torch.Te
     scaled = _scale_by_exponent(groups, scale_bytes)
     codes = formats.encode_e2m1(scaled)
     keep = scaled.abs() < formats.E2M1_MAX
+    # Dense row-major results whatever the input's layout (an unrotated column-major x would
+    # otherwise give column-major codes and scales): what the op's fake and the kernels return.
     return (
-        formats.pack_nibbles(codes.flatten(-2)),
-        scale_bytes,
-        formats.pack_bits(keep.flatten(-2)),
+        formats.pack_nibbles(codes.flatten(-2)).contiguous(),
+        scale_bytes.contiguous(),
+        formats.pack_bits(keep.flatten(-2)).contiguous(),
     )
 
 
@@ -203,7 +205,8 @@ def absmax_quantize_rows(
         codes = stochastic_round_e2m1(scaled, uniform.view(scaled.shape))
     else:
         codes = formats.encode_e2m1(scaled)
-    return formats.pack_nibbles(codes.flatten(-2)), scale_bytes
+    # Dense row-major results also for transposed, unrotated values (the rotate=False variants).
+    return formats.pack_nibbles(codes.flatten(-2)).contiguous(), scale_bytes.contiguous()
 
 
 def requantize_sr(

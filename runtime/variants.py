@@ -51,26 +51,26 @@ def clip_mask_values(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @fp4_op("fp4::apply_clip_mask")
 def apply_clip_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return clip_mask_values(x, mask)
+    return clip_mask_values(x, mask).contiguous()
 
 
 @apply_clip_mask.register_fake
 def _(x, mask):
     if mask.dtype != torch.uint8 or mask.shape[-1] * 8 < x.shape[-1]:
         raise ValueError(f"fp4::apply_clip_mask: mask {mask.dtype} {tuple(mask.shape)} does not cover {tuple(x.shape)}")
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @fp4_op("fp4::inverse_rotate")
 def inverse_rotate(x: torch.Tensor) -> torch.Tensor:
-    return hadamard_rotate(x, -1, inverse=True)
+    return hadamard_rotate(x, -1, inverse=True).contiguous()
 
 
 @inverse_rotate.register_fake
 def _(x):
     if x.shape[-1] % GROUP_SIZE:
         raise ValueError(f"fp4::inverse_rotate: last dimension {x.shape[-1]} is not a multiple of {GROUP_SIZE}")
-    return torch.empty_like(x, dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------

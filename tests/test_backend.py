@@ -92,6 +92,39 @@ def test_options_are_validated():
         Options.from_mapping({"rotate": "no"})
 
 
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"target": 5}, "fp4 option 'target': a target is a string such as 'sm_90' or 'cpu', got 5"),
+        ({"target": "cuda"}, "unknown target 'cuda': a target is an architecture, not a device"),
+        ({"target": "cuda:0"}, "unknown target 'cuda:0': a target is an architecture"),
+        ({"target": "sm_999"}, "unknown target 'sm_999': not a supported architecture"),
+        ({"target": "sm_80a"}, "sm_80 has no 'a' form"),
+        ({"target": "sm90"}, "did you mean 'sm_90'"),
+        ({"target": "hopper"}, "name the architecture, e.g. 'sm_90'"),
+        ({"passes": 5}, "fp4 option 'passes' takes a pipeline string"),
+        ({"passes": "quartet-linear,no-such-pass"}, "fp4 option 'passes': unknown pass 'no-such-pass'"),
+        ({"passes": "quartet-linear{rotate=maybe}"}, "option rotate='maybe' is not valid; it takes true or false"),
+        ({"dump_dir": 5}, "fp4 option 'dump_dir' takes a directory path"),
+        ({"format": 4}, "fp4 option 'format' takes one of"),
+    ],
+)
+def test_bad_option_values_get_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Options.from_mapping(options)
+
+
+def test_option_values_are_normalised(tmp_path):
+    assert Options.from_mapping({"target": " SM_100a "}).target == "sm_100"
+    for target in ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121"):
+        assert Options.from_mapping({"target": target}).target == target
+    assert Options.from_mapping({"dump_dir": tmp_path}).dump_dir == str(tmp_path)
+    assert Options.from_mapping({"passes": ["quartet-linear{rotate=True}", "dce"]}).passes == (
+        "quartet-linear{rotate=True}",
+        "dce",
+    )
+
+
 def test_options_reach_the_named_backend():
     """torch.compile(..., backend="fp4", options=...) hands the options to the backend."""
     model = MLP().to(torch.bfloat16)
@@ -170,6 +203,87 @@ def test_shared_weight_and_float32_match_oracle_bitwise():
     # relu's backward reads its output, not its input: the activation folds into the GEMM even in training.
     assert report.counters["fuse-activation.fused"] == 2
     assert "convert_element_type" not in report.stages[-1][1]
+
+
+class CalledTwice(nn.Module):
+    """``lin(lin(x))``: one layer whose second call reads its own first call's GEMM."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.lin(self.lin(x))
+
+
+class LoRA(nn.Module):
+    """LoRA's low-rank path ``B(A(x))`` on 2-D features (rank 32, so both GEMMs are rewritten)."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = nn.Linear(64, 32, bias=False)
+        self.B = nn.Linear(32, 64, bias=False)
+
+    def forward(self, x):
+        return self.B(self.A(x))
+
+
+BACK_TO_BACK = {
+    "sequential": lambda: nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)),
+    "identity-between": lambda: nn.Sequential(nn.Linear(64, 64), nn.Identity(), nn.Linear(64, 64)),
+    "no-bias": lambda: nn.Sequential(nn.Linear(64, 64, bias=False), nn.Linear(64, 64, bias=False)),
+    "three-deep": lambda: nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 96), nn.Linear(96, 64)),
+    "called-twice": CalledTwice,
+    "lora": LoRA,
+}
+
+
+@pytest.mark.parametrize("case", list(BACK_TO_BACK))
+def test_back_to_back_linears_on_2d_input_match_oracle_bitwise(case):
+    """With no view between two layers, one layer's rewrite replaces nodes the next layer's match holds."""
+    torch.manual_seed(0)
+    model = BACK_TO_BACK[case]().to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    oracle, compiled, backend = compare_with_oracle(model, make_inputs)
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    assert report.layers and all(layer.status == "rewritten" for layer in report.layers)
+    assert all({"forward", "input_grad", "weight_grad"} <= set(layer.gemms) for layer in report.layers)
+
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = quartetize(copy.deepcopy(model))(x)
+        torch.manual_seed(1)
+        actual = torch.compile(copy.deepcopy(model), backend=configure(inductor=False))(x)
+    assert torch.equal(expected, actual)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "no_grad"])
+def test_back_to_back_linears_compile_with_inductor(grad):
+    """The same graphs through Inductor; nothing but the layers around them, so still bit for bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Identity(), nn.Linear(64, 64)).to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    with torch.set_grad_enabled(grad):
+        if grad:
+            oracle = run(quartetize(copy.deepcopy(model)), make_inputs)
+            compiled = run(torch.compile(copy.deepcopy(model), backend=configure(inductor=True)), make_inputs)
+            assert_bitwise(oracle, compiled)
+        else:
+            (x,) = make_inputs()
+            torch.manual_seed(1)
+            expected = quartetize(copy.deepcopy(model))(x)
+            torch.manual_seed(1)
+            backend = configure(inductor=True)
+            assert torch.equal(expected, torch.compile(copy.deepcopy(model), backend=backend)(x))
+            assert len(backend.reports[0].rewritten()) == 2
 
 
 def test_tiny_llama_training_matches_oracle_bitwise():
@@ -431,6 +545,27 @@ def test_variants_match_their_eager_composition(rotate, rounding):
 
 # ----------------------------------------------------------------------------
 # Inductor
+
+
+@pytest.mark.parametrize("rounding", ["sr", "rtn"])
+def test_unrotated_variant_compiles_with_inductor(rounding):
+    """rotate=False under Inductor: the backward quantizers' fakes must promise the layout the ops return.
+
+    A single layer with nothing around it is bitwise the same with and without Inductor.
+    """
+    torch.manual_seed(0)
+    model = nn.Linear(64, 128).to(torch.bfloat16)
+
+    def make_inputs():
+        return (torch.randn(32, 64, dtype=torch.bfloat16, requires_grad=True),)
+
+    results = []
+    for inductor in (False, True):
+        torch._dynamo.reset()
+        backend = configure(inductor=inductor, rotate=False, backward_rounding=rounding, exclude=[])
+        results.append(run(torch.compile(copy.deepcopy(model), backend=backend), make_inputs))
+        assert backend.reports[0].counters["quartet-linear.rewritten"] == 1
+    assert_bitwise(*results)
 
 
 def test_inductor_single_layer_matches_oracle_bitwise():

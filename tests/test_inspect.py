@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -176,3 +177,74 @@ def test_cli_help_and_unknown_command():
     assert cli.main(["--help"]) == 0
     assert cli.main(["frobnicate"]) == 2
     assert set(cli.COMMANDS) == {"train", "inspect", "bench"}
+
+
+COMPILING_SCRIPT = """
+import sys
+import torch
+
+def main():
+    model = torch.compile(torch.nn.Sequential(torch.nn.Linear(64, 32)), backend="fp4", options={"inductor": False})
+    model(torch.randn(8, 64, requires_grad=True)).sum().backward()
+    print("trained")
+    {ending}
+
+if __name__ == "__main__":
+    {call}
+"""
+
+
+def _script(tmp_path, ending="return 0", call="sys.exit(main())"):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(COMPILING_SCRIPT).replace("{ending}", ending).replace("{call}", call))
+    return str(script)
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_cli_inspect_reports_a_script_that_calls_sys_exit(tmp_path, capsys, code):
+    """``sys.exit(main())`` must not swallow the report; fp4 inspect exits with the script's status."""
+    from fp4 import cli
+
+    assert cli.main(["inspect", _script(tmp_path, ending=f"return {code}")]) == code
+    out = capsys.readouterr().out
+    assert "trained" in out and re.search(r"fp4 graph \d+ \(training", out)
+    assert "FP4 forward input_grad weight_grad" in out
+
+
+def test_cli_inspect_keeps_the_reports_of_a_script_that_raises(tmp_path, capsys):
+    from fp4 import cli
+
+    script = _script(tmp_path, ending="raise RuntimeError('after the first step')")
+    assert cli.main(["inspect", script]) == 1
+    captured = capsys.readouterr()
+    assert re.search(r"fp4 graph \d+ \(training", captured.out) and "FP4 forward" in captured.out
+    assert "RuntimeError: after the first step" in captured.err
+    assert "raised RuntimeError: after the first step" in captured.err
+
+
+def test_cli_inspect_of_a_script_that_raises_before_compiling(tmp_path, capsys):
+    from fp4 import cli
+
+    script = tmp_path / "early.py"
+    script.write_text("raise KeyError('config')\n")
+    assert cli.main(["inspect", str(script)]) == 1
+    err = capsys.readouterr().err
+    assert "KeyError: 'config'" in err and "nothing was compiled" in err and "raised KeyError" in err
+
+
+@pytest.mark.parametrize("args", [["missing.py"], ["-m", "no_such_module_for_fp4"]])
+def test_cli_inspect_of_a_missing_script_is_a_clear_error(tmp_path, capsys, args):
+    from fp4 import cli
+
+    args = [str(tmp_path / a) if a.endswith(".py") else a for a in args]
+    assert cli.main(["inspect", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.match(r"fp4 inspect: error: no (such script|module named)", err) and "Traceback" not in err
+
+
+def test_sys_exit_with_a_message(tmp_path, capsys):
+    from fp4.inspect import inspect_script
+
+    result = inspect_script(_script(tmp_path, ending="sys.exit('bad config')", call="main()"))
+    assert result.exit_code == 1 and result.error is None and len(result.reports) == 1
+    assert "bad config" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import pytest
 import torch
@@ -152,7 +153,69 @@ def test_registry_errors():
         get_pass("no-such-pass")
     with pytest.raises(ValueError, match="has no option 'colour'"):
         parse_pipeline("test-relu-to-neg{colour=red}")
-    with pytest.raises(ValueError, match="is not a valid bool"):
+    with pytest.raises(ValueError, match="option drop_meta='maybe' is not valid; it takes true or false"):
         parse_pipeline("test-relu-to-neg{drop_meta=maybe}")
     with pytest.raises(ValueError, match="cannot parse pass pipeline"):
         parse_pipeline("dce;dce")
+
+
+@register_pass
+@dataclass(frozen=True)
+class Typed(GraphPass):
+    """Test pass: one option of every supported type."""
+
+    name = "test-typed"
+    flag: bool = False
+    count: int = 1
+    ratio: float = 0.5
+    mode: Literal["fast", "exact"] = "exact"
+    colour: str | None = field(default=None, metadata={"choices": ("red", "blue")})
+    words: tuple[str, ...] = ()
+
+    def apply(self, gm, ctx):
+        return PassResult(gm, False)
+
+
+def test_pass_options_parse_to_their_annotated_types():
+    (typed,) = parse_pipeline("test-typed{flag=True,count=3,ratio=0.25,mode=FAST,colour=Blue,words=a:b}")
+    assert typed == Typed(flag=True, count=3, ratio=0.25, mode="fast", colour="blue", words=("a", "b"))
+    assert typed.flag is True and type(typed.count) is int
+    assert parse_pipeline(typed.spec()) == [typed]
+    assert parse_pipeline("test-typed{flag=FALSE}")[0].flag is False
+    assert parse_pipeline("test-typed")[0] == Typed()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("test-typed{flag=yes}", "pass 'test-typed': option flag='yes' is not valid; it takes true or false"),
+        ("test-typed{count=2.5}", "option count='2.5' is not valid; it takes an integer"),
+        ("test-typed{ratio=half}", "option ratio='half' is not valid; it takes a number"),
+        ("test-typed{mode=slow}", "option mode='slow' is not valid; it takes one of fast, exact"),
+        ("test-typed{colour=green}", "option colour='green' is not valid; it takes one of red, blue"),
+        ("test-typed{flag}", "option flag needs a value"),
+        ("test-typed{count=1,count=2}", "option count is given twice"),
+    ],
+)
+def test_bad_pass_option_values_are_refused(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_pipeline(text)
+
+
+def test_pass_options_given_directly_are_checked():
+    with pytest.raises(ValueError, match=r"option flag='true' is not valid; it takes true or false \(a bool\)"):
+        Typed(flag="true")
+    with pytest.raises(ValueError, match="option count=True is not valid"):
+        Typed(count=True)
+    with pytest.raises(ValueError, match="option mode='slow'"):
+        Typed(mode="slow")
+    assert Typed(ratio=1).ratio == 1 and Typed(colour=None).colour is None
+
+
+def test_quartet_linear_options_are_typed():
+    quartet = get_pass("quartet-linear")
+    assert parse_pipeline("quartet-linear{rotate=True}") == [quartet(rotate=True)]
+    assert parse_pipeline("quartet-linear{rotate=False,rounding=RTN}") == [quartet(rotate=False, rounding="rtn")]
+    assert quartet().rotate is None and quartet().rounding is None  # unset: the backend options decide
+    with pytest.raises(ValueError, match="option rounding='nearest' is not valid; it takes one of sr, rtn"):
+        parse_pipeline("quartet-linear{rounding=nearest}")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from fp4.models import LlamaConfig, TinyLlama, batches, corpus_text, corpus_tokens, train
 
@@ -45,3 +46,21 @@ def test_example_train_script_runs():
     assert "step        fp4      bf16" in out
     assert "FP4 forward input_grad weight_grad" in out and "lm_head" in out
     assert "mean of last 5 losses" in out
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch", "--seq", "--layers", "--dim"])
+def test_train_refuses_sizes_below_one(flag, capsys):
+    """``fp4 train --steps 0`` divided by zero after training nothing; sizes below 1 are refused up front."""
+    from fp4 import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", flag, "0"])
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_compare_with_bf16_needs_a_step():
+    from fp4.models import compare_with_bf16
+
+    with pytest.raises(ValueError, match="at least one step"):
+        compare_with_bf16(steps=0)

@@ -1,6 +1,9 @@
 # RUN: fp4-opt %s -p quartet-linear | filecheck %s
 # RUN: fp4-opt %s -p "quartet-linear{rotate=false}" | filecheck %s --check-prefix=NOROT
 # RUN: fp4-opt %s -p "quartet-linear{rounding=rtn}" | filecheck %s --check-prefix=RTN
+# RUN: fp4-opt %s -p "quartet-linear{rotate=True}" | filecheck %s --check-prefix=ROT
+# RUN: not fp4-opt %s -p "quartet-linear{rotate=yes}" 2>&1 | filecheck %s --check-prefix=BADBOOL
+# RUN: not fp4-opt %s -p "quartet-linear{rounding=nearest}" 2>&1 | filecheck %s --check-prefix=BADROUNDING
 # RUN: fp4-opt %s -p quartet-linear,fuse-bias,fuse-clip-mask,fuse-inverse-rotation,fuse-output-cast,fuse-bias-grad,dce \
 # RUN:   | filecheck %s --check-prefix=FUSED
 
@@ -63,6 +66,14 @@
 # FUSED-NOT:     inverse_rotate
 # FUSED-NOT:     fp4.bias_grad
 # FUSED:         return
+# Options are typed: `rotate=True` is the bool true (any case), other words are refused, naming the
+# pass, the option and the values it takes.
+# ROT-LABEL: def linear_2d_bias(
+# ROT:         torch.ops.fp4.quest_quantize.default(primals_3, True)
+# ROT:         torch.ops.fp4.sr_quantize.default(tangents_1,
+# ROT:         torch.ops.fp4.inverse_rotate.default(
+# BADBOOL: fp4-opt: error: pass 'quartet-linear': option rotate='yes' is not valid; it takes true or false
+# BADROUNDING: fp4-opt: error: pass 'quartet-linear': option rounding='nearest' is not valid; it takes one of sr, rtn
 # RTN-LABEL: def linear_2d_bias(
 # RTN:           torch.ops.fp4.quest_quantize.default(primals_3, True)
 # RTN:           torch.ops.fp4.quantize_grad.default(tangents_1, {{\w+}}, 0, 2, False, True, 'rtn')
@@ -273,3 +284,49 @@ def shared_input_without_grad(
     t_6: "bf16[64, 32]" = torch.ops.aten.t.default(mm_3)
     t_7: "bf16[32, 64]" = torch.ops.aten.t.default(t_6)
     return [mul, t_7, None, t_4]
+
+# Two layers back to back on a 2-D input (no view between them): the second layer's x is the first
+# layer's forward GEMM, and the first layer's dY is the second layer's input-grad GEMM.  Rewriting the
+# first layer replaces nodes the second layer's match holds; both are rewritten, each reading what
+# took the place of the other's GEMM.
+# CHECK-LABEL: def back_to_back_2d(
+# CHECK:         torch.ops.fp4.draw_seeds.default(2)
+# CHECK:         [[Y1:\b\w+]]: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default({{\w+}}, torch.bfloat16)
+# CHECK-NEXT:    [[Q2:\b\w+]]: "(u8[16, 16], u8[16, 1], u8[16, 4])" = torch.ops.fp4.quest_quantize.default([[Y1]], True)
+# CHECK:         [[R2:\b\w+]]: "f32[16, 32]" = torch.ops.fp4.inverse_rotate.default(
+# CHECK-NEXT:    [[DX2:\b\w+]]: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default([[R2]], torch.bfloat16)
+# CHECK:         torch.ops.fp4.sr_quantize.default([[DX2]], {{\w+}}, 0, 2, False)
+# CHECK:         torch.ops.fp4.sr_quantize.default([[DX2]], {{\w+}}, 1, 4, True)
+# CHECK:         torch.ops.fp4.bias_grad.default([[DX2]], torch.bfloat16)
+# CHECK-NOT:     aten.mm
+# CHECK-NOT:     aten.addmm
+# CHECK:         return
+def back_to_back_2d(
+    primals_1: "bf16[32, 64]",
+    primals_2: "bf16[32]",
+    primals_3: "bf16[16, 64]",
+    primals_4: "bf16[32, 32]",
+    primals_5: "bf16[32]",
+    tangents_1: "bf16[16, 32]",
+):
+    t: "bf16[64, 32]" = torch.ops.aten.t.default(primals_1)
+    addmm: "bf16[16, 32]" = torch.ops.aten.addmm.default(primals_2, primals_3, t)
+    t_1: "bf16[32, 32]" = torch.ops.aten.t.default(primals_4)
+    addmm_1: "bf16[16, 32]" = torch.ops.aten.addmm.default(primals_5, addmm, t_1)
+    t_2: "bf16[32, 32]" = torch.ops.aten.t.default(t_1)
+    mm: "bf16[16, 32]" = torch.ops.aten.mm.default(tangents_1, t_2)
+    t_3: "bf16[32, 16]" = torch.ops.aten.t.default(tangents_1)
+    mm_1: "bf16[32, 32]" = torch.ops.aten.mm.default(t_3, addmm)
+    t_4: "bf16[32, 32]" = torch.ops.aten.t.default(mm_1)
+    sum_1: "bf16[1, 32]" = torch.ops.aten.sum.dim_IntList(tangents_1, [0], True)
+    view: "bf16[32]" = torch.ops.aten.view.default(sum_1, [32])
+    t_5: "bf16[32, 32]" = torch.ops.aten.t.default(t_4)
+    t_6: "bf16[32, 64]" = torch.ops.aten.t.default(t)
+    mm_2: "bf16[16, 64]" = torch.ops.aten.mm.default(mm, t_6)
+    t_7: "bf16[32, 16]" = torch.ops.aten.t.default(mm)
+    mm_3: "bf16[32, 64]" = torch.ops.aten.mm.default(t_7, primals_3)
+    t_8: "bf16[64, 32]" = torch.ops.aten.t.default(mm_3)
+    sum_2: "bf16[1, 32]" = torch.ops.aten.sum.dim_IntList(mm, [0], True)
+    view_1: "bf16[32]" = torch.ops.aten.view.default(sum_2, [32])
+    t_9: "bf16[32, 64]" = torch.ops.aten.t.default(t_8)
+    return [addmm_1, t_9, view_1, mm_2, t_5, view]
