@@ -17,6 +17,8 @@ DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "output", "*.output", "head", "*.head
 
 FORMATS = ("mxfp4",)
 BACKWARD_ROUNDINGS = ("sr", "rtn")
+AUTO = "auto"
+"""Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
 DEFAULT_PIPELINE = (
     "quartet-linear",
@@ -67,6 +69,10 @@ class Options:
     ``verify``             check every pass's output graph (shapes/dtypes re-derived), slower
     ``measure_saved``      partition the unrewritten graph too, to report the saved-activation bytes before/after
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
+    ``requantize_weights_in_backward``
+                           ``True``: save no FP4 weight copies for the backward, re-quantize the weight there
+                           (bit-exact: the QuEST weight quantizer is deterministic); ``"auto"``: when the
+                           graph's weights are FSDP-managed (re-gathered for the backward anyway)
     """
 
     format: str = "mxfp4"
@@ -80,11 +86,15 @@ class Options:
     verify: bool = False
     measure_saved: bool = True
     target: str | None = None
+    requantize_weights_in_backward: bool | str = AUTO
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise NotImplementedError(f"fp4: format {self.format!r} is not implemented; available: {FORMATS}")
+        for key in ("requantize_weights_in_backward",):
+            if getattr(self, key) not in (True, False, AUTO):
+                raise ValueError(f"fp4 option {key!r} must be True, False or {AUTO!r}, got {getattr(self, key)!r}")
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"

@@ -142,6 +142,7 @@ class QuartetLinear(GraphPass):
     name = "quartet-linear"
     rotate: str = ""  # "" (from ctx.options), "true" or "false"
     rounding: str = ""  # "" (from ctx.options), "sr" or "rtn"
+    requantize_weights: str = ""  # "" (from ctx.options), "true" or "false"
 
     # ------------------------------------------------------------------ matching
 
@@ -258,6 +259,9 @@ class QuartetLinear(GraphPass):
         rounding = self.rounding or options.backward_rounding
         if rounding not in variants.ROUNDINGS:
             raise ValueError(f"quartet-linear: rounding must be one of {variants.ROUNDINGS}, got {rounding!r}")
+        requantize = options.requantize_weights_in_backward is True
+        if self.requantize_weights:
+            requantize = self.requantize_weights == "true"
         graph = gm.graph
         joint = is_joint(graph)
         backward = tangent_closure(graph)
@@ -285,6 +289,9 @@ class QuartetLinear(GraphPass):
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         for index, match in enumerate(matches):
             self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)
+            if joint and requantize:
+                _recompute_weight_quantization(match)
+                ctx.counters["quartet-linear.weight_requantized_in_backward"] += 1
         for layer in layers:
             ctx.counters[f"quartet-linear.{layer.status}"] += 1
         graph.eliminate_dead_code()
@@ -406,6 +413,27 @@ class QuartetLinear(GraphPass):
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         return reduction.name
+
+
+def _recompute_weight_quantization(match: _Match) -> None:
+    """Have the partitioner recompute the weight's quantization in the backward instead of saving its codes.
+
+    The QuEST weight quantizer is deterministic, so the recomputation gives the
+    same codes, scales and mask bit for bit; the backward then reads the weight
+    itself (a graph input, which FSDP re-gathers for the backward anyway) and
+    saves no FP4 copy of it.  The casts between the weight input and the
+    quantizer are recomputed too, or the partitioner would save the cast copy.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    quantize = next(u for u in match.weight.users if u.target is fp4.quest_quantize.default)
+    chain = [quantize, *quantize.users]
+    node = match.weight
+    while node.op == "call_function":
+        chain.append(node)
+        node = node.args[0]
+    for node in chain:
+        node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
 
 
 def _value_key(node: torch.fx.Node) -> tuple:
