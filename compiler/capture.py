@@ -28,7 +28,7 @@ import torch.fx
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 
 from . import report as report_lib
-from .options import AUTO, DEFAULT_PIPELINE, Options
+from .options import AUTO, DEFAULT_PIPELINE, Options, seed_salt
 from .passes.fx_tools import is_joint
 from .passes.registry import PassContext, parse_pipeline
 from .target import Target
@@ -242,6 +242,7 @@ def fsdp_managed_inputs(gm: torch.fx.GraphModule) -> list[int]:
 def resolve_options(gm: torch.fx.GraphModule, options: Options) -> Options:
     """Decide the ``"auto"`` options for this graph.
 
+    ``rank_seeds``: on under an initialized process group.
     ``requantize_weights_in_backward``: on when the graph's weights come from
     FSDP-managed modules (FSDP frees the gathered weights after the forward and
     gathers them again for the backward; saved FP4 copies would keep a full-size
@@ -249,6 +250,8 @@ def resolve_options(gm: torch.fx.GraphModule, options: Options) -> Options:
     """
     if options.requantize_weights_in_backward == AUTO:
         options = dataclasses.replace(options, requantize_weights_in_backward=bool(fsdp_managed_inputs(gm)))
+    if options.rank_seeds == AUTO:
+        options = dataclasses.replace(options, rank_seeds=seed_salt(AUTO) != 0)
     return options
 
 

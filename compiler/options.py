@@ -73,6 +73,9 @@ class Options:
                            ``True``: save no FP4 weight copies for the backward, re-quantize the weight there
                            (bit-exact: the QuEST weight quantizer is deterministic); ``"auto"``: when the
                            graph's weights are FSDP-managed (re-gathered for the backward anyway)
+    ``rank_seeds``         fold the process rank into every drawn layer seed (salt ``rank + 1``), so data-parallel
+                           ranks seeded alike draw independent rounding noise; ``"auto"``: under an initialized
+                           ``torch.distributed`` process group.  The eager oracle does the same.
     """
 
     format: str = "mxfp4"
@@ -87,13 +90,14 @@ class Options:
     measure_saved: bool = True
     target: str | None = None
     requantize_weights_in_backward: bool | str = AUTO
+    rank_seeds: bool | str = AUTO
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise NotImplementedError(f"fp4: format {self.format!r} is not implemented; available: {FORMATS}")
-        for key in ("requantize_weights_in_backward",):
-            if getattr(self, key) not in (True, False, AUTO):
+        for key in ("requantize_weights_in_backward", "rank_seeds"):
+            if not _is_bool_or_auto(getattr(self, key)):
                 raise ValueError(f"fp4 option {key!r} must be True, False or {AUTO!r}, got {getattr(self, key)!r}")
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
@@ -136,6 +140,23 @@ class Options:
         if self.inductor and not any(p.startswith(INDUCTOR_ONLY_PASS) for p in passes):
             passes.append(INDUCTOR_ONLY_PASS)
         return ",".join(passes)
+
+
+def _is_bool_or_auto(value) -> bool:
+    return isinstance(value, bool) or value == AUTO
+
+
+def seed_salt(rank_seeds: bool | str = AUTO) -> int:
+    """The salt mixed into drawn layer seeds: ``rank + 1`` when ``rank_seeds`` is on under a process group, else 0."""
+    if not _is_bool_or_auto(rank_seeds):
+        raise ValueError(f"rank_seeds must be True, False or {AUTO!r}, got {rank_seeds!r}")
+    if rank_seeds is False:
+        return 0
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank() + 1
 
 
 def _split_pipeline(text: str) -> list[str]:

@@ -58,8 +58,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx
+from fp4.runtime import (
+    philox,
+    variants,  # noqa: F401  (registers the variant ops)
+)
 from fp4.runtime import reference as ref
-from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
@@ -286,6 +289,11 @@ class QuartetLinear(GraphPass):
             with graph.inserting_before(first_op):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
                 seeds = builder.call(fp4.draw_seeds.default, len(matches))
+                from fp4.options import seed_salt
+
+                salt = seed_salt(options.rank_seeds)
+                if salt:
+                    seeds = philox.salt_seed_tensor(seeds, salt, call=builder.call)
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         for index, match in enumerate(matches):
             self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)

@@ -41,6 +41,49 @@ def stream_seed(seed: int, stream: int) -> int:
     return mixed % SEED_MODULUS
 
 
+_SALT_MULTIPLIER = 0xBF58476D1CE4E5B9
+_SALT_SHIFT = 31
+
+
+def salted_seed(seed, salt: int):
+    """A drawn seed with ``salt`` mixed in (``stream_seed`` style); ``salt=0`` leaves it unchanged.
+
+    The fp4 backend and the eager oracle salt every drawn layer seed with
+    ``rank + 1`` under a process group (option ``rank_seeds``), so ranks that
+    seeded torch alike still draw different rounding noise.  ``seed`` is a
+    Python integer or an int64 tensor of seeds (see :func:`salt_seed_tensor`).
+    """
+    if not salt:
+        return seed
+    if isinstance(seed, torch.Tensor):
+        return salt_seed_tensor(seed, salt)
+    mixed = (seed + salt * _SALT_MULTIPLIER) % (1 << 64)
+    mixed ^= mixed >> _SALT_SHIFT
+    return mixed % SEED_MODULUS
+
+
+def salt_seed_tensor(seeds: torch.Tensor, salt: int, call=None) -> torch.Tensor:
+    """:func:`salted_seed` on an int64 tensor of seeds below 2**63, as four ATen ops.
+
+    ``call(op, *args)`` runs each op (default: directly); a graph pass passes
+    its node builder, so a compiled graph computes the same ops.  int64
+    addition wraps modulo 2**64 like the integer formula; the mask after the
+    arithmetic shift makes it the logical shift of the unsigned value.
+    """
+    aten = torch.ops.aten
+    call = call or (lambda op, *args: op(*args))
+    addend = (salt * _SALT_MULTIPLIER) % (1 << 64)
+    addend -= (1 << 64) if addend >= (1 << 63) else 0  # the same 64 bits as a signed int64
+    mixed = call(aten.add.Tensor, seeds, addend)
+    high = call(
+        aten.bitwise_and.Scalar,
+        call(aten.bitwise_right_shift.Tensor_Scalar, mixed, _SALT_SHIFT),
+        (1 << (64 - _SALT_SHIFT)) - 1,
+    )
+    mixed = call(aten.bitwise_xor.Tensor, mixed, high)
+    return call(aten.bitwise_and.Scalar, mixed, SEED_MODULUS - 1)
+
+
 def _mulhi_lo(a: int, b):
     """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values as int64 tensor or int).
 
