@@ -3,7 +3,8 @@
 Works on a joint forward+backward graph (placeholders ``primals_*`` and
 ``tangents_*``) or on a forward-only graph (inference).  A linear layer is a
 forward ``mm(x, t(w))`` / ``addmm(b, x, t(w))`` whose ``w`` is a graph input
-(possibly through a dtype cast); its backward GEMMs are found in the joint
+(possibly through dtype casts, views and the all-gather of a sharded parameter:
+``fx_tools.trace_weight``); its backward GEMMs are found in the joint
 graph through transposes and views:
 
 * input grad  ``mm(dy, w)``           (or ``t(mm(t(w), t(dy)))``)    contract N
@@ -49,7 +50,8 @@ After::
 
 Layers the pass leaves alone are recorded with the reason in
 ``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
-backward GEMMs not matched unambiguously).
+backward GEMMs not matched unambiguously, a weight computed in the graph of an
+``nn.Linear`` or after a collective).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from fp4.runtime import reference as ref
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
+    GATHER_OPS,
     MATMUL_OPS,
     VIEW_OPS,
     Builder,
@@ -77,8 +80,8 @@ from .fx_tools import (
     same_value,
     shape,
     tangent_closure,
+    trace_weight,
     value,
-    weight_source,
 )
 from .registry import GraphPass, PassContext, PassResult, register_pass
 
@@ -163,15 +166,21 @@ class QuartetLinear(GraphPass):
             else:
                 (x, rhs), bias = node.args[:2], None
             weight, transposed = peel_transposes(rhs)
-            if not transposed or len(shape(weight)) != 2 or weight_source(weight) is None:
-                continue  # not x @ w^T with a weight input: an activation matmul, left alone
-            out_features, in_features = shape(weight)
+            if not transposed or len(shape(weight)) != 2:
+                continue  # not x @ w^T: an activation matmul, left alone
+            source, passed, why = trace_weight(weight)
             module = module_of(node)
-            name, module_type = module if module else (weight_source(weight).name, "?")
+            gathered = any(n.target in GATHER_OPS for n in passed) or (source is None and _after_gather(weight))
+            if source is None and not gathered and (module is None or module[1] != "Linear"):
+                continue  # x @ y^T of computed values outside any linear layer (attention-like): not a layer
+            out_features, in_features = shape(weight)
+            name, module_type = module if module else ((source or weight).name, "?")
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
             layer.input_key, layer.input_bytes = _value_key(x), _bytes(value(x))
             layers.append(layer)
-            if bias is not None and shape(bias) != (out_features,):
+            if source is None:
+                _skip(layer, why)
+            elif bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif not options.selects(name):
                 _skip(layer, _exclusion_reason(name, options))
@@ -421,6 +430,16 @@ class QuartetLinear(GraphPass):
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         return reduction.name
+
+
+def _after_gather(node: torch.fx.Node, depth: int = 8) -> bool:
+    """Whether ``node`` is computed from an all-gathered tensor within ``depth`` ops (a sharded weight)."""
+    frontier = [node]
+    for _ in range(depth):
+        frontier = list({arg: None for n in frontier for arg in n.all_input_nodes})
+        if any(n.target in GATHER_OPS for n in frontier):
+            return True
+    return False
 
 
 def _recompute_weight_quantization(match: _Match) -> None:
