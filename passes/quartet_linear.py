@@ -143,7 +143,12 @@ def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
 @register_pass
 @dataclass(frozen=True)
 class QuartetLinear(GraphPass):
-    """Options: ``rotate`` and ``rounding`` override the backend options when given."""
+    """Options: ``rotate``, ``rounding`` and ``requantize-weights`` override the backend options when given.
+
+    ``requantize-weights=true`` marks each weight quantization (and the casts before it)
+    ``MUST_RECOMPUTE``, so the partitioner re-quantizes the weight in the backward instead of
+    saving its FP4 codes, scales and mask.
+    """
 
     name = "quartet-linear"
     rotate: str = ""  # "" (from ctx.options), "true" or "false"
