@@ -29,7 +29,7 @@ import torch.fx
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 
 from . import report as report_lib
-from .options import DEFAULT_PIPELINE, Options
+from .options import AUTO, DEFAULT_PIPELINE, Options, seed_salt
 from .passes.fx_tools import is_joint
 from .passes.registry import PassContext, parse_pipeline
 from .target import Target
@@ -224,8 +224,41 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     return forward, backward
 
 
+def fsdp_managed_inputs(gm: torch.fx.GraphModule) -> list[int]:
+    """Indices of the graph inputs Dynamo took from FSDP-managed modules (``fully_shard`` parameters)."""
+    from torch._dynamo.source import FSDPNNModuleSource
+
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    managed = []
+    for index, node in enumerate(placeholders):
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        while source is not None:
+            if isinstance(source, FSDPNNModuleSource):
+                managed.append(index)
+                break
+            source = getattr(source, "base", None)
+    return managed
+
+
+def resolve_options(gm: torch.fx.GraphModule, options: Options) -> Options:
+    """Decide the ``"auto"`` options for this graph.
+
+    ``rank_seeds``: on under an initialized process group.
+    ``requantize_weights_in_backward``: on when the graph's weights come from
+    FSDP-managed modules (FSDP frees the gathered weights after the forward and
+    gathers them again for the backward; saved FP4 copies would keep a full-size
+    copy of every gathered weight alive in between).
+    """
+    if options.requantize_weights_in_backward == AUTO:
+        options = dataclasses.replace(options, requantize_weights_in_backward=bool(fsdp_managed_inputs(gm)))
+    if options.rank_seeds == AUTO:
+        options = dataclasses.replace(options, rank_seeds=seed_salt(AUTO) != 0)
+    return options
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, sink: list | None = None):
     """Compile one Dynamo graph with the fp4 backend; returns the compiled callable."""
+    options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
     report = report_lib.CompileReport(options=options, target=str(target))
     parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]

@@ -18,6 +18,8 @@ DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "output", "*.output", "head", "*.head
 
 FORMATS = ("mxfp4",)
 BACKWARD_ROUNDINGS = ("sr", "rtn")
+AUTO = "auto"
+"""Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
 DEFAULT_PIPELINE = (
     "quartet-linear",
@@ -70,6 +72,13 @@ class Options:
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
     ``cudagraphs``         run the compiled forward and backward as CUDA graphs (Inductor's CUDA-graph trees);
                            needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
+    ``requantize_weights_in_backward``
+                           ``True``: save no FP4 weight copies for the backward, re-quantize the weight there
+                           (bit-exact: the QuEST weight quantizer is deterministic); ``"auto"``: when the
+                           graph's weights are FSDP-managed (re-gathered for the backward anyway)
+    ``rank_seeds``         fold the process rank into every drawn layer seed (salt ``rank + 1``), so data-parallel
+                           ranks seeded alike draw independent rounding noise; ``"auto"``: under an initialized
+                           ``torch.distributed`` process group.  The eager oracle does the same.
     """
 
     format: str = "mxfp4"
@@ -84,6 +93,8 @@ class Options:
     measure_saved: bool = True
     target: str | None = None
     cudagraphs: bool = False
+    requantize_weights_in_backward: bool | str = AUTO
+    rank_seeds: bool | str = AUTO
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -97,6 +108,9 @@ class Options:
         set_("format", self.format.lower())
         set_("include", _patterns(self.include, "include"))
         set_("exclude", _patterns(self.exclude, "exclude"))
+        for key in ("requantize_weights_in_backward", "rank_seeds"):
+            if not _is_bool_or_auto(getattr(self, key)):
+                raise ValueError(f"fp4 option {key!r} must be True, False or {AUTO!r}, got {getattr(self, key)!r}")
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"
@@ -170,6 +184,23 @@ def _pipeline(value) -> tuple[str, ...]:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         raise ValueError(f"fp4 option 'passes': {message}") from None
     return value
+
+
+def _is_bool_or_auto(value) -> bool:
+    return isinstance(value, bool) or value == AUTO
+
+
+def seed_salt(rank_seeds: bool | str = AUTO) -> int:
+    """The salt mixed into drawn layer seeds: ``rank + 1`` when ``rank_seeds`` is on under a process group, else 0."""
+    if not _is_bool_or_auto(rank_seeds):
+        raise ValueError(f"rank_seeds must be True, False or {AUTO!r}, got {rank_seeds!r}")
+    if rank_seeds is False:
+        return 0
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank() + 1
 
 
 def _split_pipeline(text: str) -> list[str]:

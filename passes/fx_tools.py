@@ -132,11 +132,33 @@ def same_value(a, b) -> bool:
     return False
 
 
-def weight_source(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The graph input a weight operand comes from (through dtype casts), or None if it is computed."""
-    while node.op == "call_function" and node.target in CAST_OPS + (aten.alias.default, aten.detach.default):
+_c10d = torch.ops._c10d_functional
+GATHER_OPS = (_c10d.all_gather_into_tensor.default, _c10d.wait_tensor.default)
+"""Collectives a sharded weight reaches its GEMM through (SimpleFSDP, DTensor parameters, compiled FSDP):
+the all-gather concatenates the shards along dim 0, i.e. the rows N of the weight."""
+WEIGHT_PASSTHROUGH_OPS = CAST_OPS + VIEW_OPS + GATHER_OPS + (aten.detach.default, aten.clone.default)
+
+
+def trace_weight(node: torch.fx.Node) -> tuple[torch.fx.Node | None, list[torch.fx.Node], str]:
+    """``(graph input, ops passed, reason)`` for a weight operand.
+
+    The weight may reach its GEMM through dtype casts, views, copies and the
+    dim-0 all-gather (+ wait) of a sharded parameter; the rewrite quantizes the
+    value at the GEMM, so these only decide that it is a weight.  When another
+    op computes it, the input is None and the reason names that op.
+    """
+    passed = []
+    while node.op == "call_function" and node.target in WEIGHT_PASSTHROUGH_OPS:
+        passed.append(node)
         node = node.args[0]
-    return node if node.op == "placeholder" else None
+    if node.op == "placeholder":
+        return node, passed, ""
+    return None, passed, f"weight operand is computed by {node.target} in the graph, not read from a graph input"
+
+
+def weight_source(node: torch.fx.Node) -> torch.fx.Node | None:
+    """The graph input a weight operand comes from (see :func:`trace_weight`), or None if it is computed."""
+    return trace_weight(node)[0]
 
 
 def tangent_closure(graph: torch.fx.Graph) -> set[torch.fx.Node]:

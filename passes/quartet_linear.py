@@ -3,7 +3,8 @@
 Works on a joint forward+backward graph (placeholders ``primals_*`` and
 ``tangents_*``) or on a forward-only graph (inference).  A linear layer is a
 forward ``mm(x, t(w))`` / ``addmm(b, x, t(w))`` whose ``w`` is a graph input
-(possibly through a dtype cast); its backward GEMMs are found in the joint
+(possibly through dtype casts, views and the all-gather of a sharded parameter:
+``fx_tools.trace_weight``); its backward GEMMs are found in the joint
 graph through transposes and views:
 
 * input grad  ``mm(dy, w)``           (or ``t(mm(t(w), t(dy)))``)    contract N
@@ -49,7 +50,8 @@ After::
 
 Layers the pass leaves alone are recorded with the reason in
 ``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
-backward GEMMs not matched unambiguously).
+backward GEMMs not matched unambiguously, a weight computed in the graph of an
+``nn.Linear`` or after a collective).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from fp4.runtime import variants
 from fp4.runtime.formats import GROUP_SIZE
 
 from .fx_tools import (
+    GATHER_OPS,
     MATMUL_OPS,
     VIEW_OPS,
     Builder,
@@ -75,8 +78,8 @@ from .fx_tools import (
     same_value,
     shape,
     tangent_closure,
+    trace_weight,
     value,
-    weight_source,
 )
 from .registry import GraphPass, PassContext, PassResult, register_pass
 
@@ -143,6 +146,7 @@ class QuartetLinear(GraphPass):
     name = "quartet-linear"
     rotate: bool | None = None  # None: the backend option
     rounding: str | None = field(default=None, metadata={"choices": variants.ROUNDINGS})  # None: the backend option
+    requantize_weights: bool | None = None  # None: the backend option (requantize_weights_in_backward)
 
     # ------------------------------------------------------------------ matching
 
@@ -160,15 +164,21 @@ class QuartetLinear(GraphPass):
             else:
                 (x, rhs), bias = node.args[:2], None
             weight, transposed = peel_transposes(rhs)
-            if not transposed or len(shape(weight)) != 2 or weight_source(weight) is None:
-                continue  # not x @ w^T with a weight input: an activation matmul, left alone
-            out_features, in_features = shape(weight)
+            if not transposed or len(shape(weight)) != 2:
+                continue  # not x @ w^T: an activation matmul, left alone
+            source, passed, why = trace_weight(weight)
             module = module_of(node)
-            name, module_type = module if module else (weight_source(weight).name, "?")
+            gathered = any(n.target in GATHER_OPS for n in passed) or (source is None and _after_gather(weight))
+            if source is None and not gathered and (module is None or module[1] != "Linear"):
+                continue  # x @ y^T of computed values outside any linear layer (attention-like): not a layer
+            out_features, in_features = shape(weight)
+            name, module_type = module if module else ((source or weight).name, "?")
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
             layer.input_key, layer.input_bytes = _value_key(x), _bytes(value(x))
             layers.append(layer)
-            if bias is not None and shape(bias) != (out_features,):
+            if source is None:
+                _skip(layer, why)
+            elif bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif not options.selects(name):
                 _skip(layer, _exclusion_reason(name, options))
@@ -257,6 +267,9 @@ class QuartetLinear(GraphPass):
         options = _options(ctx)
         rotate = options.rotate if self.rotate is None else self.rotate
         rounding = options.backward_rounding if self.rounding is None else self.rounding
+        requantize = options.requantize_weights_in_backward is True
+        if self.requantize_weights is not None:
+            requantize = self.requantize_weights
         graph = gm.graph
         joint = is_joint(graph)
         backward = tangent_closure(graph)
@@ -280,14 +293,23 @@ class QuartetLinear(GraphPass):
             first_op = next(n for n in graph.nodes if n.op != "placeholder")
             with graph.inserting_before(first_op):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
-                seeds = builder.call(fp4.draw_seeds.default, len(matches), value(matches[0].x).device)
+                from fp4.options import seed_salt
+
+                salt = seed_salt(options.rank_seeds)
+                device = value(matches[0].x).device
+                seed_args = (len(matches), device, salt) if salt else (len(matches), device)
+                seeds = builder.call(fp4.draw_seeds.default, *seed_args)
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         # A layer's rewrite erases nodes a later layer's match may hold (back to back layers on a 2-D
         # input: layer 1's forward GEMM is layer 2's x, layer 2's input-grad GEMM is layer 1's dY), so
         # every match is resolved through the replacements made so far before it is rewritten.
         replaced: dict[torch.fx.Node, torch.fx.Node] = {}
         for index, match in enumerate(matches):
-            self._rewrite(graph, _resolve(match, replaced), seed_nodes[index], index, rotate, rounding, ctx, replaced)
+            match = _resolve(match, replaced)
+            self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx, replaced)
+            if joint and requantize:
+                _recompute_weight_quantization(match)
+                ctx.counters["quartet-linear.weight_requantized_in_backward"] += 1
         for layer in layers:
             ctx.counters[f"quartet-linear.{layer.status}"] += 1
         graph.eliminate_dead_code()
@@ -430,6 +452,37 @@ def _resolve(match: _Match, replaced: dict) -> _Match:
 
     nodes = ("forward", "x", "weight", "bias", "grad_output", "input_grad", "weight_grad", "bias_grad")
     return dataclasses.replace(match, **{name: current(getattr(match, name)) for name in nodes})
+
+
+def _after_gather(node: torch.fx.Node, depth: int = 8) -> bool:
+    """Whether ``node`` is computed from an all-gathered tensor within ``depth`` ops (a sharded weight)."""
+    frontier = [node]
+    for _ in range(depth):
+        frontier = list({arg: None for n in frontier for arg in n.all_input_nodes})
+        if any(n.target in GATHER_OPS for n in frontier):
+            return True
+    return False
+
+
+def _recompute_weight_quantization(match: _Match) -> None:
+    """Have the partitioner recompute the weight's quantization in the backward instead of saving its codes.
+
+    The QuEST weight quantizer is deterministic, so the recomputation gives the
+    same codes, scales and mask bit for bit; the backward then reads the weight
+    itself (a graph input, which FSDP re-gathers for the backward anyway) and
+    saves no FP4 copy of it.  The casts between the weight input and the
+    quantizer are recomputed too, or the partitioner would save the cast copy.
+    """
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    quantize = next(u for u in match.weight.users if u.target is fp4.quest_quantize.default)
+    chain = [quantize, *quantize.users]
+    node = match.weight
+    while node.op == "call_function":
+        chain.append(node)
+        node = node.args[0]
+    for node in chain:
+        node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
 
 
 def _value_key(node: torch.fx.Node) -> tuple:

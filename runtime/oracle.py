@@ -83,35 +83,47 @@ class QuartetLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def quartet_linear(x, weight, bias=None, seed=None):
-    """Functional Quartet linear; draws a seed from torch's generator when none is given."""
+def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
+    """One layer seed from ``device``'s generator, salted with ``rank + 1`` under a process group (``rank_seeds``)."""
+    from fp4.options import seed_salt
+
+    salt = seed_salt(rank_seeds)
+    return fp4_ops.draw_seeds(1, torch.device(device), salt)[0] if salt else fp4_ops.draw_seeds(1, device)[0]
+
+
+def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto"):
+    """Functional Quartet linear; draws a seed (:func:`draw_layer_seed`) when none is given."""
     if seed is None:
-        seed = fp4_ops.draw_seeds(1, x.device)[0]
+        seed = draw_layer_seed(rank_seeds, x.device)
     return QuartetLinearFunction.apply(x, weight, bias, seed)
 
 
 class QuartetLinear(torch.nn.Linear):
     """``nn.Linear`` whose three GEMMs run in MXFP4 under the Quartet algorithm."""
 
+    rank_seeds = "auto"  # the backend option of the same name
+
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear) -> QuartetLinear:
+    def from_linear(cls, linear: torch.nn.Linear, rank_seeds="auto") -> QuartetLinear:
         """A Quartet layer sharing ``linear``'s parameters (no copy)."""
         layer = cls.__new__(cls)
         torch.nn.Module.__init__(layer)
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight = linear.weight
         layer.bias = linear.bias
+        layer.rank_seeds = rank_seeds
         return layer
 
     def forward(self, x):
-        return quartet_linear(x, self.weight, self.bias)
+        return quartet_linear(x, self.weight, self.bias, rank_seeds=self.rank_seeds)
 
 
-def quartetize(model: torch.nn.Module, select=None) -> torch.nn.Module:
+def quartetize(model: torch.nn.Module, select=None, rank_seeds="auto") -> torch.nn.Module:
     """Replace (in place) every ``nn.Linear`` that ``select(name, module)`` accepts by a QuartetLinear.
 
     ``select`` defaults to the backend's layer policy (every linear layer but
-    the output head).  Returns ``model``.
+    the output head); ``rank_seeds`` is the backend option of that name.
+    Returns ``model``.
     """
     if select is None:
         from fp4.options import default_layer_filter
@@ -125,5 +137,5 @@ def quartetize(model: torch.nn.Module, select=None) -> torch.nn.Module:
     for name, module in replacements:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuartetLinear.from_linear(module))
+        setattr(parent, child, QuartetLinear.from_linear(module, rank_seeds))
     return model

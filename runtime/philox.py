@@ -55,6 +55,21 @@ def salt_seeds(seeds: torch.Tensor, salt: int) -> torch.Tensor:
     return mixed & (SEED_MODULUS - 1)
 
 
+def salted_seed(seed, salt: int):
+    """A drawn seed with ``salt`` mixed in (``stream_seed(seed, salt)``); ``salt=0`` leaves it unchanged.
+
+    The fp4 backend and the eager oracle salt every drawn layer seed with
+    ``rank + 1`` under a process group (option ``rank_seeds``), so ranks that
+    seeded torch alike still draw different rounding noise.  ``seed`` is a
+    Python integer or an int64 tensor of seeds (:func:`salt_seeds`).
+    """
+    if not salt:
+        return seed
+    if isinstance(seed, torch.Tensor):
+        return salt_seeds(seed, salt)
+    return stream_seed(seed, salt)
+
+
 def _mulhi_lo(a: int, b):
     """High and low 32-bit words of ``a * b`` (a: uint32 constant, b: uint32 values as int64 tensor or int).
 

@@ -290,7 +290,7 @@ def shared_input_without_grad(
 # first layer replaces nodes the second layer's match holds; both are rewritten, each reading what
 # took the place of the other's GEMM.
 # CHECK-LABEL: def back_to_back_2d(
-# CHECK:         torch.ops.fp4.draw_seeds.default(2)
+# CHECK:         torch.ops.fp4.draw_seeds.default(2, torch.device("cpu"))
 # CHECK:         [[Y1:\b\w+]]: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default({{\w+}}, torch.bfloat16)
 # CHECK-NEXT:    [[Q2:\b\w+]]: "(u8[16, 16], u8[16, 1], u8[16, 4])" = torch.ops.fp4.quest_quantize.default([[Y1]], True)
 # CHECK:         [[R2:\b\w+]]: "f32[16, 32]" = torch.ops.fp4.inverse_rotate.default(
@@ -330,3 +330,43 @@ def back_to_back_2d(
     view_1: "bf16[32]" = torch.ops.aten.view.default(sum_2, [32])
     t_9: "bf16[32, 64]" = torch.ops.aten.t.default(t_8)
     return [addmm_1, t_9, view_1, mm_2, t_5, view]
+# A sharded weight gathered inside the graph (SimpleFSDP / DTensor parameters / compiled FSDP): the fp32
+# shard is cast, all-gathered along N and waited for; the layer is rewritten on the gathered weight, and
+# the reduce-scatter of the weight gradient stays as it was.
+# CHECK-LABEL: def gathered_weight(
+# CHECK:         [[WAIT:\b\w+]]: "bf16[32, 64]" = torch.ops._c10d_functional.wait_tensor.default(
+# CHECK-NEXT:    [[VIEW:\b\w+]]: "bf16[32, 64]" = torch.ops.aten.view.default([[WAIT]], [32, 64])
+# CHECK:         [[QW:\b\w+]]: "(u8[32, 32], u8[32, 2], u8[32, 8])" = torch.ops.fp4.quest_quantize.default([[VIEW]], True)
+# CHECK:         [[WC:\b\w+]]: "u8[32, 32]" = operator.getitem([[QW]], 0)
+# CHECK:         torch.ops.fp4.requantize_sr.default([[WC]], {{\w+}}, {{\w+}}, 0, 3)
+# CHECK:         [[DW:\b\w+]]: "bf16[32, 64]" = torch.ops.prims.convert_element_type.default({{\w+}}, torch.bfloat16)
+# CHECK-NEXT:    torch.ops._c10d_functional.reduce_scatter_tensor.default([[DW]], 'sum', 2, '0')
+# CHECK-NOT:     aten.mm
+def gathered_weight(primals_1: "f32[16, 64]", primals_2: "bf16[16, 64]", tangents_1: "bf16[16, 32]"):
+    convert_element_type: "bf16[16, 64]" = torch.ops.prims.convert_element_type.default(primals_1, torch.bfloat16)
+    all_gather_into_tensor: "bf16[32, 64]" = torch.ops._c10d_functional.all_gather_into_tensor.default(convert_element_type, 2, "0")
+    wait_tensor: "bf16[32, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_gather_into_tensor)
+    view: "bf16[32, 64]" = torch.ops.aten.view.default(wait_tensor, [32, 64])
+    t: "bf16[64, 32]" = torch.ops.aten.t.default(view)
+    mm: "bf16[16, 32]" = torch.ops.aten.mm.default(primals_2, t)
+    t_1: "bf16[32, 64]" = torch.ops.aten.t.default(t)
+    mm_1: "bf16[16, 64]" = torch.ops.aten.mm.default(tangents_1, t_1)
+    t_2: "bf16[32, 16]" = torch.ops.aten.t.default(tangents_1)
+    mm_2: "bf16[32, 64]" = torch.ops.aten.mm.default(t_2, primals_2)
+    reduce_scatter_tensor: "bf16[16, 64]" = torch.ops._c10d_functional.reduce_scatter_tensor.default(mm_2, "sum", 2, "0")
+    wait_tensor_1: "bf16[16, 64]" = torch.ops._c10d_functional.wait_tensor.default(reduce_scatter_tensor)
+    convert_element_type_1: "f32[16, 64]" = torch.ops.prims.convert_element_type.default(wait_tensor_1, torch.float32)
+    return [mm, convert_element_type_1, mm_1]
+
+# A gathered weight that another op computes on before its GEMM: not rewritten (the report says why,
+# tests/test_compiled_fsdp.py), the graph is left as it was.
+# CHECK-LABEL: def gathered_weight_computed(
+# CHECK-NOT:     fp4
+# CHECK:         torch.ops.aten.mm.default(x, t)
+def gathered_weight_computed(w: "bf16[16, 64]", x: "bf16[16, 64]"):
+    all_gather_into_tensor: "bf16[32, 64]" = torch.ops._c10d_functional.all_gather_into_tensor.default(w, 2, "0")
+    wait_tensor: "bf16[32, 64]" = torch.ops._c10d_functional.wait_tensor.default(all_gather_into_tensor)
+    neg: "bf16[32, 64]" = torch.ops.aten.neg.default(wait_tensor)
+    t: "bf16[64, 32]" = torch.ops.aten.t.default(neg)
+    mm: "bf16[16, 32]" = torch.ops.aten.mm.default(x, t)
+    return (mm,)
