@@ -22,7 +22,7 @@ memory that the inverse rotation's re-layout needs.
 
 from __future__ import annotations
 
-from fp4.runtime.formats import GROUP_SIZE
+from fp4.core import GROUP_SIZE
 
 from . import lanes as L
 from .quantize import NO_FUSION

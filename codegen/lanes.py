@@ -22,9 +22,9 @@ conversion after the load.
 
 from __future__ import annotations
 
-from fp4.runtime import philox
-from fp4.runtime.formats import E8M0_BIAS, E8M0_NAN, GROUP_SIZE
-from fp4.runtime.hadamard import _STAGE_STRIDES, HADAMARD_NORM
+from fp4 import core
+from fp4.core import E8M0_BIAS, E8M0_NAN, GROUP_SIZE, HADAMARD_NORM
+from fp4.core import HADAMARD_STAGE_STRIDES as _STAGE_STRIDES
 
 from .source import SourceWriter
 
@@ -212,9 +212,9 @@ def pack_words(w: SourceWriter, values: list[str], bits: int, prefix: str) -> li
 
 # Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is a
 # high-word and a low-word multiply, and each new counter word one three-way XOR.
-PHILOX_KEY_A, PHILOX_KEY_B = philox.KEY_A, philox.KEY_B
-PHILOX_ROUND_A, PHILOX_ROUND_B = philox.ROUND_A, philox.ROUND_B
-PHILOX_ROUNDS = philox.ROUNDS
+PHILOX_KEY_A, PHILOX_KEY_B = core.PHILOX_KEY_A, core.PHILOX_KEY_B
+PHILOX_ROUND_A, PHILOX_ROUND_B = core.PHILOX_ROUND_A, core.PHILOX_ROUND_B
+PHILOX_ROUNDS = core.PHILOX_ROUNDS
 _MASK32 = 0xFFFFFFFF
 
 
@@ -235,7 +235,7 @@ def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
 
 def stream_addend(stream: int) -> int:
     """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as a signed 64-bit kernel argument (its two's complement)."""
-    addend = ((stream + 1) * philox.STREAM_MULTIPLIER) % (1 << 64)
+    addend = ((stream + 1) * core.STREAM_MULTIPLIER) % (1 << 64)
     return addend - (1 << 64) if addend >= 1 << 63 else addend
 
 

@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import contextlib
 
-from fp4.runtime.formats import E2M1_MAX, E8M0_NAN, GROUP_SIZE
-from fp4.runtime.reference import QUEST_EPSILON, QUEST_SCALE_FACTOR
+from fp4.core import E2M1_MAX, E8M0_NAN, FOLD_HEADROOM, GROUP_SIZE, QUEST_EPSILON, QUEST_SCALE_FACTOR
 
 from . import lanes as L
 from .source import KernelSource, SourceWriter, header
 from .spec import FoldSpec, QuantizeSpec
-
-FOLD_HEADROOM = 6
-"""A row's fold exponent is its largest group exponent minus this: 6 * 2**6 = 384 still fits E4M3 (max 448)."""
 
 NO_FUSION = {"enable_fp_fusion": False}
 UNIFORM_24_BITS = 2.0**-24

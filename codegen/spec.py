@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from fp4.runtime.reference import ACTIVATIONS
+from fp4.core import ACTIVATIONS
 
 DTYPES = ("bf16", "fp16", "fp32")
 """Element types a dense kernel input or output may have (Triton spelling)."""

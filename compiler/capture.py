@@ -121,29 +121,20 @@ class GraphRewriter:
         return gm
 
     def _run_passes(self, gm, passes, ctx) -> torch.fx.GraphModule:
-        """The pass manager's loop (``fp4.pipeline``), tolerant of graphs the ``.fx`` format cannot hold.
+        """The pipeline through the pass engine (``fp4.pipeline.PassManager``), stages kept in the report.
 
         A captured graph may contain what the printer and the verifier do not
         handle (symbolic sizes, higher-order ops): its stages are then kept as
         FX code and the verifier skipped, instead of failing the compile.
         """
-        from .pipeline import PassError, verify_graph
+        from .pipeline import INPUT_STAGE, PassManager
+
+        def keep(spec, graph_module):
+            self.report.stages.append((spec, graph_text(graph_module, "capture" if spec == INPUT_STAGE else spec)))
 
         checkable = self.options.verify and not _has_symbolic_sizes(gm)
-        self.report.stages.append(("input", graph_text(gm, "capture")))
-        done: list[str] = []
-        for graph_pass in passes:
-            spec = graph_pass.spec()
-            try:
-                gm = graph_pass.apply(gm, ctx).graph_module
-                if checkable:
-                    verify_graph(gm)
-            except Exception as error:
-                raise PassError(spec, done, f"{type(error).__name__}: {error}") from error
-            ctx.counters[f"{graph_pass.name}.runs"] += 1
-            self.report.stages.append((spec, graph_text(gm, spec)))
-            done.append(spec)
-        return gm
+        manager = PassManager(passes, ctx, verify=checkable, keep_stages=False, callback=keep, verify_input=False)
+        return manager.run(gm)
 
     def measure_before(self, joint_inputs, **partition_kwargs) -> None:
         """Partition the unrewritten joint graph to learn what it would have saved for the backward."""

@@ -9,16 +9,20 @@ backend object ``fp4.backend.configure(**options)``; both go through
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 from dataclasses import dataclass, field
 
-# Linear layers whose qualified name matches one of these stay in the model dtype by default.
-DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "output", "*.output", "head", "*.head", "embed_out", "*.embed_out")
+from .core import (  # noqa: F401  (the selection and seed policies, re-exported with the options)
+    AUTO,
+    DEFAULT_EXCLUDE,
+    default_layer_filter,
+    is_bool_or_auto,
+    name_matches,
+    seed_salt,
+)
 
 FORMATS = ("mxfp4",)
 BACKWARD_ROUNDINGS = ("sr", "rtn")
-AUTO = "auto"
 """Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
 DEFAULT_PIPELINE = (
@@ -36,15 +40,6 @@ DEFAULT_PIPELINE = (
 """The passes the backend runs on every captured graph, in order."""
 
 INDUCTOR_ONLY_PASS = "decompose-activations"
-
-
-def name_matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def default_layer_filter(name: str, module=None) -> bool:
-    """Every linear layer except the output head (embeddings are not linear layers)."""
-    return not name_matches(name, DEFAULT_EXCLUDE)
 
 
 def _patterns(value, key: str) -> tuple[str, ...]:
@@ -109,7 +104,7 @@ class Options:
         set_("include", _patterns(self.include, "include"))
         set_("exclude", _patterns(self.exclude, "exclude"))
         for key in ("requantize_weights_in_backward", "rank_seeds"):
-            if not _is_bool_or_auto(getattr(self, key)):
+            if not is_bool_or_auto(getattr(self, key)):
                 raise ValueError(f"fp4 option {key!r} must be True, False or {AUTO!r}, got {getattr(self, key)!r}")
         if self.backward_rounding not in BACKWARD_ROUNDINGS:
             raise ValueError(
@@ -184,23 +179,6 @@ def _pipeline(value) -> tuple[str, ...]:
         message = error.args[0] if isinstance(error, KeyError) else str(error)
         raise ValueError(f"fp4 option 'passes': {message}") from None
     return value
-
-
-def _is_bool_or_auto(value) -> bool:
-    return isinstance(value, bool) or value == AUTO
-
-
-def seed_salt(rank_seeds: bool | str = AUTO) -> int:
-    """The salt mixed into drawn layer seeds: ``rank + 1`` when ``rank_seeds`` is on under a process group, else 0."""
-    if not _is_bool_or_auto(rank_seeds):
-        raise ValueError(f"rank_seeds must be True, False or {AUTO!r}, got {rank_seeds!r}")
-    if rank_seeds is False:
-        return 0
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0
-    return dist.get_rank() + 1
 
 
 def _split_pipeline(text: str) -> list[str]:

@@ -118,11 +118,14 @@ def print_stage(gm: torch.fx.GraphModule, produced_by: str) -> str:
 
 
 class PassManager:
-    """Runs ``passes`` (instances or pipeline text) in order on a GraphModule.
+    """Runs ``passes`` (instances or pipeline text) in order on a GraphModule: the one pass engine.
 
+    ``fp4-opt``, the lit tests and the backend's capture all run their pipelines through it.
     ``stages`` holds ``(pass spec, printed graph)`` for the input and after
-    every pass (unless ``keep_stages=False``); ``ctx.counters`` counts each pass's runs and modifications
-    besides what the passes count themselves.
+    every pass (unless ``keep_stages=False``); ``callback(spec, gm)``, when given, is called at the same
+    points (the backend's capture keeps its report's stages that way, xDSL's ``PassPipeline(callback=...)``
+    style).  ``ctx.counters`` counts each pass's runs and modifications besides what the passes count
+    themselves.  ``verify_input=False`` trusts the input graph and verifies only what the passes produce.
     """
 
     def __init__(
@@ -131,21 +134,31 @@ class PassManager:
         ctx: PassContext | None = None,
         verify: bool = True,
         keep_stages: bool = True,
+        callback=None,
+        verify_input: bool = True,
     ):
         self.passes = parse_pipeline(passes) if isinstance(passes, str) else list(passes)
         self.ctx = ctx if ctx is not None else PassContext()
+        if self.ctx.options is None:  # passes read the backend options; a bare context gets the defaults
+            from .options import Options
+
+            self.ctx.options = Options(target=self.ctx.target.name)
         self.verify = verify
+        self.verify_input = verify_input
         self.keep_stages = keep_stages
+        self.callback = callback
         self.stages: list[tuple[str, str]] = []
 
     def _keep(self, spec: str, gm: torch.fx.GraphModule, produced_by: str) -> None:
         if self.keep_stages:
             self.stages.append((spec, print_stage(gm, produced_by)))
+        if self.callback is not None:
+            self.callback(spec, gm)
 
     def run(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         self.stages = []
         done: list[str] = []
-        if self.verify:
+        if self.verify and self.verify_input:
             try:
                 verify_graph(gm)
             except GraphVerificationError as error:

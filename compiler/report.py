@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
+from .passes.fx_tools import tensor_bytes
+
 _GRAPH_IDS = itertools.count()
 _REPORTS: list[CompileReport] = []
 MAX_KEPT_REPORTS = 64
@@ -213,24 +215,6 @@ def summarize(all_reports=None) -> str:
 
 # ----------------------------------------------------------------------------
 # saved activations
-
-
-def tensor_bytes(value: torch.Tensor) -> int:
-    """Bytes of a (fake, possibly symbolic) tensor's elements, symbolic sizes taken at their hint."""
-    numel = 1
-    for size in value.shape:
-        numel *= _hint(size)
-    return numel * value.element_size()
-
-
-def _hint(size) -> int:
-    """A symbolic size at the value it has in the example inputs (its hint)."""
-    if isinstance(size, torch.SymInt):
-        node = size.node
-        if node.hint is not None:
-            return int(node.hint)
-        return int(node.shape_env.size_hint(node.expr))
-    return int(size)
 
 
 def saved_tensors(forward: torch.fx.GraphModule, num_forward_outputs: int, parameters=frozenset()) -> list[SavedTensor]:

@@ -10,6 +10,7 @@ A pass is a small class::
 Options are frozen-dataclass fields parsed from ``name{key=value,...}``.
 """
 
+from . import builtin  # noqa: F401  (imports every pass module, so that the built-in passes register)
 from .registry import GraphPass, PassContext, PassResult, get_pass, parse_pipeline, register_pass, registered_passes
 
 __all__ = [

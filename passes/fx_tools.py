@@ -218,3 +218,21 @@ def is_contiguous(node: torch.fx.Node) -> bool:
 def single_user(node: torch.fx.Node) -> torch.fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
+
+
+def tensor_bytes(value: torch.Tensor) -> int:
+    """Bytes of a (fake, possibly symbolic) tensor's elements, symbolic sizes taken at their hint."""
+    numel = 1
+    for size in value.shape:
+        numel *= _hint(size)
+    return numel * value.element_size()
+
+
+def _hint(size) -> int:
+    """A symbolic size at the value it has in the example inputs (its hint)."""
+    if isinstance(size, torch.SymInt):
+        node = size.node
+        if node.hint is not None:
+            return int(node.hint)
+        return int(node.shape_env.size_hint(node.expr))
+    return int(size)

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx
+from fp4.core import name_matches, seed_salt
 from fp4.runtime import reference as ref
 from fp4.runtime import variants
 from fp4.runtime.formats import GROUP_SIZE
@@ -78,6 +79,7 @@ from .fx_tools import (
     same_value,
     shape,
     tangent_closure,
+    tensor_bytes,
     trace_weight,
     value,
 )
@@ -128,9 +130,9 @@ class _Match:
 
 
 def _options(ctx: PassContext):
-    from fp4.options import Options
-
-    return ctx.options if ctx.options is not None else Options()
+    if ctx.options is None:
+        raise ValueError("quartet-linear reads the backend options: run it with PassContext(options=...)")
+    return ctx.options
 
 
 def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
@@ -174,7 +176,7 @@ class QuartetLinear(GraphPass):
             out_features, in_features = shape(weight)
             name, module_type = module if module else ((source or weight).name, "?")
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
-            layer.input_key, layer.input_bytes = _value_key(x), _bytes(value(x))
+            layer.input_key, layer.input_bytes = _value_key(x), tensor_bytes(value(x))
             layers.append(layer)
             if source is None:
                 _skip(layer, why)
@@ -293,8 +295,6 @@ class QuartetLinear(GraphPass):
             first_op = next(n for n in graph.nodes if n.op != "placeholder")
             with graph.inserting_before(first_op):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
-                from fp4.options import seed_salt
-
                 salt = seed_salt(options.rank_seeds)
                 device = value(matches[0].x).device
                 seed_args = (len(matches), device, salt) if salt else (len(matches), device)
@@ -493,15 +493,7 @@ def _value_key(node: torch.fx.Node) -> tuple:
     return (base.name, shape(node))
 
 
-def _bytes(val: torch.Tensor) -> int:
-    from fp4.report import tensor_bytes
-
-    return tensor_bytes(val)
-
-
 def _exclusion_reason(name: str, options) -> str:
-    from fp4.options import name_matches
-
     if not name_matches(name, options.include):
         return f"not matched by include patterns {list(options.include)}"
     matched = next(p for p in options.exclude if name_matches(name, (p,)))

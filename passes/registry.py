@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch.fx
-from fp4.target import Target
+from fp4.core import Target
 
 
 @dataclass
@@ -130,12 +130,8 @@ def register_pass(cls: type[GraphPass]) -> type[GraphPass]:
     return cls
 
 
-def _load_builtin_passes() -> None:
-    from . import builtin  # noqa: F401  (imports every pass module)
-
-
 def registered_passes() -> dict[str, type[GraphPass]]:
-    _load_builtin_passes()
+    """Every registered pass by name (the package ``fp4.passes`` imports the built-in ones when it loads)."""
     return dict(sorted(_REGISTRY.items()))
 
 

@@ -36,16 +36,11 @@ operands itself (one extra pass over each operand).
 from __future__ import annotations
 
 import torch
+from fp4.core import FOLD_EXACT_BINADES, FOLD_HEADROOM  # noqa: F401  (the fold's constants)
 
 from . import formats, ops, reference
 from .formats import E8M0_BIAS, E8M0_NAN, GROUP_SIZE
 from .library import fp4_op
-
-FOLD_HEADROOM = 6
-"""The row exponent is the largest group exponent minus this: 6 * 2**6 = 384 <= 448, the largest E4M3."""
-
-FOLD_EXACT_BINADES = 14
-"""Groups within this many binades of the row's largest fold exactly (E4M3 subnormals end at 2**-9)."""
 
 FP8_DTYPE = torch.float8_e4m3fn
 

@@ -17,16 +17,7 @@ Everything here is plain PyTorch and runs on any device.
 from __future__ import annotations
 
 import torch
-
-GROUP_SIZE = 32
-"""Elements that share one E8M0 scale, along the contraction dimension."""
-
-E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
-"""Magnitudes of the E2M1 codes 0..7."""
-
-E2M1_MAX = 6.0
-E8M0_BIAS = 127
-E8M0_NAN = 255
+from fp4.core import E2M1_GRID, E2M1_MAX, E8M0_BIAS, E8M0_NAN, GROUP_SIZE  # noqa: F401  (the formats' constants)
 
 # Round-to-nearest-even onto the grid: a magnitude rounds up past boundary i
 # when it is above the midpoint, or equal to it and the upper neighbour has an

@@ -18,13 +18,8 @@ from __future__ import annotations
 import math
 
 import torch
-
-from .formats import GROUP_SIZE
-
-HADAMARD_NORM = float(torch.tensor(1.0 / math.sqrt(GROUP_SIZE), dtype=torch.float32))
-"""``1/sqrt(32)`` rounded to float32: the one rounding step of the rotation."""
-
-_STAGE_STRIDES = (16, 8, 4, 2, 1)
+from fp4.core import GROUP_SIZE, HADAMARD_NORM
+from fp4.core import HADAMARD_STAGE_STRIDES as _STAGE_STRIDES
 
 
 def hadamard_matrix(size: int = GROUP_SIZE, dtype: torch.dtype = torch.float64) -> torch.Tensor:

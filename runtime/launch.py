@@ -37,7 +37,7 @@ from collections import Counter
 import torch
 from fp4.codegen.lanes import stream_addend
 from fp4.codegen.spec import BiasGradSpec, QuantizeSpec
-from fp4.target import Target
+from fp4.core import Target
 
 from . import autotune, fold, kernels, library, ops, reference
 from .cache import default_cache

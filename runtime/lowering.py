@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from fp4.codegen.spec import EpilogueSpec, GemmSpec
-from fp4.target import Target
+from fp4.core import Target
 
 from .autotune import Config
 from .formats import GROUP_SIZE

@@ -85,7 +85,7 @@ class QuartetLinearFunction(torch.autograd.Function):
 
 def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
     """One layer seed from ``device``'s generator, salted with ``rank + 1`` under a process group (``rank_seeds``)."""
-    from fp4.options import seed_salt
+    from fp4.core import seed_salt
 
     salt = seed_salt(rank_seeds)
     return fp4_ops.draw_seeds(1, torch.device(device), salt)[0] if salt else fp4_ops.draw_seeds(1, device)[0]
@@ -126,7 +126,7 @@ def quartetize(model: torch.nn.Module, select=None, rank_seeds="auto") -> torch.
     Returns ``model``.
     """
     if select is None:
-        from fp4.options import default_layer_filter
+        from fp4.core import default_layer_filter
 
         select = default_layer_filter
     replacements = [

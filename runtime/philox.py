@@ -20,20 +20,14 @@ from __future__ import annotations
 import functools
 
 import torch
+from fp4.core import PHILOX_KEY_A as KEY_A
+from fp4.core import PHILOX_KEY_B as KEY_B
+from fp4.core import PHILOX_ROUND_A as ROUND_A
+from fp4.core import PHILOX_ROUND_B as ROUND_B
+from fp4.core import PHILOX_ROUNDS as ROUNDS
+from fp4.core import SEED_MODULUS, STREAM_MULTIPLIER
 
 _MASK32 = 0xFFFFFFFF
-KEY_A = 0x9E3779B9
-KEY_B = 0xBB67AE85
-ROUND_A = 0xD2511F53
-ROUND_B = 0xCD9E8D57
-ROUNDS = 10
-"""Philox 4x32-10's constants (the key increments, the round multipliers, the round count); the kernels use these."""
-
-SEED_MODULUS = 1 << 63
-"""Seeds are non-negative integers below 2**63 (they travel as int64)."""
-
-STREAM_MULTIPLIER = 0x9E3779B97F4A7C15
-"""``stream_seed`` adds ``(stream + 1)`` times this (mod 2**64) to a layer's seed."""
 
 
 def stream_seed(seed: int, stream: int) -> int:

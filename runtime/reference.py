@@ -21,29 +21,23 @@ Layouts (``K`` = contraction dimension, a multiple of 32):
 from __future__ import annotations
 
 import torch
+from fp4.core import (  # noqa: F401  (the algorithm's constants, here for the reference's users)
+    ACTIVATIONS,
+    BACKWARD_ALPHA,
+    QUEST_EPSILON,
+    QUEST_SCALE_FACTOR,
+    STREAM_DGRAD_GRAD_OUTPUT,
+    STREAM_DGRAD_SIGNS,
+    STREAM_DGRAD_WEIGHT,
+    STREAM_WGRAD_GRAD_OUTPUT,
+    STREAM_WGRAD_INPUT,
+    STREAM_WGRAD_SIGNS,
+)
 
 from . import formats
 from .formats import E2M1_GRID, GROUP_SIZE
 from .hadamard import rotate
 from .philox import element_uniform24, element_words, stream_seed
-
-QUEST_SCALE_FACTOR = 0.48707976
-"""``2.92247856 / 6``: ratio of the QuEST clipping range to the largest E2M1 value."""
-
-QUEST_EPSILON = 1e-8
-BACKWARD_ALPHA = 1.0 / 9.0
-"""Each backward operand dequantizes as ``code * 2**e / 3``; the two thirds meet in alpha."""
-
-ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu", "relu")
-
-# Streams of a layer's seed: one per random draw of its backward step.
-STREAM_DGRAD_SIGNS = 0
-STREAM_WGRAD_SIGNS = 1
-STREAM_DGRAD_GRAD_OUTPUT = 2
-STREAM_DGRAD_WEIGHT = 3
-STREAM_WGRAD_GRAD_OUTPUT = 4
-STREAM_WGRAD_INPUT = 5
-
 
 # ----------------------------------------------------------------------------
 # helpers with a fixed evaluation order

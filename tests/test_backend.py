@@ -650,3 +650,23 @@ def test_top_level_exports():
     assert fp4.quartetize is fp4.runtime.oracle.quartetize
     with pytest.raises(AttributeError):
         fp4.no_such_name  # noqa: B018
+
+
+def test_capture_runs_the_pipeline_through_the_pass_engine(monkeypatch):
+    """One pass engine: the backend's capture runs its passes through ``PassManager`` (as fp4-opt and lit do)."""
+    from fp4 import pipeline
+
+    runs = []
+    original = pipeline.PassManager.run
+    monkeypatch.setattr(pipeline.PassManager, "run", lambda self, gm: runs.append(self) or original(self, gm))
+    torch._dynamo.reset()
+    backend = configure(inductor=False, exclude=[])
+    model = nn.Linear(64, 32).to(torch.bfloat16)
+    torch.compile(model, backend=backend)(torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
+    report = backend.reports[0]
+    assert len(runs) == 1 and [p.name for p in runs[0].passes][0] == "quartet-linear"
+    # what only the engine records: every pass's 'modified' count, and the stage after every pass
+    assert report.counters["quartet-linear.modified"] == 1
+    assert [spec.split("{")[0] for spec, _ in report.stages] == ["input"] + [
+        p.spec().split("{")[0] for p in runs[0].passes
+    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fp4.options import Options
 from fp4.parser import parse_graphs
 from fp4.passes.registry import PassContext, parse_pipeline
 
@@ -20,7 +21,7 @@ LIT = Path(__file__).parent / "lit" / "quartet-linear.fx"
 
 def _run(name: str):
     (parsed,) = [graph for graph in parse_graphs(LIT.read_text()) if graph.name == name]
-    ctx = PassContext()
+    ctx = PassContext(options=Options())
     (quartet_linear,) = parse_pipeline("quartet-linear")
     gm = quartet_linear.apply(parsed.graph_module, ctx).graph_module
     return gm, ctx.records["linear_layers"]

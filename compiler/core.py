@@ -1,0 +1,228 @@
+"""fp4.core: the leaf every layer imports: the target and every constant of the algorithm.
+
+It imports nothing of the project, and everything else may import it, so
+``codegen``, ``runtime``, ``passes`` and the compiler agree on one value of
+each constant without importing each other (``tests/test_layers.py`` checks
+the layering: core <- codegen <- runtime <- passes <- compiler).
+
+* :class:`Target`: where compiled code runs.  Passes and code generators
+  never look at the machine: they receive a frozen ``Target``; only the
+  backend boundary (``Target.detect``) asks which device is present.
+* The formats (``docs/QUARTET.md``): MXFP4 group size, the E2M1 grid, E8M0.
+* The algorithm: the QuEST scale, the backward alpha, the rotation, the
+  Philox streams of a layer's seed, the Philox constants, the FP8 fold.
+* The layer-selection policy shared by the backend and the eager oracle.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import struct
+from dataclasses import dataclass
+
+KNOWN_TARGETS = ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121")
+"""The targets a user may name; ``sm_90`` and later also as their architecture-specific ``a`` form (``sm_100a``)."""
+
+ARCH_SPECIFIC_FROM = 90
+"""The first capability with an ``a`` (architecture-specific) form."""
+
+_NAMED_ARCHITECTURES = {"ampere": "sm_80", "ada": "sm_89", "hopper": "sm_90", "blackwell": "sm_100"}
+_SM = re.compile(r"^sm_?(\d+)(a?)$")
+
+
+def _accepted() -> str:
+    arch_specific = [f"{t}a" for t in KNOWN_TARGETS if t != "cpu" and int(t[3:]) >= ARCH_SPECIFIC_FROM]
+    return ", ".join(repr(t) for t in KNOWN_TARGETS + tuple(arch_specific))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where compiled code runs: ``cpu`` or a CUDA architecture ``sm_<major><minor>``.
+
+    :meth:`parse` takes the targets a user may name (:data:`KNOWN_TARGETS`); :meth:`detect` returns
+    whatever architecture the device reports.
+    """
+
+    name: str
+
+    KNOWN = KNOWN_TARGETS
+
+    def __post_init__(self):
+        if self.name != "cpu" and not (self.name.startswith("sm_") and self.name[3:].isdigit()):
+            raise ValueError(f"unknown target {self.name!r}; expected one of {_accepted()}")
+
+    @classmethod
+    def parse(cls, text) -> Target:
+        """A target a user named: one of :data:`KNOWN_TARGETS` (or its ``a`` form), with a clear error otherwise."""
+        if not isinstance(text, str):
+            raise ValueError(f"a target is a string such as 'sm_90' or 'cpu', got {text!r} ({type(text).__name__})")
+        name = text.strip().lower()
+        if name in KNOWN_TARGETS:
+            return cls(name)
+        match = _SM.match(name)
+        if match:
+            number, arch_specific = match.groups()
+            base = f"sm_{number}"
+            if base in KNOWN_TARGETS:
+                if arch_specific and int(number) < ARCH_SPECIFIC_FROM:
+                    raise ValueError(f"unknown target {text!r}: {base} has no 'a' form; use {base!r}")
+                if name == base + arch_specific:
+                    return cls(base)
+                raise ValueError(f"unknown target {text!r}; did you mean {base + arch_specific!r}?")
+            raise ValueError(f"unknown target {text!r}: not a supported architecture; expected one of {_accepted()}")
+        if name in _NAMED_ARCHITECTURES:
+            raise ValueError(
+                f"unknown target {text!r}: name the architecture, e.g. {_NAMED_ARCHITECTURES[name]!r}; "
+                f"expected one of {_accepted()}"
+            )
+        if name.split(":")[0] in ("cuda", "gpu"):
+            raise ValueError(
+                f"unknown target {text!r}: a target is an architecture, not a device; leave the target unset to "
+                f"compile for the inputs' device, or name one of {_accepted()}"
+            )
+        raise ValueError(f"unknown target {text!r}; expected one of {_accepted()}")
+
+    @classmethod
+    def detect(cls, device=None) -> Target:
+        """The target of ``device`` (default: the current CUDA device, else the CPU)."""
+        import torch
+
+        if device is not None:
+            device = torch.device(device)
+        if device is None or device.type == "cuda":
+            if not torch.cuda.is_available():
+                return cls("cpu")
+            major, minor = torch.cuda.get_device_capability(device)
+            return cls(f"sm_{major}{minor}")
+        return cls("cpu")
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.name != "cpu"
+
+    @property
+    def capability(self) -> int:
+        """Compute capability as an integer (90, 100, 120); 0 for the CPU."""
+        return int(self.name[3:]) if self.is_cuda else 0
+
+    @property
+    def has_fp4_mma(self) -> bool:
+        """Native block-scaled FP4 tensor cores (Blackwell: sm_100/sm_103/sm_120)."""
+        return self.capability in (100, 103, 110, 120, 121)
+
+    @property
+    def has_fp8_mma(self) -> bool:
+        """FP8 (E4M3) tensor cores: Ada, Hopper and later."""
+        return self.capability >= 89
+
+    @property
+    def gemm_lowering(self) -> str:
+        """How an MXFP4 GEMM is executed: ``dot_scaled``, ``fp8_fold``, ``dequant_bf16`` or ``reference``."""
+        if self.has_fp4_mma:
+            return "dot_scaled"
+        if self.capability == 90:
+            return "fp8_fold"
+        if self.is_cuda:
+            return "dequant_bf16"
+        return "reference"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# formats
+
+GROUP_SIZE = 32
+"""Elements that share one E8M0 scale, along the contraction dimension."""
+
+E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""Magnitudes of the E2M1 codes 0..7."""
+
+E2M1_MAX = 6.0
+E8M0_BIAS = 127
+E8M0_NAN = 255
+
+# ----------------------------------------------------------------------------------------------------------
+# the algorithm
+
+QUEST_SCALE_FACTOR = 0.48707976
+"""``2.92247856 / 6``: ratio of the QuEST clipping range to the largest E2M1 value."""
+
+QUEST_EPSILON = 1e-8
+BACKWARD_ALPHA = 1.0 / 9.0
+"""Each backward operand dequantizes as ``code * 2**e / 3``; the two thirds meet in alpha."""
+
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "silu", "relu")
+"""Activations a GEMM epilogue applies."""
+
+HADAMARD_NORM = struct.unpack("f", struct.pack("f", 1.0 / math.sqrt(GROUP_SIZE)))[0]
+"""``1/sqrt(32)`` rounded to float32: the one rounding step of the rotation."""
+
+HADAMARD_STAGE_STRIDES = (16, 8, 4, 2, 1)
+"""The butterfly stages of the 32-wide fast Walsh-Hadamard transform, in order."""
+
+# Streams of a layer's seed: one per random draw of its backward step.
+STREAM_DGRAD_SIGNS = 0
+STREAM_WGRAD_SIGNS = 1
+STREAM_DGRAD_GRAD_OUTPUT = 2
+STREAM_DGRAD_WEIGHT = 3
+STREAM_WGRAD_GRAD_OUTPUT = 4
+STREAM_WGRAD_INPUT = 5
+
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_ROUNDS = 10
+"""Philox 4x32-10's key increments, round multipliers and round count (the reference and the kernels)."""
+
+SEED_MODULUS = 1 << 63
+"""Seeds are non-negative integers below 2**63 (they travel as int64)."""
+
+STREAM_MULTIPLIER = 0x9E3779B97F4A7C15
+"""``stream_seed`` adds ``(stream + 1)`` times this (mod 2**64) to a layer's seed."""
+
+FOLD_HEADROOM = 6
+"""The FP8 fold's row exponent is the largest group exponent minus this: 6 * 2**6 = 384 <= 448, the largest E4M3."""
+
+FOLD_EXACT_BINADES = 14
+"""Groups within this many binades of the row's largest fold exactly (E4M3 subnormals end at 2**-9)."""
+
+# ----------------------------------------------------------------------------------------------------------
+# which linear layers
+
+DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "output", "*.output", "head", "*.head", "embed_out", "*.embed_out")
+"""Linear layers whose qualified name matches one of these stay in the model dtype by default."""
+
+
+def name_matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def default_layer_filter(name: str, module=None) -> bool:
+    """Every linear layer except the output head (embeddings are not linear layers)."""
+    return not name_matches(name, DEFAULT_EXCLUDE)
+
+
+AUTO = "auto"
+"""Options that default to ``"auto"`` decide from the graph or the environment (a process group, FSDP)."""
+
+
+def is_bool_or_auto(value) -> bool:
+    return isinstance(value, bool) or value == AUTO
+
+
+def seed_salt(rank_seeds: bool | str = AUTO) -> int:
+    """The salt mixed into drawn layer seeds: ``rank + 1`` when ``rank_seeds`` is on under a process group, else 0."""
+    if not is_bool_or_auto(rank_seeds):
+        raise ValueError(f"rank_seeds must be True, False or {AUTO!r}, got {rank_seeds!r}")
+    if rank_seeds is False:
+        return 0
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank() + 1
