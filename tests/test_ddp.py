@@ -134,9 +134,9 @@ def test_ddp_one_bucket_matches_oracle(outcomes, scenario):
 
 
 SEVERAL_BUCKETS_EMBEDDING = (
-    "over several DDP buckets the embedding gradient of TinyLlama differs from the averaged oracle in its last "
-    "bits (up to 7e-9), in both orders; the linear layers' gradients match (tests/test_ddp_buckets.py has the "
-    "bitwise multi-bucket case of a model without an embedding); not yet explained"
+    "over several DDP buckets TinyLlama's gradients differ from the averaged oracle in their last bits (the "
+    "embedding's first, up to 7e-9), in both orders; tests/test_ddp_buckets.py has the bitwise multi-bucket case "
+    "of a model without an embedding; not yet explained"
 )
 
 
