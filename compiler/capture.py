@@ -174,6 +174,40 @@ FORWARD_ONLY_OPS = ("draw_seeds",)
 """fp4 ops that must run in the forward even though only the backward reads them (they draw random seeds)."""
 
 
+def keep_checkpoint_boundaries(joint: torch.fx.GraphModule) -> None:
+    """Save the output of a checkpointed region that the next region reads, through views too.
+
+    The partitioner stashes a recomputable node whose user belongs to a later
+    checkpointed region (``ac_graph_id``), so back-to-back regions do not
+    recompute each other.  It looks at direct users only, and views cannot be
+    saved: once a fusion folds a region's last op (the residual add) into its
+    GEMM, the region's output is a view of that GEMM and the rule no longer
+    fires, so the backward would recompute every earlier region.  This applies
+    the same rule through views.
+    """
+    from torch._functorch.partitioners import must_recompute
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    for node in joint.graph.nodes:
+        if not must_recompute(node) or _is_view(node) or node.meta.get("ac_graph_id") is None:
+            continue
+        region = node.meta["ac_graph_id"]
+        frontier = list(node.users)
+        while frontier:
+            user = frontier.pop()
+            if not must_recompute(user) or user.meta.get("ac_graph_id") is None:
+                continue
+            if user.meta["ac_graph_id"] > region:
+                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+                break
+            if _is_view(user):
+                frontier.extend(user.users)
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and bool(getattr(node.target, "is_view", False))
+
+
 def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter, **kwargs):
     """``min_cut_rematerialization_partition`` that keeps the seed draw in the forward.
 
@@ -187,6 +221,7 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     """
     rewriter.parameters.update(kwargs.get("static_lifetime_input_indices") or ())
     rewriter.measure_before(joint_inputs, **_partition_kwargs(kwargs))
+    keep_checkpoint_boundaries(joint)
     num_forward_outputs = kwargs.pop("num_fwd_outputs")
     output = next(n for n in joint.graph.nodes if n.op == "output")
     original = output.args

@@ -29,7 +29,12 @@ CAST_OPS = (prims.convert_element_type.default, aten._to_copy.default)
 MATMUL_OPS = (aten.mm.default, aten.addmm.default)
 """The GEMMs a linear layer lowers to in a captured graph."""
 
-# Meta keys copied onto the nodes that replace a node (module provenance, autograd order, partition side).
+# Meta keys an activation-checkpoint region puts on its forward nodes (``torch.utils.checkpoint``, HF
+# ``gradient_checkpointing_enable``): the policy the partitioner honours (``CheckpointPolicy``) and the region.
+CHECKPOINT_KEYS = ("recompute", "ac_graph_id")
+
+# Meta keys copied onto the nodes that replace a node (module provenance, autograd order, partition side,
+# checkpoint region: a node inserted for a checkpointed op is recomputed in the backward as that op was).
 PROVENANCE_KEYS = (
     "nn_module_stack",
     "source_fn_stack",
@@ -37,6 +42,7 @@ PROVENANCE_KEYS = (
     "seq_nr",
     "partitioner_tag",
     "stack_trace",
+    *CHECKPOINT_KEYS,
 )
 
 
@@ -89,6 +95,11 @@ class Builder:
 
 def provenance(node: torch.fx.Node) -> dict:
     return {key: node.meta[key] for key in PROVENANCE_KEYS if key in node.meta}
+
+
+def checkpoint_region(node: torch.fx.Node) -> tuple:
+    """The checkpoint policy and region of a node (``(None, None)`` outside any checkpointed region)."""
+    return tuple(node.meta.get(key) for key in CHECKPOINT_KEYS)
 
 
 def value(node) -> torch.Tensor | None:

@@ -61,6 +61,7 @@ import torch.fx
 from fp4.runtime import reference as ref
 from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
 from fp4.runtime.formats import GROUP_SIZE
+from torch.utils.checkpoint import CheckpointPolicy
 
 from .fx_tools import (
     MATMUL_OPS,
@@ -282,6 +283,9 @@ class QuartetLinear(GraphPass):
             with graph.inserting_before(first_op):
                 builder = Builder(graph, {"partitioner_tag": "is_forward"})
                 seeds = builder.call(fp4.draw_seeds.default, len(matches))
+                # Drawn once, in the forward, and saved: never recomputed, even when the first layer sits in
+                # a checkpointed region (a redraw would advance the generator and change every seed).
+                seeds.meta["recompute"] = CheckpointPolicy.MUST_SAVE
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         for index, match in enumerate(matches):
             self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx)
