@@ -87,9 +87,12 @@ def pipeline_text(options: Options, target: Target) -> str:
 class GraphRewriter:
     """Runs the fp4 pipeline on one captured graph and records what it did in a :class:`CompileReport`."""
 
-    def __init__(self, options: Options, target: Target, report: report_lib.CompileReport, parameters=()):
+    def __init__(
+        self, options: Options, target: Target, report: report_lib.CompileReport, parameters=(), input_names=()
+    ):
         self.options, self.target, self.report = options, target, report
         self.parameters = set(parameters)  # primal indices that are module parameters
+        self.input_names = list(input_names)  # per graph input: the parameter's name, or None
         self.unrewritten: torch.fx.GraphModule | None = None
         self.num_forward_outputs: int | None = None
 
@@ -108,7 +111,9 @@ class GraphRewriter:
             self.num_forward_outputs = len(torch.fx.node.map_aggregate(outputs, lambda x: x)) - len(primals)
             if self.options.measure_saved:
                 self.unrewritten = copy_graph_module(gm)
-        ctx = PassContext(target=self.target, options=self.options, counters=Counter(), records={})
+        ctx = PassContext(
+            target=self.target, options=self.options, counters=Counter(), records={"input_names": self._names(gm)}
+        )
         passes = parse_pipeline(pipeline_text(self.options, self.target))
         gm = self._run_passes(gm, passes, ctx)
         self.report.layers.extend(ctx.records.get("linear_layers", []))
@@ -118,6 +123,13 @@ class GraphRewriter:
 
         self.report.region = rewritten_region(gm)
         return gm
+
+    def _names(self, gm: torch.fx.GraphModule) -> dict[str, str]:
+        """Placeholder name -> parameter name (``fc1.weight``); the graph's inputs follow Dynamo's, in order."""
+        inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")]
+        if len(inputs) != len(self.input_names):  # inputs AOTAutograd added or flattened: names unknown
+            return {}
+        return {node.name: name for node, name in zip(inputs, self.input_names) if name}
 
     def _run_passes(self, gm, passes, ctx) -> torch.fx.GraphModule:
         """The pass manager's loop (``fp4.pipeline``), tolerant of graphs the ``.fx`` format cannot hold.
@@ -263,7 +275,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
     report = report_lib.CompileReport(options=options, target=str(target))
     parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
-    rewriter = GraphRewriter(options, target, report, parameters)
+    rewriter = GraphRewriter(options, target, report, parameters, _parameter_names(gm, parameters))
     compiled = (
         _compile_inductor(gm, example_inputs, rewriter)
         if options.inductor
@@ -274,6 +286,17 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
         sink.append(report)
     dump(report, options)
     return compiled
+
+
+def _parameter_names(gm: torch.fx.GraphModule, parameters) -> list:
+    """Per Dynamo graph input, the ``named_parameters`` name of a parameter input (None for the others)."""
+    from .passes.fx_tools import normalize_module_name
+
+    names = []
+    for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        names.append(normalize_module_name(source.name) if index in parameters and source is not None else None)
+    return names
 
 
 def _detect_target(example_inputs) -> Target:

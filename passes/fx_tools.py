@@ -143,9 +143,14 @@ def same_value(a, b) -> bool:
     return False
 
 
+# Ops a weight operand may pass through and still be the parameter's own values: dtype casts, aliases and
+# slices (``F.linear(x, w[:64])`` quantizes exactly the values ``w[:64]`` holds).
+WEIGHT_PASSTHROUGH_OPS = CAST_OPS + (aten.alias.default, aten.detach.default, aten.slice.Tensor)
+
+
 def weight_source(node: torch.fx.Node) -> torch.fx.Node | None:
-    """The graph input a weight operand comes from (through dtype casts), or None if it is computed."""
-    while node.op == "call_function" and node.target in CAST_OPS + (aten.alias.default, aten.detach.default):
+    """The graph input a weight operand comes from (through casts and slices), or None if it is computed."""
+    while node.op == "call_function" and node.target in WEIGHT_PASSTHROUGH_OPS:
         node = node.args[0]
     return node if node.op == "placeholder" else None
 
@@ -168,12 +173,15 @@ def is_joint(graph: torch.fx.Graph) -> bool:
 
 _GETATTR = re.compile(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)")
 _ROOT = re.compile(r"^L\[[^\]]*\](\[[^\]]*\])*\.?")
-_MODULES_ITEM = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]")
+_MODULES_ITEM = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]")
 _ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
 
 
 def normalize_module_name(name: str) -> str:
-    """Dynamo's ``L['self'].layers[0]._modules['mlp'].fc1`` -> ``layers.0.mlp.fc1`` (``named_modules`` style)."""
+    """Dynamo's ``L['self'].layers[0]._modules['mlp'].fc1`` -> ``layers.0.mlp.fc1`` (``named_modules`` style).
+
+    Parameter sources read the same way: ``L['self']._modules['fc1']._parameters['weight']`` -> ``fc1.weight``.
+    """
     while _GETATTR.search(name):
         name = _GETATTR.sub(r"\1.\2", name)
     name = _MODULES_ITEM.sub(r".\1", name)

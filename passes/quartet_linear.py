@@ -60,10 +60,10 @@ import torch
 import torch.fx
 from fp4.runtime import reference as ref
 from fp4.runtime import variants  # noqa: F401  (registers the variant ops)
-from fp4.runtime.formats import GROUP_SIZE
 from torch.utils.checkpoint import CheckpointPolicy
 
 from .fx_tools import (
+    CAST_OPS,
     MATMUL_OPS,
     VIEW_OPS,
     Builder,
@@ -116,6 +116,7 @@ class _Match:
     weight: torch.fx.Node
     bias: torch.fx.Node | None
     seq_nr: int | None
+    weight_transposed: bool = False  # ``weight`` is the [K, N] transposed weight (Conv1D), not [N, K]
     grad_output: torch.fx.Node | None = None
     input_grad: torch.fx.Node | None = None
     input_grad_transposed: bool = False
@@ -146,7 +147,10 @@ class QuartetLinear(GraphPass):
 
     # ------------------------------------------------------------------ matching
 
-    def _find_forward(self, graph, backward, options, layers) -> list[_Match]:
+    def _find_forward(self, graph, backward, options, layers, input_names) -> list[_Match]:
+        from fp4.options import layer_name, skip_reason
+
+        heads = _OutputHeads(graph)
         matches = []
         for node in graph.nodes:
             if node.op != "call_function" or node.target not in MATMUL_OPS:
@@ -159,25 +163,37 @@ class QuartetLinear(GraphPass):
                     continue
             else:
                 (x, rhs), bias = node.args[:2], None
+            # x @ w^T (nn.Linear: w [N, K]) or x @ w (GPT-2's Conv1D: w [K, N], the transposed weight).
             weight, transposed = peel_transposes(rhs)
-            if not transposed or len(shape(weight)) != 2 or weight_source(weight) is None:
-                continue  # not x @ w^T with a weight input: an activation matmul, left alone
-            out_features, in_features = shape(weight)
+            if len(shape(weight)) != 2:
+                continue
+            if weight_source(weight) is None:
+                parameters = _parameters_behind(weight, input_names)
+                if parameters:  # a weight computed from parameters (w * mask, a merged adapter): listed, not rewritten
+                    module = module_of(node)
+                    layer = LinearLayer(
+                        layer_name(module[0] if module else None, parameters[0]), module[1] if module else "?",
+                        node.name, int(shape(weight)[-1 if transposed else 0]),
+                        int(shape(weight)[0 if transposed else -1]), bias is not None,
+                    )  # fmt: skip
+                    op = getattr(weight.target, "__name__", str(weight.target))
+                    layers.append(_skip(layer, f"weight is computed ({op}) from parameters, not a parameter itself"))
+                continue  # otherwise an activation matmul (attention scores), left alone
+            out_features, in_features = shape(weight) if transposed else reversed(shape(weight))
             module = module_of(node)
-            name, module_type = module if module else (weight_source(weight).name, "?")
+            source = weight_source(weight)
+            name = layer_name(module[0] if module else None, input_names.get(source.name) or source.name)
+            module_type = module[1] if module else "?"
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
             layer.input_key, layer.input_bytes = _value_key(x), _bytes(value(x))
             layers.append(layer)
+            reason = skip_reason(options, name, layer.in_features, value(x).dtype, heads.evidence(node, weight))
             if bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
-            elif not options.selects(name):
-                _skip(layer, _exclusion_reason(name, options))
-            elif in_features % GROUP_SIZE:
-                _skip(layer, f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}")
-            elif value(x).dtype not in (torch.bfloat16, torch.float16, torch.float32):
-                _skip(layer, f"input dtype {value(x).dtype} is not a floating model dtype")
+            elif reason:
+                _skip(layer, reason)
             else:
-                matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr")))
+                matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr"), not transposed))
         return matches
 
     @staticmethod
@@ -200,10 +216,10 @@ class QuartetLinear(GraphPass):
                 rhs_base, rhs_t = peel_transposes(rhs)
                 n, k = layer.out_features, layer.in_features
                 rows, columns = shape(mm)
-                # dX = dY @ W  [T, K]  or  dX^T = W^T @ dY^T  [K, T]
-                if rhs_base is match.weight and not rhs_t and columns == k:
+                # dX = dY @ W  [T, K]  or  dX^T = W^T @ dY^T  [K, T]  (W [N, K] is t(weight) for a Conv1D)
+                if rhs_base is match.weight and rhs_t == match.weight_transposed and columns == k:
                     input_grads.append((mm, lhs, False))
-                elif lhs_base is match.weight and lhs_t and rows == k:
+                elif lhs_base is match.weight and lhs_t != match.weight_transposed and rows == k:
                     input_grads.append((mm, ("t", rhs), True))
                 # dW = dY^T @ X  [N, K]  or  dW^T = X^T @ dY  [K, N]
                 elif same_value(rhs, match.x) and (rows, columns) == (n, k):
@@ -263,7 +279,7 @@ class QuartetLinear(GraphPass):
         joint = is_joint(graph)
         backward = tangent_closure(graph)
         layers: list[LinearLayer] = []
-        matches = self._find_forward(graph, backward, options, layers)
+        matches = self._find_forward(graph, backward, options, layers, ctx.records.get("input_names", {}))
         if joint:
             self._find_backward(graph, backward, matches)
             # A layer whose backward GEMMs could not be matched stays whole in the model dtype:
@@ -304,7 +320,8 @@ class QuartetLinear(GraphPass):
         with graph.inserting_before(forward):
             b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
             x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
-            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, match.weight, rotate))
+            weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
+            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, weight, rotate))
             y = b.call(
                 fp4.mxfp4_gemm.default, x_codes, x_scales, w_codes, w_scales, 1.0,
                 None, "none", None, None, None, False, torch.float32,
@@ -426,13 +443,68 @@ def _bytes(val: torch.Tensor) -> int:
     return tensor_bytes(val)
 
 
-def _exclusion_reason(name: str, options) -> str:
-    from fp4.options import name_matches
+class _OutputHeads:
+    """Finds the output head by structure, not by name: what the graph does with the matmul and its weight.
 
-    if not name_matches(name, options.include):
-        return f"not matched by include patterns {list(options.include)}"
-    matched = next(p for p in options.exclude if name_matches(name, (p,)))
-    return f"excluded by pattern {matched!r} (stays in the model dtype)"
+    A matmul is the output head when its weight is an embedding's weight
+    (tied, as GPT-2, BERT and T5 do), when its output feeds a log-softmax (the
+    loss), or when it is a graph output of the vocabulary's width (the logits).
+    """
+
+    LOSS_OPS = (aten._log_softmax.default, aten.log_softmax.int)
+
+    def __init__(self, graph: torch.fx.Graph):
+        self.embeddings: dict[torch.fx.Node, torch.fx.Node] = {}  # weight input -> its aten.embedding
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target is aten.embedding.default:
+                source = weight_source(node.args[0])
+                if source is not None:
+                    self.embeddings.setdefault(source, node)
+        self.vocab_sizes = {shape(source)[0] for source in self.embeddings}
+
+    def evidence(self, matmul: torch.fx.Node, weight: torch.fx.Node) -> str | None:
+        embedding = self.embeddings.get(weight_source(weight))
+        if embedding is not None:
+            owner = module_of(embedding)
+            return f"weight tied to the embedding {owner[0] if owner else embedding.name}"
+        width = shape(matmul)[-1:]
+        for user in _through_views(matmul):
+            if user.op == "call_function" and user.target in self.LOSS_OPS:
+                return "its output feeds the loss (log-softmax)"
+            if user.op == "output" and width and width[0] in self.vocab_sizes:
+                return f"its output is a graph output over the vocabulary ({width[0]})"
+        return None
+
+
+def _parameters_behind(node: torch.fx.Node, input_names: dict) -> list[str]:
+    """Names of the parameters a computed value derives from, or [] if it also depends on a non-parameter."""
+    names, frontier, seen = [], [node], set()
+    while frontier:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "placeholder":
+            if current.name not in input_names:
+                return []
+            names.append(input_names[current.name])
+        frontier.extend(current.all_input_nodes)
+    return sorted(names)
+
+
+def _through_views(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The users of ``node`` reached through views and dtype casts (the views and casts themselves excluded)."""
+    users, frontier, seen = [], list(node.users), set()
+    while frontier:
+        user = frontier.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op == "call_function" and user.target in VIEW_OPS + CAST_OPS:
+            frontier.extend(user.users)
+        else:
+            users.append(user)
+    return users
 
 
 def _grad_shape(spec) -> tuple:
