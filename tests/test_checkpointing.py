@@ -147,3 +147,44 @@ def test_hugging_face_gradient_checkpointing_stays_checkpointed():
 
     oracle, compiled_run, _ = compare_with_oracle(model, lambda: (tokens,))
     assert_bitwise(oracle, compiled_run)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 128)
+        self.fc2 = nn.Linear(128, 64)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ResidualOutside(nn.Module):
+    """``x + checkpoint(mlp, x)``: the residual add is outside the checkpointed region."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlps = nn.ModuleList([MLP(), MLP()])
+
+    def forward(self, x):
+        for mlp in self.mlps:
+            x = x + checkpoint(mlp, x, use_reentrant=False)
+        return x
+
+
+def test_residual_outside_the_region_is_not_folded_into_it():
+    """Folded into the region's GEMM, the add would be recomputed with the region and its output saved."""
+    torch.manual_seed(0)
+    model = ResidualOutside().to(torch.bfloat16)
+    x = torch.randn(4, 32, 64, dtype=torch.bfloat16, requires_grad=True)
+    eager, _ = saved_bytes(copy.deepcopy(model), x)
+    backend = configure(inductor=False)
+    compiled, _ = saved_bytes(torch.compile(copy.deepcopy(model), backend=backend), x)
+    assert compiled < eager
+    (report,) = backend.reports
+    assert report.forward_graph.count("aten.add.Tensor") == 2  # both residual adds stay separate nodes
+
+    oracle, compiled_run, _ = compare_with_oracle(
+        model, lambda: (torch.randn(4, 32, 64, dtype=torch.bfloat16, requires_grad=True),)
+    )
+    assert_bitwise(oracle, compiled_run)
