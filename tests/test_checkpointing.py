@@ -84,12 +84,17 @@ def test_checkpointed_model_saves_no_more_than_checkpointed_eager(inductor):
     unchecked.use_checkpoint = False
     assert eager_seeds == 0 and eager < saved_bytes(unchecked, x)[0]  # checkpointing saves something to begin with
 
+    # The same compile path without the fp4 rewrite: bf16 Inductor, or AOTAutograd's FX graphs.
+    baseline, _ = saved_bytes(torch.compile(copy.deepcopy(model), backend="inductor" if inductor else "aot_eager"), x)
+    torch._dynamo.reset()
+
     backend = configure(inductor=inductor)
     compiled, seeds = saved_bytes(torch.compile(copy.deepcopy(model), backend=backend), x)
     (report,) = backend.reports
     assert len(report.rewritten()) == 4
     assert seeds == 8 * 4  # one int64 seed per layer, saved (never redrawn in the backward)
     assert compiled <= eager, f"compiled saves {compiled} B, checkpointed eager {eager} B"
+    assert compiled <= baseline, f"compiled saves {compiled} B, without the fp4 rewrite {baseline} B"
     # The report measures the same partition: activations no more than the unrewritten graph's,
     # and the weights are requantized in the backward instead of saved as FP4 copies.
     assert report.saved_bytes_after <= report.saved_bytes_before
