@@ -107,6 +107,10 @@ def quartet_linear(x, weight, bias=None, seed=None):
             return quartet_linear(x, weight, bias, seed)
     if seed is None:
         seed = fp4_ops.draw_seeds(1)[0]
+    if bias is not None and x.dim() > 2 and not x.is_contiguous():
+        # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
+        # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
+        return QuartetLinearFunction.apply(x, weight, None, seed) + bias
     return QuartetLinearFunction.apply(x, weight, bias, seed)
 
 

@@ -245,11 +245,14 @@ class WithSubclassAndAttention(nn.Module):
 
 
 def test_oracle_covers_linear_subclasses_and_multihead_attention():
-    # float32: MultiheadAttention's in-projection of a transposed 3-D input is a matmul and a separate bias
-    # add in eager PyTorch and in the graph alike, which the oracle's fused bias equals only in float32.
     torch.manual_seed(0)
     model = WithSubclassAndAttention()
-    oracle, compiled, backend = compare_with_oracle(model, _inputs(torch.float32))
+    # Non-zero biases: the in-projection of a batch_first input is a matmul and a separate bias add (the
+    # input is transposed, not contiguous), in eager PyTorch and in the graph; the oracle must do the same.
+    nn.init.normal_(model.attn.in_proj_bias)
+    nn.init.normal_(model.attn.out_proj.bias)
+    model = model.to(torch.bfloat16)
+    oracle, compiled, backend = compare_with_oracle(model, _inputs())
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     assert _rows(report) == {
