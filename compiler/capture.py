@@ -88,9 +88,12 @@ def pipeline_text(options: Options, target: Target) -> str:
 class GraphRewriter:
     """Runs the fp4 pipeline on one captured graph and records what it did in a :class:`CompileReport`."""
 
-    def __init__(self, options: Options, target: Target, report: report_lib.CompileReport, parameters=()):
+    def __init__(
+        self, options: Options, target: Target, report: report_lib.CompileReport, parameters=(), input_names=()
+    ):
         self.options, self.target, self.report = options, target, report
         self.parameters = set(parameters)  # primal indices that are module parameters
+        self.input_names = list(input_names)  # per graph input: the parameter's name, or None
         self.unrewritten: torch.fx.GraphModule | None = None
         self.num_forward_outputs: int | None = None
 
@@ -109,7 +112,9 @@ class GraphRewriter:
             self.num_forward_outputs = len(torch.fx.node.map_aggregate(outputs, lambda x: x)) - len(primals)
             if self.options.measure_saved:
                 self.unrewritten = copy_graph_module(gm)
-        ctx = PassContext(target=self.target, options=self.options, counters=Counter(), records={})
+        ctx = PassContext(
+            target=self.target, options=self.options, counters=Counter(), records={"input_names": self._names(gm)}
+        )
         passes = parse_pipeline(pipeline_text(self.options, self.target))
         gm = self._run_passes(gm, passes, ctx)
         self.report.layers.extend(ctx.records.get("linear_layers", []))
@@ -119,6 +124,13 @@ class GraphRewriter:
 
         self.report.region = rewritten_region(gm)
         return gm
+
+    def _names(self, gm: torch.fx.GraphModule) -> dict[str, str]:
+        """Placeholder name -> parameter name (``fc1.weight``); the graph's inputs follow Dynamo's, in order."""
+        inputs = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.name.startswith("tangents")]
+        if len(inputs) != len(self.input_names):  # inputs AOTAutograd added or flattened: names unknown
+            return {}
+        return {node.name: name for node, name in zip(inputs, self.input_names) if name}
 
     def _run_passes(self, gm, passes, ctx) -> torch.fx.GraphModule:
         """The pipeline through the pass engine (``fp4.pipeline.PassManager``), stages kept in the report.
@@ -166,6 +178,40 @@ FORWARD_ONLY_OPS = ("draw_seeds",)
 """fp4 ops that must run in the forward even though only the backward reads them (they draw random seeds)."""
 
 
+def keep_checkpoint_boundaries(joint: torch.fx.GraphModule) -> None:
+    """Save the output of a checkpointed region that the next region reads, through views too.
+
+    The partitioner stashes a recomputable node whose user belongs to a later
+    checkpointed region (``ac_graph_id``), so back-to-back regions do not
+    recompute each other.  It looks at direct users only, and views cannot be
+    saved: once a fusion folds a region's last op (the residual add) into its
+    GEMM, the region's output is a view of that GEMM and the rule no longer
+    fires, so the backward would recompute every earlier region.  This applies
+    the same rule through views.
+    """
+    from torch._functorch.partitioners import must_recompute
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    for node in joint.graph.nodes:
+        if not must_recompute(node) or _is_view(node) or node.meta.get("ac_graph_id") is None:
+            continue
+        region = node.meta["ac_graph_id"]
+        frontier = list(node.users)
+        while frontier:
+            user = frontier.pop()
+            if not must_recompute(user) or user.meta.get("ac_graph_id") is None:
+                continue
+            if user.meta["ac_graph_id"] > region:
+                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+                break
+            if _is_view(user):
+                frontier.extend(user.users)
+
+
+def _is_view(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and bool(getattr(node.target, "is_view", False))
+
+
 def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter, **kwargs):
     """``min_cut_rematerialization_partition`` that keeps the seed draw in the forward.
 
@@ -179,6 +225,7 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     """
     rewriter.parameters.update(kwargs.get("static_lifetime_input_indices") or ())
     rewriter.measure_before(joint_inputs, **_partition_kwargs(kwargs))
+    keep_checkpoint_boundaries(joint)
     num_forward_outputs = kwargs.pop("num_fwd_outputs")
     output = next(n for n in joint.graph.nodes if n.op == "output")
     original = output.args
@@ -253,7 +300,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
     report = report_lib.CompileReport(options=options, target=str(target))
     parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
-    rewriter = GraphRewriter(options, target, report, parameters)
+    rewriter = GraphRewriter(options, target, report, parameters, _parameter_names(gm, parameters))
     compiled = (
         _compile_inductor(gm, example_inputs, rewriter)
         if options.inductor
@@ -264,6 +311,17 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
         sink.append(report)
     dump(report, options)
     return compiled
+
+
+def _parameter_names(gm: torch.fx.GraphModule, parameters) -> list:
+    """Per Dynamo graph input, the ``named_parameters`` name of a parameter input (None for the others)."""
+    from .passes.fx_tools import normalize_module_name
+
+    names = []
+    for index, node in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        names.append(normalize_module_name(source.name) if index in parameters and source is not None else None)
+    return names
 
 
 def _detect_target(example_inputs) -> Target:

@@ -22,6 +22,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+import torch
+
 KNOWN_TARGETS = ("cpu", "sm_80", "sm_89", "sm_90", "sm_100", "sm_103", "sm_120", "sm_121")
 """The targets a user may name; ``sm_90`` and later also as their architecture-specific ``a`` form (``sm_100a``)."""
 
@@ -226,3 +228,46 @@ def seed_salt(rank_seeds: bool | str = AUTO) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 0
     return dist.get_rank() + 1
+
+
+MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+"""Input dtypes a rewritten layer may have (the model dtypes the fp4 ops take)."""
+
+
+def layer_name(module: str | None, weight: str | None) -> str:
+    """The name a linear layer goes by (reports, ``include``/``exclude`` patterns), for the backend and the oracle.
+
+    ``module`` is the innermost module the matmul runs in, ``weight`` the
+    weight parameter's ``named_parameters`` name.  A weight of that module
+    (or of a submodule) names the layer after it, without a trailing
+    ``.weight``: ``model.layers.0.mlp.up_proj``, and ``attn.in_proj_weight`` and
+    ``attn.out_proj`` for ``nn.MultiheadAttention`` (it calls ``F.linear`` on
+    its parameters itself); ``w`` for ``F.linear(x, self.w[:64])`` at the top.
+    A weight from elsewhere (tied to an embedding) leaves the module's name.
+    """
+    if weight is None or (module and not weight.startswith(f"{module}.")):
+        return module or weight or "?"
+    return weight.removesuffix(".weight") or weight
+
+
+def skip_reason(options, name: str, in_features: int, input_dtype=None, head: str | None = None):
+    """Why a linear layer stays in the model dtype, or None when it is rewritten.
+
+    The one selection rule of the backend (``quartet-linear``, on the graph)
+    and the eager oracle (:func:`fp4.quartetize`, on modules): the name
+    patterns, the output head (``head`` says how the caller identified it),
+    a contraction size K that is a multiple of the MXFP4 group, and a floating
+    model dtype for the input (``None``: not known yet, e.g. before the call).
+    """
+    if not name_matches(name, options.include):
+        return f"not matched by include patterns {list(options.include)}"
+    matched = next((p for p in options.exclude if name_matches(name, (p,))), None)
+    if matched is not None:
+        return f"excluded by pattern {matched!r} (stays in the model dtype)"
+    if head:
+        return f"output head: {head} (stays in the model dtype)"
+    if in_features % GROUP_SIZE:
+        return f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}"
+    if input_dtype is not None and input_dtype not in MODEL_DTYPES:
+        return f"input dtype {input_dtype} is not a floating model dtype"
+    return None

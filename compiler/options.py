@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from .core import (  # noqa: F401  (the selection and seed policies, re-exported with the options)
     AUTO,
     DEFAULT_EXCLUDE,
+    MODEL_DTYPES,
     default_layer_filter,
     is_bool_or_auto,
+    layer_name,
     name_matches,
     seed_salt,
+    skip_reason,
 )
 
 FORMATS = ("mxfp4",)

@@ -143,6 +143,7 @@ class CompileReport:
         """A table of every linear layer: which GEMMs were rewritten, or why it was skipped."""
         lines = [f"fp4 graph {self.graph_id} ({self.kind}, target {self.target}):"]
         width = max([len(layer.name) for layer in self.layers] + [5])
+        type_width = max([len(layer.module_type) for layer in self.layers] + [10])
         for layer in self.layers:
             shape = f"{layer.in_features}->{layer.out_features}"
             if layer.status == "rewritten":
@@ -152,7 +153,7 @@ class CompileReport:
                     detail += "  (no " + ", ".join(f"{k}: {why}" for k, why in layer.missing.items()) + ")"
             else:
                 detail = f"skipped: {layer.reason}"
-            lines.append(f"  {layer.name:<{width}}  {layer.module_type:<10} {shape:<11} {detail}")
+            lines.append(f"  {layer.name:<{width}}  {layer.module_type:<{type_width}} {shape:<11} {detail}")
         if not self.layers:
             lines.append("  (no linear layers in this graph)")
         fused = {k.split(".")[0]: v for k, v in self.counters.items() if k.endswith(".fused")}

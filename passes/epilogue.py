@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 
-from .fx_tools import VIEW_OPS, Builder, aten, fake_mode_of, fake_value, is_contiguous, shape, single_user
+from .fx_tools import (
+    VIEW_OPS,
+    Builder,
+    aten,
+    checkpoint_region,
+    fake_mode_of,
+    fake_value,
+    is_contiguous,
+    shape,
+    single_user,
+)
 from .registry import GraphPass, PassContext, PassResult
 
 GEMM = torch.ops.fp4.mxfp4_gemm.default
@@ -186,7 +196,10 @@ class EpilogueFusion(GraphPass):
             if node in erased or node.op != "call_function":
                 continue
             fold = self.match(node)
-            if fold is None:
+            if fold is None or checkpoint_region(fold.consumer) != checkpoint_region(fold.gemm):
+                # A step outside the GEMM's checkpointed region (or inside another) stays a separate node:
+                # folded, it would be recomputed in the backward with the region, or make the region's
+                # recomputed GEMM an op the region never had.
                 continue
             set_gemm_args(fold.gemm, **fold.updates)
             replace_with_chain(fold.consumer, fold.gemm, fold.views)

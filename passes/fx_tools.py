@@ -29,7 +29,12 @@ CAST_OPS = (prims.convert_element_type.default, aten._to_copy.default)
 MATMUL_OPS = (aten.mm.default, aten.addmm.default)
 """The GEMMs a linear layer lowers to in a captured graph."""
 
-# Meta keys copied onto the nodes that replace a node (module provenance, autograd order, partition side).
+# Meta keys an activation-checkpoint region puts on its forward nodes (``torch.utils.checkpoint``, HF
+# ``gradient_checkpointing_enable``): the policy the partitioner honours (``CheckpointPolicy``) and the region.
+CHECKPOINT_KEYS = ("recompute", "ac_graph_id")
+
+# Meta keys copied onto the nodes that replace a node (module provenance, autograd order, partition side,
+# checkpoint region: a node inserted for a checkpointed op is recomputed in the backward as that op was).
 PROVENANCE_KEYS = (
     "nn_module_stack",
     "source_fn_stack",
@@ -37,6 +42,7 @@ PROVENANCE_KEYS = (
     "seq_nr",
     "partitioner_tag",
     "stack_trace",
+    *CHECKPOINT_KEYS,
 )
 
 
@@ -91,6 +97,11 @@ def provenance(node: torch.fx.Node) -> dict:
     return {key: node.meta[key] for key in PROVENANCE_KEYS if key in node.meta}
 
 
+def checkpoint_region(node: torch.fx.Node) -> tuple:
+    """The checkpoint policy and region of a node (``(None, None)`` outside any checkpointed region)."""
+    return tuple(node.meta.get(key) for key in CHECKPOINT_KEYS)
+
+
 def value(node) -> torch.Tensor | None:
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
@@ -136,16 +147,20 @@ _c10d = torch.ops._c10d_functional
 GATHER_OPS = (_c10d.all_gather_into_tensor.default, _c10d.wait_tensor.default)
 """Collectives a sharded weight reaches its GEMM through (SimpleFSDP, DTensor parameters, compiled FSDP):
 the all-gather concatenates the shards along dim 0, i.e. the rows N of the weight."""
-WEIGHT_PASSTHROUGH_OPS = CAST_OPS + VIEW_OPS + GATHER_OPS + (aten.detach.default, aten.clone.default)
+# Ops a weight operand may pass through and still be the parameter's own values: dtype casts, views, aliases,
+# copies, slices (``F.linear(x, w[:64])`` quantizes exactly the values ``w[:64]`` holds) and the gather.
+WEIGHT_PASSTHROUGH_OPS = CAST_OPS + VIEW_OPS + GATHER_OPS + (
+    aten.alias.default, aten.detach.default, aten.clone.default, aten.slice.Tensor,
+)  # fmt: skip
 
 
 def trace_weight(node: torch.fx.Node) -> tuple[torch.fx.Node | None, list[torch.fx.Node], str]:
     """``(graph input, ops passed, reason)`` for a weight operand.
 
-    The weight may reach its GEMM through dtype casts, views, copies and the
-    dim-0 all-gather (+ wait) of a sharded parameter; the rewrite quantizes the
-    value at the GEMM, so these only decide that it is a weight.  When another
-    op computes it, the input is None and the reason names that op.
+    The weight may reach its GEMM through dtype casts, views, copies, slices and
+    the dim-0 all-gather (+ wait) of a sharded parameter; the rewrite quantizes
+    the value at the GEMM, so these only decide that it is a weight.  When
+    another op computes it, the input is None and the reason names that op.
     """
     passed = []
     while node.op == "call_function" and node.target in WEIGHT_PASSTHROUGH_OPS:
@@ -179,12 +194,15 @@ def is_joint(graph: torch.fx.Graph) -> bool:
 
 _GETATTR = re.compile(r"getattr\(([^()]*), ['\"]([^'\"]+)['\"]\)")
 _ROOT = re.compile(r"^L\[[^\]]*\](\[[^\]]*\])*\.?")
-_MODULES_ITEM = re.compile(r"\._modules\[['\"]([^'\"]+)['\"]\]")
+_MODULES_ITEM = re.compile(r"\._(?:modules|parameters|buffers)\[['\"]([^'\"]+)['\"]\]")
 _ITEM = re.compile(r"\[['\"]?([^'\"\]]+)['\"]?\]")
 
 
 def normalize_module_name(name: str) -> str:
-    """Dynamo's ``L['self'].layers[0]._modules['mlp'].fc1`` -> ``layers.0.mlp.fc1`` (``named_modules`` style)."""
+    """Dynamo's ``L['self'].layers[0]._modules['mlp'].fc1`` -> ``layers.0.mlp.fc1`` (``named_modules`` style).
+
+    Parameter sources read the same way: ``L['self']._modules['fc1']._parameters['weight']`` -> ``fc1.weight``.
+    """
     while _GETATTR.search(name):
         name = _GETATTR.sub(r"\1.\2", name)
     name = _MODULES_ITEM.sub(r".\1", name)

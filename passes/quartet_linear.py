@@ -61,12 +61,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx
-from fp4.core import name_matches, seed_salt
+from fp4.core import layer_name, seed_salt, skip_reason
 from fp4.runtime import reference as ref
 from fp4.runtime import variants
-from fp4.runtime.formats import GROUP_SIZE
+from torch.utils.checkpoint import CheckpointPolicy
 
 from .fx_tools import (
+    CAST_OPS,
     GATHER_OPS,
     MATMUL_OPS,
     VIEW_OPS,
@@ -82,6 +83,7 @@ from .fx_tools import (
     tensor_bytes,
     trace_weight,
     value,
+    weight_source,
 )
 from .registry import GraphPass, PassContext, PassResult, register_pass
 
@@ -121,6 +123,7 @@ class _Match:
     weight: torch.fx.Node
     bias: torch.fx.Node | None
     seq_nr: int | None
+    weight_transposed: bool = False  # ``weight`` is the [K, N] transposed weight (Conv1D), not [N, K]
     grad_output: torch.fx.Node | None = None
     input_grad: torch.fx.Node | None = None
     input_grad_transposed: bool = False
@@ -152,7 +155,8 @@ class QuartetLinear(GraphPass):
 
     # ------------------------------------------------------------------ matching
 
-    def _find_forward(self, graph, backward, options, layers) -> list[_Match]:
+    def _find_forward(self, graph, backward, options, layers, input_names) -> list[_Match]:
+        heads = _OutputHeads(graph)
         matches = []
         for node in graph.nodes:
             if node.op != "call_function" or node.target not in MATMUL_OPS:
@@ -165,31 +169,40 @@ class QuartetLinear(GraphPass):
                     continue
             else:
                 (x, rhs), bias = node.args[:2], None
+            # x @ w^T (nn.Linear: w [N, K]) or x @ w (GPT-2's Conv1D: w [K, N], the transposed weight).
             weight, transposed = peel_transposes(rhs)
-            if not transposed or len(shape(weight)) != 2:
-                continue  # not x @ w^T: an activation matmul, left alone
+            if len(shape(weight)) != 2:
+                continue
             source, passed, why = trace_weight(weight)
             module = module_of(node)
-            gathered = any(n.target in GATHER_OPS for n in passed) or (source is None and _after_gather(weight))
-            if source is None and not gathered and (module is None or module[1] != "Linear"):
-                continue  # x @ y^T of computed values outside any linear layer (attention-like): not a layer
-            out_features, in_features = shape(weight)
-            name, module_type = module if module else ((source or weight).name, "?")
+            if source is None:
+                # A weight computed in the graph is listed, not rewritten, when it is one: computed from
+                # parameters (w * mask, a merged adapter), all-gathered, or the weight of an nn.Linear.
+                parameters = _parameters_behind(weight, input_names)
+                gathered = _after_gather(weight)
+                if parameters or gathered or (transposed and module is not None and module[1] == "Linear"):
+                    layer = LinearLayer(
+                        layer_name(module[0] if module else None, parameters[0] if parameters else weight.name),
+                        module[1] if module else "?", node.name, int(shape(weight)[-1 if transposed else 0]),
+                        int(shape(weight)[0 if transposed else -1]), bias is not None,
+                    )  # fmt: skip
+                    op = getattr(weight.target, "__name__", str(weight.target))
+                    reason = f"weight is computed ({op}) from parameters, not a parameter itself" if parameters else why
+                    layers.append(_skip(layer, reason))
+                continue  # otherwise an activation matmul (attention scores), left alone
+            out_features, in_features = shape(weight) if transposed else reversed(shape(weight))
+            name = layer_name(module[0] if module else None, input_names.get(source.name) or source.name)
+            module_type = module[1] if module else "?"
             layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
             layer.input_key, layer.input_bytes = _value_key(x), tensor_bytes(value(x))
             layers.append(layer)
-            if source is None:
-                _skip(layer, why)
-            elif bias is not None and shape(bias) != (out_features,):
+            reason = skip_reason(options, name, layer.in_features, value(x).dtype, heads.evidence(node, weight))
+            if bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
-            elif not options.selects(name):
-                _skip(layer, _exclusion_reason(name, options))
-            elif in_features % GROUP_SIZE:
-                _skip(layer, f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}")
-            elif value(x).dtype not in (torch.bfloat16, torch.float16, torch.float32):
-                _skip(layer, f"input dtype {value(x).dtype} is not a floating model dtype")
+            elif reason:
+                _skip(layer, reason)
             else:
-                matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr")))
+                matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr"), not transposed))
         return matches
 
     @staticmethod
@@ -212,10 +225,10 @@ class QuartetLinear(GraphPass):
                 rhs_base, rhs_t = peel_transposes(rhs)
                 n, k = layer.out_features, layer.in_features
                 rows, columns = shape(mm)
-                # dX = dY @ W  [T, K]  or  dX^T = W^T @ dY^T  [K, T]
-                if rhs_base is match.weight and not rhs_t and columns == k:
+                # dX = dY @ W  [T, K]  or  dX^T = W^T @ dY^T  [K, T]  (W [N, K] is t(weight) for a Conv1D)
+                if rhs_base is match.weight and rhs_t == match.weight_transposed and columns == k:
                     input_grads.append((mm, lhs, False))
-                elif lhs_base is match.weight and lhs_t and rows == k:
+                elif lhs_base is match.weight and lhs_t != match.weight_transposed and rows == k:
                     input_grads.append((mm, ("t", rhs), True))
                 # dW = dY^T @ X  [N, K]  or  dW^T = X^T @ dY  [K, N]
                 elif same_value(rhs, match.x) and (rows, columns) == (n, k):
@@ -276,7 +289,7 @@ class QuartetLinear(GraphPass):
         joint = is_joint(graph)
         backward = tangent_closure(graph)
         layers: list[LinearLayer] = []
-        matches = self._find_forward(graph, backward, options, layers)
+        matches = self._find_forward(graph, backward, options, layers, ctx.records.get("input_names", {}))
         if joint:
             self._find_backward(graph, backward, matches)
             # A layer whose backward GEMMs could not be matched stays whole in the model dtype:
@@ -299,6 +312,9 @@ class QuartetLinear(GraphPass):
                 device = value(matches[0].x).device
                 seed_args = (len(matches), device, salt) if salt else (len(matches), device)
                 seeds = builder.call(fp4.draw_seeds.default, *seed_args)
+                # Drawn once, in the forward, and saved: never recomputed, even when the first layer sits in
+                # a checkpointed region (a redraw would advance the generator and change every seed).
+                seeds.meta["recompute"] = CheckpointPolicy.MUST_SAVE
                 seed_nodes = [builder.call(aten.select.int, seeds, 0, i) for i in range(len(matches))]
         # A layer's rewrite erases nodes a later layer's match may hold (back to back layers on a 2-D
         # input: layer 1's forward GEMM is layer 2's x, layer 2's input-grad GEMM is layer 1's dY), so
@@ -325,7 +341,8 @@ class QuartetLinear(GraphPass):
         with graph.inserting_before(forward):
             b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
             x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
-            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, match.weight, rotate))
+            weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
+            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, weight, rotate))
             y = b.call(
                 fp4.mxfp4_gemm.default, x_codes, x_scales, w_codes, w_scales, 1.0,
                 None, "none", None, None, None, False, torch.float32,
@@ -493,11 +510,68 @@ def _value_key(node: torch.fx.Node) -> tuple:
     return (base.name, shape(node))
 
 
-def _exclusion_reason(name: str, options) -> str:
-    if not name_matches(name, options.include):
-        return f"not matched by include patterns {list(options.include)}"
-    matched = next(p for p in options.exclude if name_matches(name, (p,)))
-    return f"excluded by pattern {matched!r} (stays in the model dtype)"
+class _OutputHeads:
+    """Finds the output head by structure, not by name: what the graph does with the matmul and its weight.
+
+    A matmul is the output head when its weight is an embedding's weight
+    (tied, as GPT-2, BERT and T5 do), when its output feeds a log-softmax (the
+    loss), or when it is a graph output of the vocabulary's width (the logits).
+    """
+
+    LOSS_OPS = (aten._log_softmax.default, aten.log_softmax.int)
+
+    def __init__(self, graph: torch.fx.Graph):
+        self.embeddings: dict[torch.fx.Node, torch.fx.Node] = {}  # weight input -> its aten.embedding
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target is aten.embedding.default:
+                source = weight_source(node.args[0])
+                if source is not None:
+                    self.embeddings.setdefault(source, node)
+        self.vocab_sizes = {shape(source)[0] for source in self.embeddings}
+
+    def evidence(self, matmul: torch.fx.Node, weight: torch.fx.Node) -> str | None:
+        embedding = self.embeddings.get(weight_source(weight))
+        if embedding is not None:
+            owner = module_of(embedding)
+            return f"weight tied to the embedding {owner[0] if owner else embedding.name}"
+        width = shape(matmul)[-1:]
+        for user in _through_views(matmul):
+            if user.op == "call_function" and user.target in self.LOSS_OPS:
+                return "its output feeds the loss (log-softmax)"
+            if user.op == "output" and width and width[0] in self.vocab_sizes:
+                return f"its output is a graph output over the vocabulary ({width[0]})"
+        return None
+
+
+def _parameters_behind(node: torch.fx.Node, input_names: dict) -> list[str]:
+    """Names of the parameters a computed value derives from, or [] if it also depends on a non-parameter."""
+    names, frontier, seen = [], [node], set()
+    while frontier:
+        current = frontier.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "placeholder":
+            if current.name not in input_names:
+                return []
+            names.append(input_names[current.name])
+        frontier.extend(current.all_input_nodes)
+    return sorted(names)
+
+
+def _through_views(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The users of ``node`` reached through views and dtype casts (the views and casts themselves excluded)."""
+    users, frontier, seen = [], list(node.users), set()
+    while frontier:
+        user = frontier.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op == "call_function" and user.target in VIEW_OPS + CAST_OPS:
+            frontier.extend(user.users)
+        else:
+            users.append(user)
+    return users
 
 
 def _grad_shape(spec) -> tuple:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from . import ops  # noqa: F401  (registers torch.ops.fp4)
 from . import reference as ref
 
 fp4_ops = torch.ops.fp4
@@ -70,6 +71,13 @@ class QuartetLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        # The op implementations compute in float32 whatever autocast says (a backward run inside an
+        # autocast region would otherwise see their float32 matmuls cast), as in the compiled backward.
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return QuartetLinearFunction._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
         x_codes, x_scales, x_mask, w_codes, w_scales, w_mask, seed = ctx.saved_tensors
         x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
         grad_output = grad_y.reshape(-1, grad_y.shape[-1])
@@ -92,10 +100,31 @@ def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
 
 
 def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto"):
-    """Functional Quartet linear; draws a seed (:func:`draw_layer_seed`) when none is given."""
+    """Functional Quartet linear; draws a seed (:func:`draw_layer_seed`) when none is given.
+
+    Under ``torch.autocast`` it runs as the compiled graph does, where autocast
+    casts ``F.linear``'s floating inputs (float64 aside) to its dtype before the
+    GEMM: the layer quantizes the cast input and weight and returns the autocast
+    dtype; the gradients flow back through the casts.
+    """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight, bias = (_autocast(t, dtype) for t in (x, weight, bias))
+        with torch.autocast(device_type, enabled=False):
+            return quartet_linear(x, weight, bias, seed, rank_seeds)
     if seed is None:
         seed = draw_layer_seed(rank_seeds, x.device)
+    if bias is not None and x.dim() > 2 and not x.is_contiguous():
+        # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
+        # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
+        return QuartetLinearFunction.apply(x, weight, None, seed) + bias
     return QuartetLinearFunction.apply(x, weight, bias, seed)
+
+
+def _autocast(tensor, dtype):
+    eligible = tensor is not None and tensor.is_floating_point() and tensor.dtype != torch.float64
+    return tensor.to(dtype) if eligible else tensor
 
 
 class QuartetLinear(torch.nn.Linear):
@@ -118,24 +147,150 @@ class QuartetLinear(torch.nn.Linear):
         return quartet_linear(x, self.weight, self.bias, rank_seeds=self.rank_seeds)
 
 
-def quartetize(model: torch.nn.Module, select=None, rank_seeds="auto") -> torch.nn.Module:
-    """Replace (in place) every ``nn.Linear`` that ``select(name, module)`` accepts by a QuartetLinear.
+class _RoutedMatmuls:
+    """While a module runs, sends its ``F.linear``/``torch.addmm`` calls on given weights to :func:`quartet_linear`.
 
-    ``select`` defaults to the backend's layer policy (every linear layer but
-    the output head); ``rank_seeds`` is the backend option of that name.
-    Returns ``model``.
+    For the modules a swap cannot cover: Linear subclasses (their own
+    ``forward`` may do more than ``F.linear``), GPT-2's ``Conv1D``
+    (``torch.addmm(b, x, w)`` with ``w`` [K, N]) and ``nn.MultiheadAttention``,
+    whose functional forward calls ``F.linear`` on its projection weights
+    itself (looked up in ``torch.nn.functional`` at call time, which is why
+    this replaces the two functions there, for the duration of the call, rather
+    than using a torch-function mode: a mode would also catch the enclosing
+    ``F.multi_head_attention_forward`` and run its body with the mode off).
+    Every other call goes to the original function.
     """
-    if select is None:
-        from fp4.core import default_layer_filter
 
-        select = default_layer_filter
-    replacements = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is torch.nn.Linear and select(name, module)
-    ]
-    for name, module in replacements:
+    def __init__(self, weights, rank_seeds="auto"):
+        self.weights = weights  # id(weight) -> "linear" ([N, K] weight) or "conv1d" ([K, N] weight)
+        self.rank_seeds = rank_seeds
+        self.saved = []
+
+    def linear(self, x, weight, bias=None):
+        if self.weights.get(id(weight)) == "linear":
+            return quartet_linear(x, weight, bias, rank_seeds=self.rank_seeds)
+        return self.original_linear(x, weight, bias)
+
+    def addmm(self, bias, x, weight, **kwargs):
+        if self.weights.get(id(weight)) == "conv1d" and not kwargs and x.dim() == 2:
+            return quartet_linear(x, weight.t(), bias, rank_seeds=self.rank_seeds)
+        return self.original_addmm(bias, x, weight, **kwargs)
+
+    def __enter__(self):
+        functional = torch.nn.functional
+        self.saved.append((functional.linear, torch.addmm))
+        self.original_linear, self.original_addmm = self.saved[-1]
+        functional.linear, torch.addmm = self.linear, self.addmm
+        return self
+
+    def __exit__(self, *exc):
+        torch.nn.functional.linear, torch.addmm = self.saved.pop()
+        return False
+
+
+def _is_conv1d(module) -> bool:
+    """GPT-2's ``transformers.pytorch_utils.Conv1D``: a linear layer with the transposed weight [K, N]."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def linear_layers(model: torch.nn.Module):
+    """Every linear layer the backend sees in a graph, as ``(layer name, module, weight, kind)``.
+
+    ``kind`` is ``"linear"`` (``weight`` [N, K]) or ``"conv1d"`` (``weight`` [K, N]);
+    the names are :func:`fp4.options.layer_name`'s, as the backend reports them.
+    """
+    from fp4.core import layer_name
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.MultiheadAttention):
+            if module.in_proj_weight is not None:
+                yield layer_name(name, _param(name, "in_proj_weight")), module, module.in_proj_weight, "linear"
+            else:
+                for part in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                    yield layer_name(name, _param(name, part)), module, getattr(module, part), "linear"
+            out = module.out_proj
+            yield layer_name(name, _param(name, "out_proj.weight")), module, out.weight, "linear"
+        elif isinstance(module, torch.nn.Linear) and not _inside_attention(model, name):
+            yield layer_name(name, _param(name, "weight")), module, module.weight, "linear"
+        elif _is_conv1d(module):
+            yield layer_name(name, _param(name, "weight")), module, module.weight, "conv1d"
+
+
+def _param(module: str, attribute: str) -> str:
+    return f"{module}.{attribute}" if module else attribute
+
+
+def _inside_attention(model, name: str) -> bool:
+    """Whether ``name`` is the ``out_proj`` of an ``nn.MultiheadAttention`` (covered with its attention)."""
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    return child == "out_proj" and isinstance(owner, torch.nn.MultiheadAttention)
+
+
+def output_heads(model: torch.nn.Module) -> dict[int, str]:
+    """``id(weight) -> why`` for the weights of the model's output head (what the backend finds in the graph).
+
+    A weight that is also an ``nn.Embedding``'s (tied), and the layer a Hugging
+    Face model names with ``get_output_embeddings()``.
+    """
+    heads = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding):
+            heads.setdefault(id(module.weight), f"weight tied to the embedding {name}")
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    if isinstance(output, torch.nn.Module) and getattr(output, "weight", None) is not None:
+        heads.setdefault(id(output.weight), "the model's output embeddings (get_output_embeddings)")
+    return heads
+
+
+def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Module:
+    """Make every linear layer the backend would rewrite run the Quartet ops eagerly; returns ``model`` (in place).
+
+    The layers are chosen by the backend's rule (:func:`fp4.options.skip_reason`
+    with the same ``options``: name patterns, output head, K a multiple of 32).
+    A plain ``nn.Linear`` is swapped for a :class:`QuartetLinear`; Linear
+    subclasses, ``Conv1D`` and ``nn.MultiheadAttention`` keep their module and
+    have their matmuls routed through :func:`quartet_linear` during their forward.
+    ``overrides`` are options too (``quartetize(model, rank_seeds=False)``).
+    """
+    from fp4.core import skip_reason
+    from fp4.options import Options
+
+    options = Options.from_mapping(options, **overrides)
+    heads = output_heads(model)
+    routed: dict[torch.nn.Module, dict[int, str]] = {}
+    swaps = []
+    for name, module, weight, kind in list(linear_layers(model)):
+        in_features = weight.shape[0] if kind == "conv1d" else weight.shape[1]
+        if skip_reason(options, name, in_features, head=heads.get(id(weight))) is not None:
+            continue
+        if type(module) is torch.nn.Linear:
+            swaps.append(name)
+        else:
+            routed.setdefault(module, {})[id(weight)] = kind
+    for name in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuartetLinear.from_linear(module, rank_seeds))
+        setattr(parent, child, QuartetLinear.from_linear(getattr(parent, child), options.rank_seeds))
+    for module, weights in routed.items():
+        enter, routing = _enter_routing(weights, options.rank_seeds)
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(_exit_routing(routing), always_call=True)
     return model
+
+
+def _enter_routing(weights, rank_seeds):
+    routing = _RoutedMatmuls(weights, rank_seeds)
+
+    def hook(module, args):
+        routing.__enter__()
+
+    return hook, routing
+
+
+def _exit_routing(routing):
+    def hook(module, args, output):
+        routing.__exit__(None, None, None)
+
+    return hook

@@ -67,16 +67,35 @@ def _scale_by_exponent(groups: torch.Tensor, scale_bytes: torch.Tensor) -> torch
 # forward quantizer
 
 
+QUEST_HUGE_GROUP = 2.0**60
+"""A group whose largest magnitude reaches this has its statistics computed at :data:`QUEST_HUGE_SCALE` times it.
+
+Its sum of squares could otherwise overflow float32 (``32 * amax**2 >= 2**128``
+from ``amax >= 2**61.5``), turning the scale, and so the layer's output, into NaN."""
+QUEST_HUGE_SCALE = 2.0**-96
+
+
 def quest_scale_bytes(groups: torch.Tensor) -> torch.Tensor:
     """E8M0 scale of each 32-group: ``2**floor(log2(0.48707976*std + 1e-8))``.
 
     std is the population standard deviation (mean-subtracted) with the
     variance clamped at zero.  NaN/Inf in a group give the NaN scale 255.
+
+    A finite group with ``max|g| >= 2**60`` computes mean, mean square and
+    std on ``g * 2**-96`` and multiplies std back by ``2**96`` before the
+    epsilon: power-of-two scaling commutes with every rounding here except
+    where values leave the normal range, and the only elements that do (below
+    ``2**-30`` after scaling, i.e. ``2**-90`` times the group maximum) are far
+    below half an ulp of every sum they meet, so the result is what float32
+    without overflow would give.  Every other group is multiplied by exactly 1.
     """
+    amax = groups.abs().amax(-1, keepdim=True)
+    huge = (amax >= QUEST_HUGE_GROUP) & torch.isfinite(amax)
+    groups = groups * torch.where(huge, QUEST_HUGE_SCALE, 1.0).float()
     mean = tree_sum_32(groups) * (1.0 / GROUP_SIZE)
     mean_square = tree_sum_32(groups * groups) * (1.0 / GROUP_SIZE)
     variance = (mean_square - mean * mean).clamp_min(0.0)
-    std = torch.sqrt(variance)
+    std = torch.sqrt(variance) * torch.where(huge, 1.0 / QUEST_HUGE_SCALE, 1.0).float().squeeze(-1)
     # where() keeps NaN (clamp_min(0) of NaN is NaN already; Inf - Inf is NaN).
     spread = std * QUEST_SCALE_FACTOR + QUEST_EPSILON
     return formats.encode_e8m0_floor(spread)

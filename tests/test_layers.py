@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"compiler": "fp4", "passes": "fp4.passes", "codegen": "fp4.codegen", "runtime": "fp4.runtime"}
 LEAF = {"fp4.core", "fp4.target"}
 RANK = {"core": 0, "fp4.codegen": 1, "fp4.runtime": 2, "fp4.passes": 3, "fp4": 4}
+UPWARD = {("fp4.runtime.oracle", "fp4.options")}
+"""The one import that goes up, lazily: ``fp4.quartetize(model, options)`` reads the backend's options (and so
+chooses exactly the layers the backend rewrites); ``fp4.options`` imports nothing of the runtime, so no cycle."""
 
 
 def _modules() -> dict[str, Path]:
@@ -66,7 +69,7 @@ def test_every_import_goes_down_the_layers():
         f"{module} ({_layer(module)}) imports {target} ({_layer(target)})"
         for module, targets in _graph().items()
         for target in sorted(targets)
-        if RANK[_layer(target)] > RANK[_layer(module)]
+        if RANK[_layer(target)] > RANK[_layer(module)] and (module, target) not in UPWARD
     ]
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
 

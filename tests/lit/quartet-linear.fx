@@ -128,6 +128,37 @@ def linear_3d_no_bias(primals_1: "bf16[32, 64]", primals_2: "bf16[2, 8, 64]", ta
     t_4: "bf16[32, 64]" = torch.ops.aten.t.default(t_2)
     return [_unsafe_view, t_4, view_2]
 
+# GPT-2's Conv1D: addmm(b, x, w) with w [K, N], no transpose. The layer's [N, K] weight is t(w); its
+# weight-grad GEMM (x^T . dY, [K, N]) comes out transposed, as w's gradient.
+# CHECK-LABEL: def conv1d_transposed_weight(
+# CHECK:         [[W:\b\w+]]: "bf16[32, 64]" = torch.ops.aten.t.default(primals_1)
+# CHECK-NEXT:    torch.ops.fp4.quest_quantize.default([[W]], True)
+# CHECK:         torch.ops.fp4.sr_quantize.default([[G:\b\w+]], {{\w+}}, 0, 2, False)
+# CHECK:         torch.ops.fp4.sr_quantize.default([[G]], {{\w+}}, 1, 4, True)
+# CHECK:         [[DW:\b\w+]]: "bf16[32, 64]" = torch.ops.prims.convert_element_type.default(
+# CHECK-NEXT:    [[DWT:\b\w+]]: "bf16[64, 32]" = torch.ops.aten.t.default([[DW]])
+# CHECK:         torch.ops.fp4.bias_grad.default([[G]], torch.bfloat16)
+# CHECK-NOT:     aten.mm
+# CHECK:         return [{{\w+}}, [[DWT]], {{\w+}}, {{\w+}}]
+def conv1d_transposed_weight(
+    primals_1: "bf16[64, 32]",
+    primals_2: "bf16[32]",
+    primals_3: "bf16[2, 8, 64]",
+    tangents_1: "bf16[2, 8, 32]",
+):
+    view: "bf16[16, 64]" = torch.ops.aten.view.default(primals_3, [16, 64])
+    addmm: "bf16[16, 32]" = torch.ops.aten.addmm.default(primals_2, view, primals_1)
+    view_1: "bf16[2, 8, 32]" = torch.ops.aten.view.default(addmm, [2, 8, 32])
+    view_2: "bf16[16, 32]" = torch.ops.aten.view.default(tangents_1, [16, 32])
+    t: "bf16[32, 64]" = torch.ops.aten.t.default(primals_1)
+    mm: "bf16[16, 64]" = torch.ops.aten.mm.default(view_2, t)
+    t_1: "bf16[64, 16]" = torch.ops.aten.t.default(view)
+    mm_1: "bf16[64, 32]" = torch.ops.aten.mm.default(t_1, view_2)
+    sum_1: "bf16[1, 32]" = torch.ops.aten.sum.dim_IntList(view_2, [0], True)
+    view_3: "bf16[32]" = torch.ops.aten.view.default(sum_1, [32])
+    view_4: "bf16[2, 8, 64]" = torch.ops.aten.view.default(mm, [2, 8, 64])
+    return [view_1, mm_1, view_3, view_4]
+
 # Frozen weight: no weight-grad GEMM to rewrite; the input grad and the bias grad are rewritten.
 # CHECK-LABEL: def frozen_weight(
 # CHECK:         torch.ops.fp4.sr_quantize.default(tangents_1, {{\w+}}, 0, 2, False)
