@@ -19,7 +19,17 @@ from __future__ import annotations
 
 import contextlib
 
-from fp4.core import E2M1_MAX, E8M0_NAN, FOLD_HEADROOM, GROUP_SIZE, QUEST_EPSILON, QUEST_SCALE_FACTOR
+from fp4.core import (
+    E2M1_MAX,
+    E8M0_NAN,
+    FLOAT32_MAX,
+    FOLD_HEADROOM,
+    GROUP_SIZE,
+    QUEST_EPSILON,
+    QUEST_HUGE_GROUP,
+    QUEST_HUGE_SCALE,
+    QUEST_SCALE_FACTOR,
+)
 
 from . import lanes as L
 from .source import KernelSource, SourceWriter, header
@@ -94,9 +104,17 @@ def _emit_load_mxfp4_first(w: SourceWriter) -> None:
 def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
     """QuEST scale, RNE codes and clip-mask bits of the lanes ``v``; returns (codes, keep bits)."""
     w.comment("QuEST scale: 2**floor(log2(0.48707976 * std + 1e-8)), std from pairwise tree sums")
-    L.tree_sum(w, v, "group_sum")
+    _emit_absmax(w, v)
+    w.comment(f"a finite group reaching {QUEST_HUGE_GROUP!r} takes its statistics at {QUEST_HUGE_SCALE!r} times")
+    w.comment("its values (the sum of squares would overflow); every other group at exactly 1 times")
+    w.line(f"huge = (amax >= {QUEST_HUGE_GROUP!r}) & (amax <= {FLOAT32_MAX!r})")
+    w.line(f"stat_scale = tl.where(huge, {QUEST_HUGE_SCALE!r}, 1.0)")
+    stats = L.lanes("st")
+    for name, value in zip(stats, v):
+        w.line(f"{name} = {value} * stat_scale")
+    L.tree_sum(w, stats, "group_sum")
     squares = L.lanes("sq")
-    for name, value in zip(squares, v):
+    for name, value in zip(squares, stats):
         w.line(f"{name} = {value} * {value}")
     L.tree_sum(w, squares, "group_square_sum")
     inverse_group = 1.0 / GROUP_SIZE
@@ -105,7 +123,7 @@ def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
     w.line("variance = mean_square - mean * mean")
     w.comment("clamp tiny negative variances at zero (NaN stays NaN)")
     w.line("variance = tl.where(variance < 0.0, 0.0, variance)")
-    w.line("std = tl.sqrt_rn(variance)")
+    w.line(f"std = tl.sqrt_rn(variance) * tl.where(huge, {1.0 / QUEST_HUGE_SCALE!r}, 1.0)")
     w.line(f"spread = std * {QUEST_SCALE_FACTOR!r} + {QUEST_EPSILON!r}")
     w.line(f"scale_byte = {L.exponent_byte('spread')}")
     L.emit_inverse_scale(w, "scale_byte", "inv_scale")
@@ -118,12 +136,8 @@ def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
     return codes, keeps
 
 
-def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
-    """Absmax scale and stochastically rounded codes of the lanes ``v`` (reference.sr_quantize).
-
-    Returns the four packed code words of each group (see :func:`_emit_store`).
-    """
-    w.comment("absmax scale 2**floor(log2(max|g|)); NaN propagates into the scale byte")
+def _emit_absmax(w: SourceWriter, v: list[str]) -> None:
+    """``amax``: the largest magnitude of the lanes ``v`` (a pairwise tree; NaN propagates)."""
     level = [f"tl.abs({name})" for name in v]
     depth = 0
     while len(level) > 1:
@@ -133,6 +147,15 @@ def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
         for i in range(half):
             w.line(f"{names[i]} = tl.maximum({level[i]}, {level[i + half]}, propagate_nan=tl.PropagateNan.ALL)")
         level = names
+
+
+def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
+    """Absmax scale and stochastically rounded codes of the lanes ``v`` (reference.sr_quantize).
+
+    Returns the four packed code words of each group (see :func:`_emit_store`).
+    """
+    w.comment("absmax scale 2**floor(log2(max|g|)); NaN propagates into the scale byte")
+    _emit_absmax(w, v)
     w.line(f"scale_byte = {L.exponent_byte('amax')}")
     L.emit_inverse_scale(w, "scale_byte", "inv_scale")
     w.comment("element n = row * out_width + col of the padded result takes word n % 4 of Philox counter n // 4")

@@ -154,6 +154,16 @@ QUEST_SCALE_FACTOR = 0.48707976
 """``2.92247856 / 6``: ratio of the QuEST clipping range to the largest E2M1 value."""
 
 QUEST_EPSILON = 1e-8
+
+QUEST_HUGE_GROUP = 2.0**60
+"""A group whose largest magnitude reaches this has its statistics computed at :data:`QUEST_HUGE_SCALE` times it.
+
+Its sum of squares could otherwise overflow float32 (``32 * amax**2 >= 2**128``
+from ``amax >= 2**61.5``), turning the scale, and so the layer's output, into NaN."""
+QUEST_HUGE_SCALE = 2.0**-96
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32 (a magnitude above it is infinite)."""
 BACKWARD_ALPHA = 1.0 / 9.0
 """Each backward operand dequantizes as ``code * 2**e / 3``; the two thirds meet in alpha."""
 

@@ -25,6 +25,8 @@ from fp4.core import (  # noqa: F401  (the algorithm's constants, here for the r
     ACTIVATIONS,
     BACKWARD_ALPHA,
     QUEST_EPSILON,
+    QUEST_HUGE_GROUP,
+    QUEST_HUGE_SCALE,
     QUEST_SCALE_FACTOR,
     STREAM_DGRAD_GRAD_OUTPUT,
     STREAM_DGRAD_SIGNS,
@@ -65,14 +67,6 @@ def _scale_by_exponent(groups: torch.Tensor, scale_bytes: torch.Tensor) -> torch
 
 # ----------------------------------------------------------------------------
 # forward quantizer
-
-
-QUEST_HUGE_GROUP = 2.0**60
-"""A group whose largest magnitude reaches this has its statistics computed at :data:`QUEST_HUGE_SCALE` times it.
-
-Its sum of squares could otherwise overflow float32 (``32 * amax**2 >= 2**128``
-from ``amax >= 2**61.5``), turning the scale, and so the layer's output, into NaN."""
-QUEST_HUGE_SCALE = 2.0**-96
 
 
 def quest_scale_bytes(groups: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,16 @@ def _cases():
         for rotate in (True, False):
             got = launch.launch_quantize_dense(x, "quest", "last", rotate, interpret=True, config=last)
             record(f"quest_{dtype}_{rotate}", got, reference.quest_quantize(x, rotate))
+    # groups whose squares overflow float32 (statistics taken at 2**-96 times), next to ordinary ones,
+    # a group just below the threshold, an infinite one and a NaN one
+    x = data(8, 128, torch.float32)
+    x[0] *= 1e30
+    x[1, :32] *= 3e38 / x[1, :32].abs().max()
+    x[2, 32:64] *= 2.0**59.9 / x[2, 32:64].abs().max()
+    x[3, 5], x[4, 70] = float("inf"), float("nan")
+    for rotate in (True, False):
+        got = launch.launch_quantize_dense(x, "quest", "last", rotate, interpret=True, config=last)
+        record(f"quest_huge_{rotate}", got, reference.quest_quantize(x, rotate))
     # the layer seed reaches the kernels as a tensor; they derive each stream's seed and the signs themselves
     for seed in SEEDS:
         seed_tensor = torch.tensor(seed, dtype=torch.int64)
@@ -165,6 +175,7 @@ def interpreted():
 
 
 BITWISE = [f"quest_{d}_{r}" for d in ("torch.bfloat16", "torch.float32") for r in (True, False)]
+BITWISE += [f"quest_huge_{r}" for r in (True, False)]
 SEEDS = (123456789123, 2**62 + 977, 5)
 BITWISE += [f"sr_{axis}_{signs}_{seed}" for axis in ("last", "first") for signs in (True, False) for seed in SEEDS]
 BITWISE += [f"requantize_{seed}" for seed in SEEDS]
