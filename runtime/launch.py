@@ -98,6 +98,8 @@ class _Kernel:
     """
 
     def __init__(self, source, target, candidates, shape_bucket, grid_for, device, interpret=False, config=None):
+        # Triton runs kernels on CPU tensors only in its interpreter (how the CPU tests run these plans)
+        interpret = interpret or device.type != "cuda"
         self.source, self.target, self.device, self.interpret = source, target, device, interpret
         self.candidates, self.shape_bucket, self.grid_for = candidates, shape_bucket, grid_for
         self.function = default_cache().load(source, str(target), interpret)
@@ -284,6 +286,7 @@ class GemmPlan:
     def __init__(self, lowering, operands, M, N, K, epilogue: Epilogue, device, *, interpret=False, config=None,
                  target=None):  # fmt: skip
         a, _, b, _ = operands
+        interpret = interpret or device.type != "cuda"  # CPU tensors: Triton's interpreter
         self.lowering, self.M, self.N, self.K, self.device = lowering, M, N, K, device
         self.interpret = interpret
         self.target = target or device_target(device)
@@ -432,72 +435,37 @@ def launch_bias_grad(grad_output: torch.Tensor, dtype: torch.dtype, **kwargs):
 # ----------------------------------------------------------------------------------------------------------
 # the CUDA implementations of the ops: plan look-up, then launch
 
-_PLANS = {
-    name: PlanCache(name)
-    for name in ("quest_quantize", "sr_quantize", "requantize_sr", "mxfp4_gemm", "bias_grad", "fold_fp8",
-                 "quest_quantize_fold", "fp8_fold_gemm")
-}  # fmt: skip
+
+def planned(op: str, key):
+    """The CUDA implementation of ``fp4::<op>``: look the call's ``key(*args)`` up, build a missing plan once
+    (the decorated function, called with the op's arguments), then run the plan on the op's arguments."""
+
+    def wrap(build):
+        plans = PlanCache(op)
+
+        def implementation(*args):
+            signature = key(*args)
+            plan = plans.get(signature)
+            if plan is None:
+                plan = plans.build(signature, lambda: build(*args))
+            return plan(*args)
+
+        implementation.plans = plans
+        implementation.__name__ = f"{op}_cuda"
+        implementation.__doc__ = build.__doc__
+        return implementation
+
+    return wrap
 
 
 def _reference_plan(op: str, reason: str, function):
+    """A plan that runs the reference on the op's arguments, counting the fallback with its reason."""
+
     def run(*args):
         _fallback(op, reason)
         return function(*args)
 
     return run
-
-
-def quest_quantize_cuda(x, rotate):
-    plans = _PLANS["quest_quantize"]
-    key = (tensor_key(x), x.device, rotate)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _quest_plan(x, rotate))
-    return plan(x)
-
-
-def _quest_plan(x, rotate):
-    ops._check_last_dim(x, "quest_quantize")
-    if x.dtype not in DTYPE_NAMES:
-        return _reference_plan(
-            "quest_quantize", f"input dtype {x.dtype}", lambda x: reference.quest_quantize(x, rotate)
-        )
-    lead, k = tuple(x.shape[:-1]), x.shape[-1]
-    flat = x.reshape(-1, k)
-    copy = flat.stride(-1) != 1 or flat.data_ptr() != x.data_ptr()
-    flat = flat.contiguous() if copy else flat
-    quantize = dense_quantize_plan(flat, "quest", "last", rotate)
-    shapes = (lead + (k // 2,), lead + (k // GROUP_SIZE,), lead + (k // 8,))
-
-    def run(x):
-        flat = x.reshape(-1, k)
-        codes, scales, mask = quantize([flat.contiguous() if copy else flat])
-        return codes.view(shapes[0]), scales.view(shapes[1]), mask.view(shapes[2])
-
-    return run
-
-
-def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
-    plans = _PLANS["sr_quantize"]
-    key = (tensor_key(x), x.device, tensor_key(seed), seed.device, sign_stream, stream, transpose)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _sr_plan(x, seed, sign_stream, stream, transpose))
-    return plan(x, seed)
-
-
-def _sr_plan(x, seed, sign_stream, stream, transpose):
-    ops._check_seed(seed)
-    if x.dim() != 2:
-        raise ValueError(f"fp4::sr_quantize takes a 2-D tensor, got {x.dim()}-D")
-    reason = _seed_reason(x, seed) or (f"input dtype {x.dtype}" if x.dtype not in DTYPE_NAMES else None)
-    if reason is not None:
-        return _reference_plan("sr_quantize", reason, lambda x, seed: ops.sr_quantize.function(
-            x, seed, sign_stream, stream, transpose))  # fmt: skip
-    copy = x.stride(-1) != 1
-    axis = "first" if transpose else "last"
-    quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream)
-    return lambda x, seed: tuple(quantize([x.contiguous() if copy else x], seed))
 
 
 def _seed_reason(x, seed) -> str | None:
@@ -506,146 +474,149 @@ def _seed_reason(x, seed) -> str | None:
     return None
 
 
-def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
-    plans = _PLANS["requantize_sr"]
-    key = (tensor_key(codes), tensor_key(scales), codes.device, tensor_key(seed), seed.device, sign_stream, stream)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _requantize_plan(codes, scales, seed, sign_stream, stream))
-    return plan(codes, scales, seed)
-
-
-def _requantize_plan(codes, scales, seed, sign_stream, stream):
-    ops._check_seed(seed)
-    reason = _seed_reason(codes, seed)
-    if reason is not None:
-        return _reference_plan("requantize_sr", reason, lambda codes, scales, seed: ops.requantize_sr.function(
-            codes, scales, seed, sign_stream, stream))  # fmt: skip
-    copy = not (codes.is_contiguous() and scales.is_contiguous())
-    quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream)
-    if copy:
-        return lambda codes, scales, seed: tuple(quantize([codes.contiguous(), scales.contiguous()], seed))
-    return lambda codes, scales, seed: tuple(quantize([codes, scales], seed))
-
-
-def _gemm_key(a, a_scales, b, b_scales, epilogue_args):
-    alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype = epilogue_args
+def _gemm_key(a, a_scales, b, b_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate,
+              out_dtype):  # fmt: skip
     return (
         tensor_key(a), tensor_key(a_scales), tensor_key(b), tensor_key(b_scales), a.device, alpha, tensor_key(bias),
         activation, tensor_key(gate), tensor_key(residual), tensor_key(clip_mask), inverse_rotate, out_dtype,
     )  # fmt: skip
 
 
+def _contiguous(*tensors):
+    return tuple(t.contiguous() for t in tensors)
+
+
+@planned("quest_quantize", key=lambda x, rotate: (tensor_key(x), x.device, rotate))
+def quest_quantize_cuda(x, rotate):
+    """Forward QuEST quantizer along the last dim (any leading dims)."""
+    ops._check_last_dim(x, "quest_quantize")
+    if x.dtype not in DTYPE_NAMES:
+        return _reference_plan("quest_quantize", f"input dtype {x.dtype}", reference.quest_quantize)
+    lead, k = tuple(x.shape[:-1]), x.shape[-1]
+    flat = x.reshape(-1, k)
+    copy = flat.stride(-1) != 1 or flat.data_ptr() != x.data_ptr()
+    quantize = dense_quantize_plan(flat.contiguous() if copy else flat, "quest", "last", rotate)
+    shapes = (lead + (k // 2,), lead + (k // GROUP_SIZE,), lead + (k // 8,))
+
+    def run(x, rotate):
+        flat = x.reshape(-1, k)
+        codes, scales, mask = quantize([flat.contiguous() if copy else flat])
+        return codes.view(shapes[0]), scales.view(shapes[1]), mask.view(shapes[2])
+
+    return run
+
+
+@planned(
+    "sr_quantize",
+    key=lambda x, seed, sign_stream, stream, transpose: (
+        tensor_key(x), x.device, tensor_key(seed), seed.device, sign_stream, stream, transpose,
+    ),
+)  # fmt: skip
+def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
+    """Backward rotate (D.H) + absmax + stochastic rounding of a 2-D tensor (transposed output with ``transpose``)."""
+    ops._check_seed(seed)
+    if x.dim() != 2:
+        raise ValueError(f"fp4::sr_quantize takes a 2-D tensor, got {x.dim()}-D")
+    reason = _seed_reason(x, seed) or (f"input dtype {x.dtype}" if x.dtype not in DTYPE_NAMES else None)
+    if reason is not None:
+        return _reference_plan("sr_quantize", reason, ops.sr_quantize.function)
+    copy = x.stride(-1) != 1
+    axis = "first" if transpose else "last"
+    quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream)
+    return lambda x, seed, *_: tuple(quantize([x.contiguous() if copy else x], seed))
+
+
+@planned(
+    "requantize_sr",
+    key=lambda codes, scales, seed, sign_stream, stream: (
+        tensor_key(codes), tensor_key(scales), codes.device, tensor_key(seed), seed.device, sign_stream, stream,
+    ),
+)  # fmt: skip
+def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
+    """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]``, re-quantized with stochastic rounding."""
+    ops._check_seed(seed)
+    reason = _seed_reason(codes, seed)
+    if reason is not None:
+        return _reference_plan("requantize_sr", reason, ops.requantize_sr.function)
+    quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream)
+    return lambda codes, scales, seed, *_: tuple(quantize(list(_contiguous(codes, scales)), seed))
+
+
+@planned("mxfp4_gemm", key=_gemm_key)
 def mxfp4_gemm_cuda(a, a_scales, b, b_scales, *epilogue_args):
-    plans = _PLANS["mxfp4_gemm"]
-    key = _gemm_key(a, a_scales, b, b_scales, epilogue_args)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _mxfp4_gemm_plan(a, a_scales, b, b_scales, Epilogue(*epilogue_args)))
-    return plan(a, a_scales, b, b_scales, Epilogue(*epilogue_args))
-
-
-def _mxfp4_gemm_plan(a, a_scales, b, b_scales, epilogue: Epilogue):
+    """The MXFP4 GEMM with its epilogue on codes and scales, by the target's lowering."""
+    epilogue = Epilogue(*epilogue_args)
     ops.check_gemm_operands(a, a_scales, b, b_scales, epilogue.activation)
     M, N, K = a.shape[0], b.shape[0], a.shape[1] * 2
     target = device_target(a.device)
     lowering = lowering_for(target)
     reason = epilogue.unsupported_reason(M, N) or lowering.unavailable_reason(target)
     if reason is not None:
-        return _reference_plan(
-            "mxfp4_gemm", reason, lambda a, sa, b, sb, e: reference.mxfp4_gemm(a, sa, b, sb, *e.arguments())
-        )  # fmt: skip
-    contiguous = lambda *tensors: tuple(t.contiguous() for t in tensors)
+        return _reference_plan("mxfp4_gemm", reason, reference.mxfp4_gemm)
     if lowering.operands == "fp8_fold":
         # the GEMM op on codes and scales folds its operands itself (use-fp8-fold saves this on the forward)
         fold_a, fold_b = FoldPlan(M, K, a.device), FoldPlan(N, K, a.device)
-        folded = fold_a(*contiguous(a, a_scales)) + fold_b(*contiguous(b, b_scales))
+        folded = fold_a(*_contiguous(a, a_scales)) + fold_b(*_contiguous(b, b_scales))
         gemm = GemmPlan(lowering, folded, M, N, K, epilogue, a.device)
 
-        def run(a, sa, b, sb, epilogue):
-            operands = fold_a(*contiguous(a, sa)) + fold_b(*contiguous(b, sb))
+        def run(a, sa, b, sb, *epilogue_args):
+            epilogue = Epilogue(*epilogue_args)
+            operands = fold_a(*_contiguous(a, sa)) + fold_b(*_contiguous(b, sb))
             return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
 
         return run
-    gemm = GemmPlan(lowering, contiguous(a, a_scales, b, b_scales), M, N, K, epilogue, a.device)
-    return lambda a, sa, b, sb, epilogue: gemm(contiguous(a, sa, b, sb), epilogue)
+    gemm = GemmPlan(lowering, _contiguous(a, a_scales, b, b_scales), M, N, K, epilogue, a.device)
+    return lambda a, sa, b, sb, *epilogue_args: gemm(_contiguous(a, sa, b, sb), Epilogue(*epilogue_args))
 
 
+@planned("bias_grad", key=lambda grad, dtype: (tensor_key(grad), grad.device, dtype))
 def bias_grad_cuda(grad_output, dtype):
-    plans = _PLANS["bias_grad"]
-    key = (tensor_key(grad_output), grad_output.device, dtype)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _bias_grad_plan(grad_output, dtype))
-    return plan(grad_output)
-
-
-def _bias_grad_plan(grad_output, dtype):
+    """Column sums of a ``[T, N]`` gradient in fp32, rounded once to ``dtype``."""
     if grad_output.dim() != 2 or grad_output.dtype not in DTYPE_NAMES:
         reason = f"input {grad_output.dtype} of {grad_output.dim()} dims"
-        return _reference_plan("bias_grad", reason, lambda grad: reference.bias_grad(grad, dtype))
+        return _reference_plan("bias_grad", reason, reference.bias_grad)
     copy = grad_output.stride(-1) != 1
     grad = grad_output.contiguous() if copy else grad_output
     T, N = grad.shape
     plan = BiasGradPlan(T, N, grad.stride(0), grad.dtype, dtype, grad.device)
-    return lambda grad: plan(grad.contiguous() if copy else grad)
+    return lambda grad, dtype: plan(grad.contiguous() if copy else grad)
 
 
+@planned("fold_fp8", key=lambda codes, scales: (tensor_key(codes), tensor_key(scales), codes.device))
 def fold_fp8_cuda(codes, scales):
-    plans = _PLANS["fold_fp8"]
-    key = (tensor_key(codes), tensor_key(scales), codes.device)
-    plan = plans.get(key)
-    if plan is None:
-        fold_plan = FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device)
-        plan = plans.build(key, lambda: lambda c, s: fold_plan(c.contiguous(), s.contiguous()))
-    return plan(codes, scales)
+    """MXFP4 ``[R, K]`` -> E4M3 values + fp32 row scales."""
+    plan = FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device)
+    return lambda codes, scales: plan(*_contiguous(codes, scales))
 
 
+@planned("quest_quantize_fold", key=lambda x, rotate: (tensor_key(x), x.device, rotate))
 def quest_quantize_fold_cuda(x, rotate):
-    plans = _PLANS["quest_quantize_fold"]
-    key = (tensor_key(x), x.device, rotate)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _quest_fold_plan(x, rotate))
-    return plan(x)
-
-
-def _quest_fold_plan(x, rotate):
+    """``quest_quantize`` plus the FP8 fold of its result, in one kernel."""
     if x.dim() != 2:
         raise ValueError(f"fp4::quest_quantize_fold takes a 2-D tensor, got {x.dim()}-D")
     ops._check_last_dim(x, "quest_quantize_fold")
     if x.dtype not in DTYPE_NAMES:
-        return _reference_plan(
-            "quest_quantize_fold", f"input dtype {x.dtype}", lambda x: fold.quest_quantize_fold.function(x, rotate)
-        )  # fmt: skip
+        return _reference_plan("quest_quantize_fold", f"input dtype {x.dtype}", fold.quest_quantize_fold.function)
     copy = x.stride(-1) != 1
     quantize = dense_quantize_plan(x.contiguous() if copy else x, "quest", "last", rotate, fold_output=True)
-    return lambda x: tuple(quantize([x.contiguous() if copy else x]))
+    return lambda x, rotate: tuple(quantize([x.contiguous() if copy else x]))
 
 
+@planned("fp8_fold_gemm", key=_gemm_key)
 def fp8_fold_gemm_cuda(a, a_row_scales, b, b_row_scales, *epilogue_args):
-    plans = _PLANS["fp8_fold_gemm"]
-    key = _gemm_key(a, a_row_scales, b, b_row_scales, epilogue_args)
-    plan = plans.get(key)
-    if plan is None:
-        plan = plans.build(key, lambda: _fold_gemm_plan(a, a_row_scales, b, b_row_scales, Epilogue(*epilogue_args)))
-    return plan(a, a_row_scales, b, b_row_scales, Epilogue(*epilogue_args))
-
-
-def _fold_gemm_plan(a, a_row_scales, b, b_row_scales, epilogue: Epilogue):
+    """The GEMM on FP8-folded operands, by the Triton kernel or cuBLAS (the faster for the shape)."""
+    epilogue = Epilogue(*epilogue_args)
     M, N, K = a.shape[0], b.shape[0], a.shape[1]
     reason = epilogue.unsupported_reason(M, N)
     if reason is None and not device_target(a.device).has_fp8_mma:
         reason = f"no FP8 tensor cores on {device_target(a.device)}"
     if reason is not None:
-        return _reference_plan(
-            "fp8_fold_gemm", reason, lambda a, sa, b, sb, e: fold.fp8_fold_gemm_reference(a, sa, b, sb, *e.arguments())
-        )  # fmt: skip
-    contiguous = lambda *tensors: tuple(t.contiguous() for t in tensors)
-    gemm = GemmPlan(LOWERINGS["fp8_fold"], contiguous(a, a_row_scales, b, b_row_scales), M, N, K, epilogue, a.device)
+        return _reference_plan("fp8_fold_gemm", reason, fold.fp8_fold_gemm_reference)
+    gemm = GemmPlan(LOWERINGS["fp8_fold"], _contiguous(a, a_row_scales, b, b_row_scales), M, N, K, epilogue, a.device)
 
-    def run(a, sa, b, sb, epilogue):
-        operands = contiguous(a, sa, b, sb)
+    def run(a, sa, b, sb, *epilogue_args):
+        epilogue = Epilogue(*epilogue_args)
+        operands = _contiguous(a, sa, b, sb)
         return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
 
     return run

@@ -1,0 +1,120 @@
+"""The CUDA implementations of the fp4 ops, run on CPU tensors through Triton's interpreter.
+
+On a GPU the dispatcher calls these; here the test calls them directly.  What this covers without a GPU:
+the plan keys (a second call with the same signature builds nothing), the plans' argument lists (the
+kernels, interpreted, give the reference's bits), the reference fallbacks with their reasons, and the
+layer seed read by the kernels from a tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+from fp4.runtime import fold, launch, plans, reference
+
+
+def _bitwise(got, want):
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if g.dtype == fold.FP8_DTYPE:
+            g, w = g.view(torch.uint8), w.view(torch.uint8)
+        assert g.shape == w.shape and torch.equal(g, w)
+
+
+def _twice(implementation, *args):
+    """Call an implementation twice; the second call must reuse the first call's plan."""
+    first = implementation(*args)
+    built = dict(plans.STATS)
+    second = implementation(*args)
+    assert dict(plans.STATS) == built, "the second call built a plan"
+    _bitwise(second, first)
+    return second
+
+
+def make_data():
+    generator = torch.Generator().manual_seed(20261201)
+    x = torch.randn(2, 24, 64, generator=generator).to(torch.bfloat16)
+    dy = torch.randn(48, 96, generator=generator).to(torch.bfloat16)
+    w = torch.randn(96, 64, generator=generator).to(torch.bfloat16)
+    return x, dy, w
+
+
+def case_quantizer_plans_match_the_reference(data):
+    x, dy, w = data
+    _bitwise(_twice(launch.quest_quantize_cuda, x, True), reference.quest_quantize(x, True))
+    flat = x.reshape(-1, 64)
+    got = _twice(launch.quest_quantize_fold_cuda, flat, True)
+    want = reference.quest_quantize(flat, True)
+    _bitwise(got, want + fold.fold_reference(*want[:2]))
+    seed = torch.tensor(2**61 + 12345)
+    for sign_stream, stream, transpose in ((0, 2, False), (1, 4, True), (-1, 2, False)):
+        signs = reference.rotation_signs(int(seed), sign_stream) if sign_stream >= 0 else None
+        got = _twice(launch.sr_quantize_cuda, dy, seed, sign_stream, stream, transpose)
+        _bitwise(got, reference.sr_quantize(dy, signs, int(seed), stream, transpose))
+    codes, scales, _ = reference.quest_quantize(w, True)
+    got = _twice(launch.requantize_sr_cuda, codes, scales, seed, 0, 3)
+    _bitwise(got, reference.requantize_sr(codes, scales, reference.rotation_signs(int(seed), 0), int(seed), 3))
+    _bitwise(_twice(launch.fold_fp8_cuda, codes, scales), fold.fold_reference(codes, scales))
+
+
+def case_gemm_and_bias_grad_plans_match_the_reference(data):
+    x, dy, w = data
+    a = reference.quest_quantize(x.reshape(-1, 64), True)
+    b = reference.quest_quantize(w, True)
+    bias = torch.randn(96, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    epilogue = (0.5, bias, "gelu", None, None, None, False, torch.float32)
+    want = reference.mxfp4_gemm(*a[:2], *b[:2], *epilogue)
+    # the CPU target has no GEMM kernel: the plan is the reference, with its reason counted
+    _bitwise(_twice(launch.mxfp4_gemm_cuda, *a[:2], *b[:2], *epilogue), want)
+    assert any(key.startswith("fallback.mxfp4_gemm.no GEMM kernel for cpu") for key in launch.COUNTERS)
+    folded = fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2])
+    got = _twice(launch.fp8_fold_gemm_cuda, *folded, *epilogue)
+    _bitwise(got, fold.fp8_fold_gemm_reference(*folded, *epilogue))
+    got = _twice(launch.bias_grad_cuda, dy, torch.float32)
+    assert (got.double() - dy.double().sum(0)).abs().max() < 1e-5
+
+
+def case_fallbacks_give_the_reference_and_say_why(data):
+    x, dy, _ = data
+    launch.COUNTERS.clear()
+    half = x.reshape(-1, 64).to(torch.float64)
+    _bitwise(launch.quest_quantize_cuda(half, True), reference.quest_quantize(half, True))
+    assert launch.COUNTERS["fallback.quest_quantize.input dtype torch.float64"] == 1
+    meta_seed = torch.tensor(5, device="meta")
+    try:  # a seed on another device falls back to the reference, which cannot read a meta tensor
+        launch.sr_quantize_cuda(dy, meta_seed, 0, 2, False)
+    except (NotImplementedError, RuntimeError):
+        pass
+    assert any(key.startswith("fallback.sr_quantize.the seed is on meta") for key in launch.COUNTERS)
+
+
+CASES = [name for name in dir() if name.startswith("case_")]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_plans_in_the_interpreter(case):
+    # Triton's interpreter is chosen when triton is imported: run the cases in a child process with it on
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    completed = subprocess.run(
+        [sys.executable, __file__, case], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert completed.stdout.strip().endswith(f"{case} passed")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("FP4_CACHE_DIR", os.path.join(__import__("tempfile").mkdtemp(), "fp4-cache"))
+    name = sys.argv[1]
+    try:
+        globals()[name](make_data())
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
+    print(f"{name} passed")
