@@ -97,10 +97,10 @@ def train_against_oracle(rank, model, step_fn, oracle, steps=1, lr=0.1) -> dict:
     return {"mismatches": mismatches, "params_equal": params_equal}
 
 
-def oracle_of(model: torch.nn.Module, **select) -> torch.nn.Module:
+def oracle_of(model: torch.nn.Module, **options) -> torch.nn.Module:
     from fp4.runtime.oracle import quartetize
 
-    return quartetize(copy.deepcopy(model), **select)
+    return quartetize(copy.deepcopy(model), **options)
 
 
 def report_facts(reports) -> list[dict]:
