@@ -108,8 +108,11 @@ def test_quantize_kernels_keep_the_reference_order_of_operations():
     assert "v00, v16 = v00 + v16, v00 - v16" in text
     assert "tl.sqrt_rn(variance)" in text
     assert "std * 0.48707976 + 1e-08" in text
+    # the statistics read the lanes times the range guard's scale (exactly 1 for every group below 2**60)
+    assert "huge = (amax >= 1.152921504606847e+18) & (amax <= 3.4028234663852886e+38)" in text
+    assert "st00 = v00 * stat_scale" in text
     # pairwise tree sum: halves first
-    assert "group_sum_1_00 = v00 + v16" in text
+    assert "group_sum_1_00 = st00 + st16" in text
 
 
 # ------------------------------------------------------------------------------------------------------------
