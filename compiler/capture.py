@@ -80,7 +80,8 @@ def pipeline_text(options: Options, target: Target) -> str:
     """
     if target.gemm_lowering == "fp8_fold" and options.passes == DEFAULT_PIPELINE:
         passes = list(options.passes)
-        passes.insert(passes.index("dce") if "dce" in passes else len(passes), FP8_FOLD_PASS)
+        fold = FP8_FOLD_PASS + ("{backward=true}" if options.fold_backward else "")
+        passes.insert(passes.index("dce") if "dce" in passes else len(passes), fold)
         options = dataclasses.replace(options, passes=tuple(passes))
     return options.pipeline_text()
 

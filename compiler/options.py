@@ -70,6 +70,8 @@ class Options:
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
     ``cudagraphs``         run the compiled forward and backward as CUDA graphs (Inductor's CUDA-graph trees);
                            needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
+    ``fold_backward``      on Hopper, the backward quantizers write the FP8 fold too, so the backward runs no
+                           fold kernel (``use-fp8-fold{backward=true}``); off by default until measured on a GPU
     ``requantize_weights_in_backward``
                            ``True``: save no FP4 weight copies for the backward, re-quantize the weight there
                            (bit-exact: the QuEST weight quantizer is deterministic); ``"auto"``: when the
@@ -91,6 +93,7 @@ class Options:
     measure_saved: bool = True
     target: str | None = None
     cudagraphs: bool = False
+    fold_backward: bool = False
     requantize_weights_in_backward: bool | str = AUTO
     rank_seeds: bool | str = AUTO
     extra: dict = field(default_factory=dict, compare=False)
@@ -113,7 +116,7 @@ class Options:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"
             )
-        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs"):
+        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs", "fold_backward"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"fp4 option {key!r} must be True or False, got {getattr(self, key)!r}")
         if self.cudagraphs and not self.inductor:

@@ -22,6 +22,9 @@ Ops (``fp4::``; reference implementations here, CUDA kernels in
 ``fold_fp8(codes, scales) -> (values e4m3 [R, K], row_scales f32 [R])``
 ``quest_quantize_fold(x, rotate) -> (codes, scales, mask, values, row_scales)``
     ``quest_quantize`` plus the fold of its result, in one kernel on a GPU
+``sr_quantize_fold(x, seed, sign_stream, stream, transpose) -> (codes, scales, values, row_scales)``
+``requantize_sr_fold(codes, scales, seed, sign_stream, stream) -> (codes, scales, values, row_scales)``
+    the backward quantizers plus the fold of their results (``use-fp8-fold{backward=true}``)
 ``fp8_fold_gemm(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual, clip_mask,
                 inverse_rotate, out_dtype)``
     ``mxfp4_gemm`` on folded operands, with the same epilogue
@@ -110,6 +113,41 @@ def _quest_fake(x):
     )
 
 
+@fp4_op("fp4::sr_quantize_fold")
+def sr_quantize_fold(
+    x: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int, transpose: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sr_quantize`` plus the FP8 fold of its result: ``(codes, scales, values, row_scales)``."""
+    codes, scales = ops.sr_quantize.function(x, seed, sign_stream, stream, transpose)
+    return (codes, scales) + fold_reference(codes, scales)
+
+
+@sr_quantize_fold.register_fake
+def _(x, seed, sign_stream, stream, transpose):
+    codes, scales = ops.sr_quantize_fake(x, seed, sign_stream, stream, transpose)
+    return codes, scales, *_fold_fake(codes)
+
+
+@fp4_op("fp4::requantize_sr_fold")
+def requantize_sr_fold(
+    codes: torch.Tensor, scales: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``requantize_sr`` plus the FP8 fold of its result: ``(codes, scales, values, row_scales)``."""
+    out_codes, out_scales = ops.requantize_sr.function(codes, scales, seed, sign_stream, stream)
+    return (out_codes, out_scales) + fold_reference(out_codes, out_scales)
+
+
+@requantize_sr_fold.register_fake
+def _(codes, scales, seed, sign_stream, stream):
+    out_codes, out_scales = ops.requantize_sr_fake(codes, scales, seed, sign_stream, stream)
+    return out_codes, out_scales, *_fold_fake(out_codes)
+
+
+def _fold_fake(codes):
+    rows, width = codes.shape[0], codes.shape[1] * 2
+    return codes.new_empty((rows, width), dtype=FP8_DTYPE), codes.new_empty((rows,), dtype=torch.float32)
+
+
 def fp8_fold_gemm_reference(
     a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual, clip_mask, inverse_rotate, out_dtype
 ):
@@ -144,4 +182,10 @@ def _(a, a_row_scales, b, b_row_scales, alpha, bias, activation, gate, residual,
     return ops.gemm_result_like(a, b, out_dtype, gate, residual)
 
 
-OPS = {"fold_fp8": fold_fp8, "quest_quantize_fold": quest_quantize_fold, "fp8_fold_gemm": fp8_fold_gemm}
+OPS = {
+    "fold_fp8": fold_fp8,
+    "quest_quantize_fold": quest_quantize_fold,
+    "sr_quantize_fold": sr_quantize_fold,
+    "requantize_sr_fold": requantize_sr_fold,
+    "fp8_fold_gemm": fp8_fold_gemm,
+}

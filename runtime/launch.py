@@ -198,11 +198,12 @@ def dense_quantize_plan(x, method, axis, rotate, stream=0, sign_stream=ops.NO_SI
     return QuantizePlan(spec, rows, cols, [x.stride(0)], x.device, stream, sign_stream, **kwargs)
 
 
-def requantize_plan(codes, scales, stream, sign_stream, **kwargs):
+def requantize_plan(codes, scales, stream, sign_stream, fold_output=False, **kwargs):
     """The :class:`QuantizePlan` re-quantizing saved MXFP4 ``[R, K]`` into its transpose ``[K, pad(R)]``."""
     rows, cols = codes.shape[0], codes.shape[1] * 2
     wide = _wide_counters(cols, _padded(rows))
-    spec = QuantizeSpec("sr", "mxfp4", "first", True, sign_stream != ops.NO_SIGNS, "u8", wide_offsets=wide)
+    signs = sign_stream != ops.NO_SIGNS
+    spec = QuantizeSpec("sr", "mxfp4", "first", True, signs, "u8", fold=fold_output, wide_offsets=wide)
     strides = [codes.stride(0), scales.stride(0)]
     return QuantizePlan(spec, rows, cols, strides, codes.device, stream, sign_stream, **kwargs)
 
@@ -223,10 +224,10 @@ def launch_quantize_dense(
     return dense_quantize_plan(x, method, axis, rotate, stream, sign_stream, fold_output, **kwargs)([x], seed)
 
 
-def launch_requantize(codes, scales, seed, stream, sign_stream=ops.NO_SIGNS, **kwargs):
+def launch_requantize(codes, scales, seed, stream, sign_stream=ops.NO_SIGNS, fold_output=False, **kwargs):
     """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]`` re-quantized with stochastic rounding."""
     codes, scales = codes.contiguous(), scales.contiguous()
-    return requantize_plan(codes, scales, stream, sign_stream, **kwargs)([codes, scales], seed)
+    return requantize_plan(codes, scales, stream, sign_stream, fold_output, **kwargs)([codes, scales], seed)
 
 
 class FoldPlan:
@@ -506,40 +507,59 @@ def quest_quantize_cuda(x, rotate):
     return run
 
 
-@planned(
-    "sr_quantize",
-    key=lambda x, seed, sign_stream, stream, transpose: (
-        tensor_key(x), x.device, tensor_key(seed), seed.device, sign_stream, stream, transpose,
-    ),
-)  # fmt: skip
+@planned("sr_quantize", key=lambda *args: _SR_KEY(*args))
 def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
     """Backward rotate (D.H) + absmax + stochastic rounding of a 2-D tensor (transposed output with ``transpose``)."""
+    return _sr_plan("sr_quantize", ops.sr_quantize.function, x, seed, sign_stream, stream, transpose)
+
+
+def _sr_plan(op, reference_function, x, seed, sign_stream, stream, transpose, fold_output=False):
     ops._check_seed(seed)
     if x.dim() != 2:
-        raise ValueError(f"fp4::sr_quantize takes a 2-D tensor, got {x.dim()}-D")
+        raise ValueError(f"fp4::{op} takes a 2-D tensor, got {x.dim()}-D")
     reason = _seed_reason(x, seed) or (f"input dtype {x.dtype}" if x.dtype not in DTYPE_NAMES else None)
     if reason is not None:
-        return _reference_plan("sr_quantize", reason, ops.sr_quantize.function)
+        return _reference_plan(op, reason, reference_function)
     copy = x.stride(-1) != 1
     axis = "first" if transpose else "last"
-    quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream)
+    quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream, fold_output)
     return lambda x, seed, *_: tuple(quantize([x.contiguous() if copy else x], seed))
 
 
-@planned(
-    "requantize_sr",
-    key=lambda codes, scales, seed, sign_stream, stream: (
-        tensor_key(codes), tensor_key(scales), codes.device, tensor_key(seed), seed.device, sign_stream, stream,
-    ),
-)  # fmt: skip
+@planned("requantize_sr", key=lambda *args: _REQUANTIZE_KEY(*args))
 def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
     """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]``, re-quantized with stochastic rounding."""
+    return _requantize_plan("requantize_sr", ops.requantize_sr.function, codes, scales, seed, sign_stream, stream)
+
+
+def _requantize_plan(op, reference_function, codes, scales, seed, sign_stream, stream, fold_output=False):
     ops._check_seed(seed)
     reason = _seed_reason(codes, seed)
     if reason is not None:
-        return _reference_plan("requantize_sr", reason, ops.requantize_sr.function)
-    quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream)
+        return _reference_plan(op, reason, reference_function)
+    quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream, fold_output)
     return lambda codes, scales, seed, *_: tuple(quantize(list(_contiguous(codes, scales)), seed))
+
+
+_SR_KEY = lambda x, seed, sign_stream, stream, transpose: (  # noqa: E731
+    tensor_key(x), x.device, tensor_key(seed), seed.device, sign_stream, stream, transpose,
+)  # fmt: skip
+_REQUANTIZE_KEY = lambda codes, scales, seed, sign_stream, stream: (  # noqa: E731
+    tensor_key(codes), tensor_key(scales), codes.device, tensor_key(seed), seed.device, sign_stream, stream,
+)  # fmt: skip
+
+
+@planned("sr_quantize_fold", key=_SR_KEY)
+def sr_quantize_fold_cuda(x, seed, sign_stream, stream, transpose):
+    """``sr_quantize`` that also writes the FP8 fold of its result (Hopper's backward GEMM operands)."""
+    return _sr_plan("sr_quantize_fold", fold.sr_quantize_fold.function, x, seed, sign_stream, stream, transpose, True)
+
+
+@planned("requantize_sr_fold", key=_REQUANTIZE_KEY)
+def requantize_sr_fold_cuda(codes, scales, seed, sign_stream, stream):
+    """``requantize_sr`` that also writes the FP8 fold of its result."""
+    reference_function = fold.requantize_sr_fold.function
+    return _requantize_plan("requantize_sr_fold", reference_function, codes, scales, seed, sign_stream, stream, True)
 
 
 @planned("mxfp4_gemm", key=_gemm_key)
@@ -630,6 +650,8 @@ CUDA_IMPLEMENTATIONS = {
     "fp4::bias_grad": bias_grad_cuda,
     "fp4::fold_fp8": fold_fp8_cuda,
     "fp4::quest_quantize_fold": quest_quantize_fold_cuda,
+    "fp4::sr_quantize_fold": sr_quantize_fold_cuda,
+    "fp4::requantize_sr_fold": requantize_sr_fold_cuda,
     "fp4::fp8_fold_gemm": fp8_fold_gemm_cuda,
 }
 

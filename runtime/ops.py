@@ -98,7 +98,7 @@ def sr_quantize(
 
 
 @sr_quantize.register_fake
-def _(x, seed, sign_stream, stream, transpose):
+def sr_quantize_fake(x, seed, sign_stream, stream, transpose):
     if x.dim() != 2:
         raise ValueError(f"fp4::sr_quantize takes a 2-D tensor, got {x.dim()}-D")
     rows, width = (x.shape[1], x.shape[0]) if transpose else (x.shape[0], x.shape[1])
@@ -118,7 +118,7 @@ def requantize_sr(
 
 
 @requantize_sr.register_fake
-def _(codes, scales, seed, sign_stream, stream):
+def requantize_sr_fake(codes, scales, seed, sign_stream, stream):
     rows, width = codes.shape[1] * 2, _padded(codes.shape[0])
     return (
         codes.new_empty((rows, width // 2)),

@@ -82,6 +82,21 @@ def _cases():
         got = launch.launch_requantize(codes, scales, seed_tensor, 3, 0, interpret=True, config=first)
         want = reference.requantize_sr(codes, scales, reference.rotation_signs(seed, 0), seed, 3)
         record(f"requantize_{seed}", got, want)
+    # the backward quantizers writing the FP8 fold as well (one program per output row block, two passes)
+    seed = SEEDS[0]
+    seed_tensor = torch.tensor(seed, dtype=torch.int64)
+    signs = reference.rotation_signs(seed, reference.STREAM_WGRAD_SIGNS)
+    x = data(45, 70, torch.bfloat16)
+    for axis, config in (("last", Config.make(4, BLOCK_ROWS=4, BLOCK_GROUPS=2)), ("first", first)):
+        got = launch.launch_quantize_dense(
+            x, "sr", axis, True, seed_tensor, 4, reference.STREAM_WGRAD_SIGNS, True, interpret=True, config=config
+        )
+        want = reference.sr_quantize(x, signs, seed, 4, axis == "first")
+        record(f"sr_fold_{axis}", got, want + fold.fold_reference(*want))
+    codes, scales, _ = reference.quest_quantize(data(70, 64, torch.float32), True)
+    got = launch.launch_requantize(codes, scales, seed_tensor, 5, 1, True, interpret=True, config=first)
+    want = reference.requantize_sr(codes, scales, signs, seed, 5)
+    record("requantize_fold", got, want + fold.fold_reference(*want))
     record("fold", launch.launch_fold(codes, scales, interpret=True, config=last), fold.fold_reference(codes, scales))
     x = data(20, 128, torch.bfloat16)
     got = launch.launch_quantize_dense(x, "quest", "last", True, fold_output=True, interpret=True, config=last)
@@ -179,7 +194,7 @@ BITWISE += [f"quest_huge_{r}" for r in (True, False)]
 SEEDS = (123456789123, 2**62 + 977, 5)
 BITWISE += [f"sr_{axis}_{signs}_{seed}" for axis in ("last", "first") for signs in (True, False) for seed in SEEDS]
 BITWISE += [f"requantize_{seed}" for seed in SEEDS]
-BITWISE += ["fold", "quest_fold", "philox_wide", "philox_wide_4x"]
+BITWISE += ["fold", "quest_fold", "sr_fold_last", "sr_fold_first", "requantize_fold", "philox_wide", "philox_wide_4x"]
 
 
 @pytest.mark.parametrize("case", BITWISE)

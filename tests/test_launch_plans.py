@@ -62,6 +62,11 @@ def case_quantizer_plans_match_the_reference(data):
     got = _twice(launch.requantize_sr_cuda, codes, scales, seed, 0, 3)
     _bitwise(got, reference.requantize_sr(codes, scales, reference.rotation_signs(int(seed), 0), int(seed), 3))
     _bitwise(_twice(launch.fold_fp8_cuda, codes, scales), fold.fold_reference(codes, scales))
+    # the backward quantizers that write the FP8 fold too
+    got = _twice(launch.sr_quantize_fold_cuda, dy, seed, 1, 4, True)
+    _bitwise(got, fold.sr_quantize_fold.function(dy, seed, 1, 4, True))
+    got = _twice(launch.requantize_sr_fold_cuda, codes, scales, seed, 0, 3)
+    _bitwise(got, fold.requantize_sr_fold.function(codes, scales, seed, 0, 3))
 
 
 def case_gemm_and_bias_grad_plans_match_the_reference(data):

@@ -75,6 +75,9 @@ def _cases():
         ("fold_fp8", (b, sb)),
         ("quest_quantize_fold", (randn(8, 64), True)),
         ("quest_quantize_fold", (randn(8, 32, dtype=torch.bfloat16), False)),
+        ("sr_quantize_fold", (randn(40, 64), SEED, 0, 2, False)),
+        ("sr_quantize_fold", (randn(40, 64, dtype=torch.bfloat16), SEED, -1, 4, True)),
+        ("requantize_sr_fold", (a, sa, SEED, 1, 5)),
         ("fp8_fold_gemm", (fa, fsa, fb, fsb, 1.0, None, "none", None, None, None, False, torch.float32)),
         (
             "fp8_fold_gemm",

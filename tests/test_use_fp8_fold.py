@@ -110,8 +110,8 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x))) + x
 
 
-def compile_for_hopper(model, make_inputs, loss_fn):
-    backend = configure(inductor=False, target=HOPPER, verify=True)
+def compile_for_hopper(model, make_inputs, loss_fn, **options):
+    backend = configure(inductor=False, target=HOPPER, verify=True, **options)
     oracle = run(quartetize(copy.deepcopy(model)), make_inputs, loss_fn)
     compiled = run(torch.compile(copy.deepcopy(model), backend=backend), make_inputs, loss_fn)
     assert_bitwise(oracle, compiled)
@@ -158,6 +158,31 @@ def test_tiny_llama_compiled_for_hopper_matches_oracle_bitwise():
     assert_forward_gemms_folded(report)
 
 
+@pytest.mark.parametrize("model_kind", ["mlp", "tiny_llama"])
+def test_backward_fold_matches_oracle_bitwise(model_kind):
+    """``fold_backward``: every GEMM of the step runs on the fold, the gradients still the oracle's bit for bit."""
+    torch.manual_seed(0)
+    if model_kind == "mlp":
+        model = MLP().to(torch.bfloat16)
+        make_inputs = lambda: (torch.randn(16, 64, dtype=torch.bfloat16, requires_grad=True),)
+        loss_fn = lambda y: y.float().square().mean()
+    else:
+        model = TinyLlama(SMALL).to(torch.bfloat16)
+        make_inputs = lambda: (torch.randint(0, 256, (2, 16)), torch.randint(0, 256, (2, 16)))
+        loss_fn = lambda loss: loss
+    report = compile_for_hopper(model, make_inputs, loss_fn, fold_backward=True)
+    layers, backward = len(report.rewritten()), report.backward_graph
+    assert report.stages[-2][0] == "use-fp8-fold{backward=true}"
+    # a dY quantizer fused with the bias gradient (fuse-bias-grad) has no fold variant: its GEMM stays MXFP4
+    with_bias_grad = backward.count("torch.ops.fp4.sr_quantize_with_bias_grad.default(")
+    assert with_bias_grad == (layers if model_kind == "mlp" else 0)
+    assert backward.count("torch.ops.fp4.mxfp4_gemm.default(") == with_bias_grad
+    assert report.counters["use-fp8-fold.rewritten"] == 3 * layers - with_bias_grad
+    assert backward.count("torch.ops.fp4.fp8_fold_gemm.default(") == 2 * layers - with_bias_grad
+    assert backward.count("torch.ops.fp4.sr_quantize_fold.default(") == 2 * layers - with_bias_grad
+    assert backward.count("torch.ops.fp4.requantize_sr_fold.default(") == 2 * layers - with_bias_grad
+
+
 # ----------------------------------------------------------------------------
 # where the pass runs
 
@@ -173,6 +198,8 @@ def test_hopper_pipeline_folds_after_the_fusions():
     passes = pipeline_text(Options(inductor=False), Target.parse(HOPPER)).split(",")
     assert passes[-2:] == ["use-fp8-fold", "dce"]
     assert passes.index("use-fp8-fold") > max(i for i, p in enumerate(passes) if p.startswith("fuse-"))
+    folded = pipeline_text(Options(inductor=False, fold_backward=True), Target.parse(HOPPER)).split(",")
+    assert folded[-2:] == ["use-fp8-fold{backward=true}", "dce"]
     # a pipeline the user chose runs as given
     assert pipeline_text(Options(inductor=False, passes=("quartet-linear",)), Target.parse(HOPPER)) == "quartet-linear"
 

@@ -1,6 +1,7 @@
 # RUN: fp4-opt %s -p use-fp8-fold --target sm_90 | filecheck %s
 # RUN: fp4-opt %s -p use-fp8-fold --target sm_100 | filecheck %s --check-prefix=OTHER
 # RUN: fp4-opt %s -p use-fp8-fold --target cpu | filecheck %s --check-prefix=OTHER
+# RUN: fp4-opt %s -p 'use-fp8-fold{backward=true}' --target sm_90 | filecheck %s --check-prefix=BACKWARD
 
 # Pass: use-fp8-fold (passes/use_fp8_fold.py). On Hopper (sm_90, GEMMs lowered to the FP8 fold) a forward
 # mxfp4_gemm of two quest_quantize results becomes fp8_fold_gemm on the fold that quest_quantize_fold writes
@@ -31,6 +32,22 @@
 # CHECK-NOT:     fp4.fp8_fold_gemm
 # CHECK-NOT:     fp4.quest_quantize.default
 # CHECK:         return [[[Y]],
+# With backward=true the input-grad GEMM's quantizers (sr_quantize of dY, requantize_sr of W) write the fold
+# too and its GEMM runs on it; the weight-grad GEMM's dY quantizer is fused with the bias gradient, which has no
+# fold variant, so that GEMM and its requantize stay MXFP4.
+# BACKWARD-LABEL: def joint_linear(
+# BACKWARD:         torch.ops.fp4.fp8_fold_gemm.default({{.*}}, 1.0, primals_2, 'none', None, None, None, False, torch.bfloat16)
+# BACKWARD:         [[G:\b\w+]]: "(u8[16, 16], u8[16, 1], f8e4m3[16, 32], f32[16])" = torch.ops.fp4.sr_quantize_fold.default(tangents_1, select_int, 0, 2, False)
+# BACKWARD-DAG:     [[GF:\b\w+]]: "f8e4m3[16, 32]" = operator.getitem([[G]], 2)
+# BACKWARD-DAG:     [[GR:\b\w+]]: "f32[16]" = operator.getitem([[G]], 3)
+# BACKWARD:         [[R:\b\w+]]: "(u8[64, 16], u8[64, 1], f8e4m3[64, 32], f32[64])" = torch.ops.fp4.requantize_sr_fold.default({{\w+}}, {{\w+}}, select_int, 0, 3)
+# BACKWARD-DAG:     [[RF:\b\w+]]: "f8e4m3[64, 32]" = operator.getitem([[R]], 2)
+# BACKWARD-DAG:     [[RR:\b\w+]]: "f32[64]" = operator.getitem([[R]], 3)
+# BACKWARD:         torch.ops.fp4.fp8_fold_gemm.default([[GF]], [[GR]], [[RF]], [[RR]], 0.1111111111111111, None, 'none', None, None, {{\w+}}, True, torch.bfloat16)
+# BACKWARD:         torch.ops.fp4.sr_quantize_with_bias_grad.default(
+# BACKWARD:         torch.ops.fp4.requantize_sr.default(
+# BACKWARD:         torch.ops.fp4.mxfp4_gemm.default({{.*}}, 0.1111111111111111, None, 'none', None, None, {{\w+}}, True, torch.bfloat16)
+# BACKWARD:         return
 # OTHER-LABEL: def joint_linear(
 # OTHER-NOT:     {{quest_quantize_fold|fp8_fold_gemm}}
 # OTHER:         torch.ops.fp4.quest_quantize.default(primals_3, True)
