@@ -92,6 +92,7 @@ class GraphRewriter:
         self.options, self.target, self.report = options, target, report
         self.parameters = set(parameters)  # primal indices that are module parameters
         self.unrewritten: torch.fx.GraphModule | None = None
+        self.input_ranges: list[range] = []  # primal indices of each Dynamo input (flat_input_ranges)
         self.num_forward_outputs: int | None = None
 
     def parameter_names(self) -> set[str]:
@@ -186,7 +187,13 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     so the backward receives its result as a saved tensor), and the extra
     output is dropped from the forward graph afterwards.
     """
-    rewriter.parameters.update(kwargs.get("static_lifetime_input_indices") or ())
+    # AOTAutograd gives the static inputs by Dynamo input index: through subclass flattening, primal indices.
+    ranges = rewriter.input_ranges
+    static = kwargs.get("static_lifetime_input_indices") or ()
+    rewriter.parameters.update(i for index in static for i in (ranges[index] if ranges else (index,)))
+    # AOTAutograd's count; the joint graph's own (outputs less primals) is off when a subclass input is
+    # flattened into several primals but gets one gradient.
+    rewriter.num_forward_outputs = kwargs["num_fwd_outputs"]
     rewriter.measure_before(joint_inputs, **_partition_kwargs(kwargs))
     num_forward_outputs = kwargs.pop("num_fwd_outputs")
     output = next(n for n in joint.graph.nodes if n.op == "output")
@@ -261,8 +268,12 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
     report = report_lib.CompileReport(options=options, target=str(target))
-    parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
+    ranges = flat_input_ranges(example_inputs)
+    parameters = [
+        i for value, span in zip(example_inputs, ranges) if isinstance(value, torch.nn.Parameter) for i in span
+    ]
     rewriter = GraphRewriter(options, target, report, parameters)
+    rewriter.input_ranges = ranges
     compiled = (
         _compile_inductor(gm, example_inputs, rewriter)
         if options.inductor
@@ -273,6 +284,29 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
         sink.append(report)
     dump(report, options)
     return compiled
+
+
+def flat_input_ranges(example_inputs) -> list[range]:
+    """The joint graph's primal indices of each Dynamo graph input.
+
+    AOTAutograd passes a traceable tensor subclass (an MXFP4-gathered weight,
+    :mod:`fp4.runtime.gathered`) as its inner tensors, one primal each; every
+    other input is one primal.
+    """
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    def inner_count(value) -> int:
+        if not is_traceable_wrapper_subclass(value):
+            return 1
+        names, _ = value.__tensor_flatten__()
+        return sum(inner_count(getattr(value, name)) for name in names)
+
+    ranges, flat = [], 0
+    for value in example_inputs:
+        count = inner_count(value) if isinstance(value, torch.Tensor) else 1
+        ranges.append(range(flat, flat + count))
+        flat += count
+    return ranges
 
 
 def _detect_target(example_inputs) -> Target:

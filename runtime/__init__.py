@@ -1,9 +1,10 @@
 """fp4.runtime: the fp4 op set, its reference semantics, targets, kernel cache and launchers.
 
 Importing this package registers the whole ``torch.ops.fp4`` op set, here and nowhere else: the core
-ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`), the gathered-weight marker (:mod:`.gathered`) and the ops the passes emit besides them
-(:mod:`.variants`); :data:`OPS` maps every op name to its definition.  The generated kernels then
-register themselves as the CUDA implementations (:mod:`.launch`) where a code generator is usable.
+ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`), the gathered-weight marker (:mod:`.gathered`) and
+the ops the passes emit besides them (:mod:`.variants`); :data:`OPS` maps every op name to its
+definition.  The generated kernels then register themselves as the CUDA implementations
+(:mod:`.launch`) where a code generator is usable.
 """
 
 # ops, fold and variants define the op set in the fp4 library (runtime/library.py) as they are imported.
