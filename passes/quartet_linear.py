@@ -48,6 +48,14 @@ After::
     ... (weight grad likewise, with streams 1, 4, 5 and w's mask)
     bias_grad = fp4.bias_grad(dy, bf16)
 
+A weight FSDP2 gathered as MXFP4 (``fp4.distributed.enable_fp4_all_gather``)
+reaches the graph as its codes, scales and clip mask, read through an
+``fp4::gathered_weight`` marker; the layer then uses them instead of
+quantizing the weight, and a marker the pass cannot consume is an error::
+
+    w = fp4.gathered_weight(codes, scales, mask, True, bf16);  mm = aten.mm(x, aten.t(w))
+    ->  mxfp4_gemm(x_codes, x_scales, codes, scales, ...);  requantize_sr(codes, scales, ...);  mask for dW
+
 Layers the pass leaves alone are recorded with the reason in
 ``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
 backward GEMMs not matched unambiguously, a weight computed in the graph of an
