@@ -21,10 +21,16 @@ _LAZY_EXPORTS = {
     "quartetize": ("fp4.runtime.oracle", "quartetize"),
 }
 
-__all__ = ["__version__", *_LAZY_EXPORTS]
+_LAZY_MODULES = ("distributed",)
+
+__all__ = ["__version__", *_LAZY_EXPORTS, *_LAZY_MODULES]
 
 
 def __getattr__(name):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        return importlib.import_module(f"fp4.{name}")
     if name in _LAZY_EXPORTS:
         import importlib
 

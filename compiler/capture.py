@@ -96,6 +96,7 @@ class GraphRewriter:
         self.parameters = set(parameters)  # primal indices that are module parameters
         self.input_names = list(input_names)  # per graph input: the parameter's name, or None
         self.unrewritten: torch.fx.GraphModule | None = None
+        self.input_ranges: list[range] = []  # primal indices of each Dynamo input (flat_input_ranges)
         self.num_forward_outputs: int | None = None
 
     def parameter_names(self) -> set[str]:
@@ -224,7 +225,13 @@ def partition(joint: torch.fx.GraphModule, joint_inputs, rewriter: GraphRewriter
     so the backward receives its result as a saved tensor), and the extra
     output is dropped from the forward graph afterwards.
     """
-    rewriter.parameters.update(kwargs.get("static_lifetime_input_indices") or ())
+    # AOTAutograd gives the static inputs by Dynamo input index: through subclass flattening, primal indices.
+    ranges = rewriter.input_ranges
+    static = kwargs.get("static_lifetime_input_indices") or ()
+    rewriter.parameters.update(i for index in static for i in (ranges[index] if ranges else (index,)))
+    # AOTAutograd's count; the joint graph's own (outputs less primals) is off when a subclass input is
+    # flattened into several primals but gets one gradient.
+    rewriter.num_forward_outputs = kwargs["num_fwd_outputs"]
     rewriter.measure_before(joint_inputs, **_partition_kwargs(kwargs))
     keep_checkpoint_boundaries(joint)
     num_forward_outputs = kwargs.pop("num_fwd_outputs")
@@ -300,8 +307,12 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
     report = report_lib.CompileReport(options=options, target=str(target))
-    parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
-    rewriter = GraphRewriter(options, target, report, parameters, _parameter_names(gm, parameters))
+    ranges = flat_input_ranges(example_inputs)
+    dynamo_parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
+    # a subclass input (an MXFP4-gathered weight) is several primals of the joint graph
+    parameters = [primal for i in dynamo_parameters for primal in ranges[i]]
+    rewriter = GraphRewriter(options, target, report, parameters, _parameter_names(gm, dynamo_parameters))
+    rewriter.input_ranges = ranges
     compiled = (
         _compile_inductor(gm, example_inputs, rewriter)
         if options.inductor
@@ -323,6 +334,29 @@ def _parameter_names(gm: torch.fx.GraphModule, parameters) -> list:
         source = getattr(node.meta.get("grapharg"), "source", None)
         names.append(normalize_module_name(source.name) if index in parameters and source is not None else None)
     return names
+
+
+def flat_input_ranges(example_inputs) -> list[range]:
+    """The joint graph's primal indices of each Dynamo graph input.
+
+    AOTAutograd passes a traceable tensor subclass (an MXFP4-gathered weight,
+    :mod:`fp4.runtime.gathered`) as its inner tensors, one primal each; every
+    other input is one primal.
+    """
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    def inner_count(value) -> int:
+        if not is_traceable_wrapper_subclass(value):
+            return 1
+        names, _ = value.__tensor_flatten__()
+        return sum(inner_count(getattr(value, name)) for name in names)
+
+    ranges, flat = [], 0
+    for value in example_inputs:
+        count = inner_count(value) if isinstance(value, torch.Tensor) else 1
+        ranges.append(range(flat, flat + count))
+        flat += count
+    return ranges
 
 
 def _detect_target(example_inputs) -> Target:

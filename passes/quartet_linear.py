@@ -48,6 +48,14 @@ After::
     ... (weight grad likewise, with streams 1, 4, 5 and w's mask)
     bias_grad = fp4.bias_grad(dy, bf16)
 
+A weight FSDP2 gathered as MXFP4 (``fp4.distributed.enable_fp4_all_gather``)
+reaches the graph as its codes, scales and clip mask, read through an
+``fp4::gathered_weight`` marker; the layer then uses them instead of
+quantizing the weight, and a marker the pass cannot consume is an error::
+
+    w = fp4.gathered_weight(codes, scales, mask, True, bf16);  mm = aten.mm(x, aten.t(w))
+    ->  mxfp4_gemm(x_codes, x_scales, codes, scales, ...);  requantize_sr(codes, scales, ...);  mask for dW
+
 Layers the pass leaves alone are recorded with the reason in
 ``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
 backward GEMMs not matched unambiguously, a weight computed in the graph of an
@@ -155,7 +163,7 @@ class QuartetLinear(GraphPass):
 
     # ------------------------------------------------------------------ matching
 
-    def _find_forward(self, graph, backward, options, layers, input_names) -> list[_Match]:
+    def _find_forward(self, graph, backward, options, layers, input_names, rotate) -> list[_Match]:
         heads = _OutputHeads(graph)
         matches = []
         for node in graph.nodes:
@@ -173,7 +181,8 @@ class QuartetLinear(GraphPass):
             weight, transposed = peel_transposes(rhs)
             if len(shape(weight)) != 2:
                 continue
-            source, passed, why = trace_weight(weight)
+            fp4_gathered = _is_fp4_gathered(weight)
+            source, passed, why = (weight, [], "") if fp4_gathered else trace_weight(weight)
             module = module_of(node)
             if source is None:
                 # A weight computed in the graph is listed, not rewritten, when it is one: computed from
@@ -201,6 +210,8 @@ class QuartetLinear(GraphPass):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif reason:
                 _skip(layer, reason)
+            elif fp4_gathered and weight.args[3] != rotate:
+                _skip(layer, f"weight gathered as MXFP4 with rotate={weight.args[3]}, the layer runs rotate={rotate}")
             else:
                 matches.append(_Match(layer, node, x, weight, bias, node.meta.get("seq_nr"), not transposed))
         return matches
@@ -289,7 +300,8 @@ class QuartetLinear(GraphPass):
         joint = is_joint(graph)
         backward = tangent_closure(graph)
         layers: list[LinearLayer] = []
-        matches = self._find_forward(graph, backward, options, layers, ctx.records.get("input_names", {}))
+        _merge_fp4_gathered(graph)
+        matches = self._find_forward(graph, backward, options, layers, ctx.records.get("input_names", {}), rotate)
         if joint:
             self._find_backward(graph, backward, matches)
             # A layer whose backward GEMMs could not be matched stays whole in the model dtype:
@@ -299,6 +311,7 @@ class QuartetLinear(GraphPass):
         records.extend(layers)
         if not matches:
             ctx.counters["quartet-linear.skipped"] += len(layers)
+            _check_no_fp4_gathered_left(graph, layers)
             return PassResult(gm, False)
 
         # One draw for all layers at the start of the forward; layer i uses seed i (the oracle draws
@@ -323,12 +336,14 @@ class QuartetLinear(GraphPass):
         for index, match in enumerate(matches):
             match = _resolve(match, replaced)
             self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx, replaced)
-            if joint and requantize:
+            if joint and requantize and not _is_fp4_gathered(match.weight):
+                # (An MXFP4-gathered weight's codes are graph inputs already: nothing to recompute.)
                 _recompute_weight_quantization(match)
                 ctx.counters["quartet-linear.weight_requantized_in_backward"] += 1
         for layer in layers:
             ctx.counters[f"quartet-linear.{layer.status}"] += 1
         graph.eliminate_dead_code()
+        _check_no_fp4_gathered_left(graph, layers)
         gm.recompile()
         return PassResult(gm, True)
 
@@ -341,8 +356,12 @@ class QuartetLinear(GraphPass):
         with graph.inserting_before(forward):
             b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
             x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
-            weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
-            w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, weight, rotate))
+            if _is_fp4_gathered(match.weight):
+                # FSDP gathered the weight's QuEST codes, scales and mask: they are the quantization.
+                w_codes, w_scales, w_mask = match.weight.args[:3]
+            else:
+                weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
+                w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, weight, rotate))
             y = b.call(
                 fp4.mxfp4_gemm.default, x_codes, x_scales, w_codes, w_scales, 1.0,
                 None, "none", None, None, None, False, torch.float32,
@@ -469,6 +488,62 @@ def _resolve(match: _Match, replaced: dict) -> _Match:
 
     nodes = ("forward", "x", "weight", "bias", "grad_output", "input_grad", "weight_grad", "bias_grad")
     return dataclasses.replace(match, **{name: current(getattr(match, name)) for name in nodes})
+
+
+def _is_fp4_gathered(node) -> bool:
+    """Whether ``node`` is the marker of a weight FSDP gathered as MXFP4 (``fp4::gathered_weight``)."""
+    return isinstance(node, torch.fx.Node) and node.target is fp4.gathered_weight.default
+
+
+def _merge_fp4_gathered(graph: torch.fx.Graph) -> None:
+    """One ``fp4::gathered_weight`` node per gathered weight.
+
+    Tracing emits one marker per GEMM on the weight (forward and input grad);
+    the backward matching finds a layer's input-grad GEMM by its weight node.
+    """
+    first: dict[tuple, torch.fx.Node] = {}
+    for node in list(graph.nodes):
+        if not _is_fp4_gathered(node):
+            continue
+        key = (node.args, tuple(sorted(node.kwargs.items())))
+        if key in first:
+            node.replace_all_uses_with(first[key])
+            graph.erase_node(node)
+        else:
+            first[key] = node
+
+
+def _check_no_fp4_gathered_left(graph: torch.fx.Graph, layers: list[LinearLayer]) -> None:
+    """Refuse a graph that still reads an MXFP4-gathered weight: it has no dense values to compute with."""
+    left = [node for node in graph.nodes if _is_fp4_gathered(node) and node.users]
+    if not left:
+        return
+    skipped = {layer.forward: layer for layer in layers if layer.status == "skipped"}
+    reasons = sorted(
+        f"{layer.name}: {layer.reason}"
+        for node in left
+        for user in _consumers(node)
+        if (layer := skipped.get(user.name)) is not None
+    )
+    users = sorted({user.name for node in left for user in _consumers(node)})
+    raise ValueError(
+        "a weight gathered as MXFP4 codes (fp4.distributed.enable_fp4_all_gather) is used by a GEMM the "
+        "quartet-linear pass does not rewrite, and it has no dense values; "
+        + ("; ".join(reasons) if reasons else f"used by {users}")
+        + ". Select the layer for the backend or leave its weight out of enable_fp4_all_gather."
+    )
+
+
+def _consumers(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The non-view ops reading ``node`` (through transposes and views)."""
+    out, frontier = [], list(node.users)
+    while frontier:
+        user = frontier.pop()
+        if user.op == "call_function" and (user.target in VIEW_OPS or user.target is aten.t.default):
+            frontier.extend(user.users)
+        else:
+            out.append(user)
+    return out
 
 
 def _after_gather(node: torch.fx.Node, depth: int = 8) -> bool:

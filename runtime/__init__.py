@@ -1,15 +1,17 @@
 """fp4.runtime: the fp4 op set, its reference semantics, targets, kernel cache and launchers.
 
 Importing this package registers the whole ``torch.ops.fp4`` op set, here and nowhere else: the core
-ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`) and the ops the passes emit besides them
-(:mod:`.variants`); :data:`OPS` maps every op name to its definition.  The generated kernels then
-register themselves as the CUDA implementations (:mod:`.launch`) where a code generator is usable.
+ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`), the gathered-weight marker (:mod:`.gathered`) and
+the ops the passes emit besides them (:mod:`.variants`); :data:`OPS` maps every op name to its
+definition.  The generated kernels then register themselves as the CUDA implementations
+(:mod:`.launch`) where a code generator is usable.
 """
 
 # ops, fold and variants define the op set in the fp4 library (runtime/library.py) as they are imported.
 from . import (
     fold,
     formats,
+    gathered,
     hadamard,
     ops,
     philox,
@@ -18,7 +20,7 @@ from . import (
 )
 from .oracle import QuartetLinear, QuartetLinearFunction, quartet_linear, quartetize
 
-OPS = {**ops.OPS, **fold.OPS, **variants.OPS}
+OPS = {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS}
 """Every ``torch.ops.fp4`` op by name."""
 
 try:  # the generated Triton kernels register themselves as the CUDA implementations of the ops
@@ -32,6 +34,7 @@ __all__ = [
     "QuartetLinearFunction",
     "fold",
     "formats",
+    "gathered",
     "hadamard",
     "ops",
     "philox",

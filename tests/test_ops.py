@@ -7,7 +7,7 @@ import itertools
 import fp4.runtime as fp4_runtime
 import pytest
 import torch
-from fp4.runtime import fold, ops, philox, variants
+from fp4.runtime import fold, gathered, ops, philox, variants
 from fp4.runtime import reference as ref
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -249,10 +249,20 @@ def test_op_errors():
             fp4.mxfp4_gemm(fa, fsa, fa, fsa, 1.0, None, "tanh", None, None, None, False, torch.float32)
 
 
+def test_gathered_weight_is_a_marker_with_a_fake():
+    """``fp4::gathered_weight`` stands for a weight known only by its codes: a shape in graphs, never a value."""
+    codes, scales, mask = quantized(8, 64)
+    with FakeTensorMode() as mode:
+        weight = fp4.gathered_weight(*(mode.from_tensor(t) for t in (codes, scales, mask)), True, torch.bfloat16)
+        assert (tuple(weight.shape), weight.dtype) == ((8, 64), torch.bfloat16)
+    with pytest.raises(RuntimeError, match="cannot be computed: a weight gathered as MXFP4 codes"):
+        fp4.gathered_weight(codes, scales, mask, True, torch.float32)
+
+
 def test_every_op_is_covered():
     """Every registered fp4 op has cases (and so an opcheck and a fake-vs-real check)."""
-    covered = {name for name, _ in CASES} | {"draw_seeds"}
-    assert ALL_OPS == {**ops.OPS, **fold.OPS, **variants.OPS}
+    covered = {name for name, _ in CASES} | {"draw_seeds", "gathered_weight"}  # own tests: random, a marker
+    assert ALL_OPS == {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS}
     assert covered == set(ALL_OPS)
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("fp4::")}
     assert registered == set(ALL_OPS)
