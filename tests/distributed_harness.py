@@ -167,3 +167,12 @@ def check(outcomes: list[dict]) -> list[dict]:
         if "error" in outcome:
             raise AssertionError(f"rank {rank}: {outcome['error']}\n{outcome.get('traceback', '')}")
     return outcomes
+
+
+def assert_matches_oracle(results) -> list[dict]:
+    """Every rank's gradients and parameters after the steps equal the averaged oracle's bit for bit."""
+    outcomes = check(results)
+    for rank, outcome in enumerate(outcomes):
+        assert outcome["mismatches"] == [], f"rank {rank}: gradients differ from the averaged oracle"
+        assert outcome["params_equal"], f"rank {rank}: parameters differ from the oracle's after the steps"
+    return outcomes

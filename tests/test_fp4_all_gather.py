@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from distributed_harness import (
     WORLD_SIZE,
+    assert_matches_oracle,
     check,
     oracle_of,
     report_facts,
@@ -160,12 +161,6 @@ def outcomes(tmp_path_factory):
     return run_scenarios(__name__, SCENARIOS, tmp_path_factory.mktemp("fp4_all_gather"))
 
 
-def _assert_matches_oracle(results):
-    for rank, outcome in enumerate(check(results)):
-        assert outcome["mismatches"] == [], f"rank {rank}: gradients differ from the averaged oracle"
-        assert outcome["params_equal"], f"rank {rank}: parameters differ from the oracle's after the steps"
-
-
 def _parameter_counts():
     """(linear weights per block, other parameters per block, root parameters) of the test model."""
     model = tiny_llama()
@@ -196,7 +191,7 @@ def _predicted_step_bytes(param_bytes: int, fp4_gather: bool) -> int:
 
 def test_compiled_fp4_all_gather_matches_oracle(outcomes):
     results = check(outcomes["compiled"])
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     assert results[0]["kept"] == {}
     assert results[0]["plan"] == [f"layers.{i}.{name}" for i in range(2) for name in BLOCK_LAYERS]
     graphs = [outcome["reports"] for outcome in results]
@@ -220,11 +215,11 @@ def test_compiled_fp4_all_gather_matches_oracle(outcomes):
 
 
 def test_eager_oracle_under_fsdp_reads_gathered_codes(outcomes):
-    _assert_matches_oracle(outcomes["eager_oracle"])
+    assert_matches_oracle(outcomes["eager_oracle"])
 
 
 def test_bf16_mixed_precision_fp4_all_gather_matches_bf16_oracle(outcomes):
-    _assert_matches_oracle(outcomes["bf16"])
+    assert_matches_oracle(outcomes["bf16"])
 
 
 def test_all_gather_bytes_as_predicted(outcomes):

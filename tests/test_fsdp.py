@@ -21,7 +21,15 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
-from distributed_harness import check, oracle_of, report_facts, run_scenarios, tiny_llama, train_against_oracle
+from distributed_harness import (
+    assert_matches_oracle,
+    check,
+    oracle_of,
+    report_facts,
+    run_scenarios,
+    tiny_llama,
+    train_against_oracle,
+)
 
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
@@ -150,12 +158,6 @@ def outcomes(tmp_path_factory):
     return run_scenarios(__name__, SCENARIOS, tmp_path_factory.mktemp("fsdp"))
 
 
-def _assert_matches_oracle(results):
-    for rank, outcome in enumerate(check(results)):
-        assert outcome["mismatches"] == [], f"rank {rank}: gradients differ from the averaged oracle"
-        assert outcome["params_equal"], f"rank {rank}: parameters differ from the oracle's after the steps"
-
-
 def _one_block_graph(results) -> dict:
     """The single training graph the two blocks share (per-block compile), the same on both ranks."""
     graphs = [outcome["reports"] for outcome in results]
@@ -169,7 +171,7 @@ def _one_block_graph(results) -> dict:
 
 def test_torchtitan_recipe_matches_oracle(outcomes):
     results = outcomes["torchtitan"]
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     graph = _one_block_graph(results)
     # Per-block compile: names are relative to the block (``attention.q_proj``, not ``layers.0.attention.q_proj``).
     assert graph["rewritten"] == BLOCK_LAYERS
@@ -179,7 +181,7 @@ def test_fsdp_saves_no_gathered_weight_codes(outcomes):
     """Under FSDP the weight quantization is recomputed in the backward: no [N, K/2] codes saved."""
     recomputing = _one_block_graph(outcomes["torchtitan"])
     saving = _one_block_graph(check(outcomes["torchtitan_saving_weight_codes"]))
-    _assert_matches_oracle(outcomes["torchtitan_saving_weight_codes"])
+    assert_matches_oracle(outcomes["torchtitan_saving_weight_codes"])
     assert recomputing["requantize"] is True and saving["requantize"] is False
     weights = [(64, 64), (32, 64), (32, 64), (64, 64), (96, 64), (96, 64), (64, 96)]
     code_shapes = {shape for n, k in weights for shape in ((n, k // 2), (n, k // 32), (n, k // 8))}
@@ -199,13 +201,13 @@ def test_fsdp_saves_no_gathered_weight_codes(outcomes):
 
 def test_shard_first_then_compile_matches_oracle(outcomes):
     results = outcomes["shard_first"]
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     assert _one_block_graph(results)["rewritten"] == BLOCK_LAYERS
 
 
 def test_whole_model_compile_matches_oracle(outcomes):
     results = outcomes["whole_model"]
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     # Dynamo breaks the graph at the FSDP hooks: the blocks share one graph; the head is excluded.
     graphs = results[0]["reports"]
     assert BLOCK_LAYERS in [graph["rewritten"] for graph in graphs]
@@ -214,13 +216,13 @@ def test_whole_model_compile_matches_oracle(outcomes):
 
 def test_bf16_mixed_precision_matches_bf16_oracle(outcomes):
     results = outcomes["bf16_mixed_precision"]
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     assert _one_block_graph(results)["rewritten"] == BLOCK_LAYERS
 
 
 def test_patterns_are_block_relative_under_per_block_compile(outcomes):
     results = outcomes["block_relative_patterns"]
-    _assert_matches_oracle(results)
+    assert_matches_oracle(results)
     graph = _one_block_graph(results)
     assert graph["rewritten"] == [name for name in BLOCK_LAYERS if name != "mlp.down_proj"]
     assert "excluded by pattern 'mlp.down_proj'" in graph["skipped"]["mlp.down_proj"]
