@@ -147,6 +147,12 @@ E2M1_MAX = 6.0
 E8M0_BIAS = 127
 E8M0_NAN = 255
 
+NVFP4_GROUP_SIZE = 16
+"""Elements that share one E4M3 block scale in NVFP4, along the contraction dimension."""
+
+E4M3_MAX = 448.0
+"""The largest finite FP8 E4M3 (``e4m3fn``) value; NVFP4 block scales saturate there."""
+
 # ----------------------------------------------------------------------------------------------------------
 # the algorithm
 
