@@ -6,7 +6,9 @@ parameters, ``sdpa`` attention, fused AdamW) for a few steps per mode:
 * ``bf16_eager``: the model as it is;
 * ``bf16_inductor``: ``torch.compile(model)``;
 * ``fp4``: ``torch.compile(model, backend="fp4")``;
-* ``fp4_cudagraphs``: the same with ``options={"cudagraphs": True}``.
+* ``fp4_cudagraphs``: the same with ``options={"cudagraphs": True}``;
+* ``fp4_cudagraphs_fold_backward``: and the backward quantizers writing the FP8 fold
+  (``fold_backward=True``).
 
 Per mode: the first step (it compiles), the median and the maximum step time
 from the third step on, tokens/s, peak memory, and the host time per step
@@ -29,6 +31,12 @@ CONFIGS = {
     "small-6l": dict(hidden=512, intermediate=1376, layers=6, heads=8, vocab=256, batch=32, seq=512),
 }
 
+FP4_MODES = {
+    # mode: the backend's options
+    "fp4": {},
+    "fp4_cudagraphs": {"cudagraphs": True},
+    "fp4_cudagraphs_fold_backward": {"cudagraphs": True, "fold_backward": True},
+}
 MODES = ("bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs")
 
 
@@ -52,8 +60,9 @@ def compiled(model, mode: str):
         return model
     if mode == "bf16_inductor":
         return torch.compile(model)
-    options = {"cudagraphs": True} if mode == "fp4_cudagraphs" else {}
-    return torch.compile(model, backend="fp4", options=options)
+    if mode not in FP4_MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: bf16_eager, bf16_inductor, {', '.join(FP4_MODES)}")
+    return torch.compile(model, backend="fp4", options=dict(FP4_MODES[mode]))
 
 
 def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: bool = True) -> dict:

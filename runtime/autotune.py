@@ -5,7 +5,11 @@ A *bucket* rounds each size up to a power of two (``M=3000, N=4096, K=4096``
 The first launch in a bucket times every candidate (``triton.testing.do_bench``,
 median) and keeps the fastest; the choice is remembered in memory and in the
 kernel cache directory, next to the generated source it belongs to, so later
-processes skip the timing.  ``FP4_AUTOTUNE=0`` always takes the first (default)
+processes skip the timing.  Before timing, the candidates compile side by side
+on a thread pool (Triton's asynchronous compile mode: ``ptxas`` and LLVM run
+outside the interpreter lock), so a bucket costs about one compile instead of
+one per candidate; ``FP4_COMPILE_THREADS`` sets the pool size (``1``: one after
+another).  ``FP4_AUTOTUNE=0`` always takes the first (default)
 candidate.  Candidates may be other implementations altogether (cuBLAS on the
 folded operands): the runtime then runs whichever was faster for the bucket.
 """
@@ -22,6 +26,9 @@ from .cache import KernelCache, default_cache
 log = logging.getLogger("fp4.autotune")
 
 AUTOTUNE_ENV = "FP4_AUTOTUNE"
+COMPILE_THREADS_ENV = "FP4_COMPILE_THREADS"
+BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40
+"""Timing per candidate: a short warm-up, then repetitions for 40 ms (the median is kept)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,30 @@ def autotune_enabled() -> bool:
     return os.environ.get(AUTOTUNE_ENV, "1") not in ("0", "false", "no")
 
 
+def compile_threads() -> int:
+    value = os.environ.get(COMPILE_THREADS_ENV)
+    return max(1, int(value)) if value else min(16, os.cpu_count() or 1)
+
+
+def precompile(candidates: Sequence[Config], compile: Callable[[Config], object] | None) -> None:
+    """Compile every candidate at once on a thread pool (no launch); failures surface when the candidate runs."""
+    threads = compile_threads()
+    if compile is None or threads == 1 or len(candidates) < 2:
+        return
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # a Triton without asynchronous compiles: they happen one by one when timed
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(candidates))) as pool, AsyncCompileMode(pool, ignore_errors=True):
+        for config in candidates:
+            try:
+                compile(config)
+            except Exception as error:  # the timing loop reports (and skips) a candidate that does not build
+                log.info("precompile %s: %s", config.label(), error)
+
+
 @dataclass
 class Autotuner:
     """Picks a :class:`Config` per (kernel source, target, bucket) by timing the candidates once."""
@@ -88,8 +119,12 @@ class Autotuner:
         shape_bucket: str,
         candidates: Sequence[Config],
         run: Callable[[Config], object],
+        compile: Callable[[Config], object] | None = None,
     ) -> Config:
-        """The fastest of ``candidates`` for this bucket; ``run(config)`` launches once with it."""
+        """The fastest of ``candidates`` for this bucket; ``run(config)`` launches once with it.
+
+        ``compile(config)``, when given, builds a candidate without launching it (see :func:`precompile`).
+        """
         key = (source.digest, str(target), shape_bucket)
         chosen = self._chosen.get(key)
         if chosen is not None:
@@ -106,10 +141,13 @@ class Autotuner:
                 return config
         import triton.testing
 
+        precompile(candidates, compile)
         timings = {}
         for config in candidates:
             try:
-                timings[config] = triton.testing.do_bench(lambda config=config: run(config), return_mode="median")
+                timings[config] = triton.testing.do_bench(
+                    lambda config=config: run(config), warmup=BENCH_WARMUP_MS, rep=BENCH_REP_MS, return_mode="median"
+                )
             except Exception as error:  # a config that does not compile or fit is skipped, not fatal
                 log.info("autotune %s %s: %s skipped (%s)", source.name, shape_bucket, config.label(), error)
         if not timings:

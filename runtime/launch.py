@@ -119,8 +119,9 @@ class _Kernel:
         if self._launch is None:
             if self.chosen is None:
                 run = lambda cfg: self.launch_for(cfg)(self.grid_for(cfg), args)
+                warm = lambda cfg: self.launch_for(cfg).warmup(self.grid_for(cfg), args)
                 self.chosen = autotune.AUTOTUNER.choose(
-                    self.source, self.target, self.shape_bucket, self.candidates, run
+                    self.source, self.target, self.shape_bucket, self.candidates, run, warm
                 )  # fmt: skip
             COUNTERS[f"plan.{self.chosen.name or self.source.name}"] += 1
             self._launch = (self.launch_for(self.chosen), self.grid_for(self.chosen))
@@ -330,6 +331,17 @@ class GemmPlan:
     def _launch(self, config, operands, epilogue, cublas):
         if config == CUBLAS:
             return cublas()
+        launch, grid, args, out = self._arguments(config, operands, epilogue)
+        launch(grid, args)
+        return out
+
+    def _warm(self, config, operands, epilogue):
+        if config != CUBLAS:
+            launch, grid, args, _ = self._arguments(config, operands, epilogue)
+            launch.warmup(grid, args)
+
+    def _arguments(self, config, operands, epilogue):
+        """``(launch, grid, argument list, output)`` of a kernel config for these operands."""
         source, spec, launch, grid, params = self._kernel(config)
         a, a_scale, b, b_scale = operands
         out = torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
@@ -341,14 +353,14 @@ class GemmPlan:
 
             values["a_desc"] = TensorDescriptor.from_tensor(a, [params["BLOCK_M"], params["BLOCK_K"]])
             values["b_desc"] = TensorDescriptor.from_tensor(b, [params["BLOCK_N"], params["BLOCK_K"]])
-        launch(grid, [values[name] for name in source.signature])
-        return out
+        return launch, grid, [values[name] for name in source.signature], out
 
     def __call__(self, operands, epilogue: Epilogue, cublas=None):
         if self.chosen is None:
             run = lambda cfg: self._launch(cfg, operands, epilogue, cublas)
+            warm = lambda cfg: self._warm(cfg, operands, epilogue)
             self.chosen = autotune.AUTOTUNER.choose(
-                self.primary, self.target, autotune.bucket(self.M, self.N, self.K), self.candidates, run
+                self.primary, self.target, autotune.bucket(self.M, self.N, self.K), self.candidates, run, warm
             )  # fmt: skip
         if self._run is None:
             chosen = self.chosen

@@ -74,6 +74,10 @@ class KernelLaunch:
         self.device = device
         self._launch = None
 
+    def warmup(self, grid: tuple, args: list):
+        """Compile for these arguments without launching (under Triton's async mode: a pending compile)."""
+        return self.function.warmup(*args, grid=grid, **self.constexprs, **self.options)
+
     def __call__(self, grid: tuple, args: list) -> None:
         if self._launch is not None:
             self._launch(grid, args)

@@ -175,6 +175,35 @@ def test_autotuner_times_once_per_bucket_and_remembers(tmp_path, monkeypatch):
     assert again == chosen and len(ran) == 3
 
 
+def test_autotuner_compiles_every_candidate_side_by_side_before_timing(tmp_path, monkeypatch):
+    import triton.testing
+
+    async_compile = pytest.importorskip("triton.runtime._async_compile")
+    candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2, 4, 8)]
+    compiled, modes, timed = [], [], []
+
+    def compile(config):
+        compiled.append(config)
+        modes.append(async_compile.active_mode.get())  # Triton's compiles go to the pool in this mode
+
+    def run(config):
+        assert len(compiled) == len(candidates), "a candidate was timed before all of them were compiled"
+        timed.append(config)
+        return float(config.kwargs["BLOCK_ROWS"])
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: fn())
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    monkeypatch.setenv(autotune.COMPILE_THREADS_ENV, "4")
+    tuner = autotune.Autotuner(cache=cache.KernelCache(tmp_path))
+    chosen = tuner.choose(emit_fold(), "sm_90", "64x64", candidates, run, compile)
+    assert chosen == candidates[0] and sorted(compiled, key=candidates.index) == candidates and timed == candidates
+    assert all(mode is not None for mode in modes) and async_compile.active_mode.get() is None
+    monkeypatch.setenv(autotune.COMPILE_THREADS_ENV, "1")  # one after another: nothing precompiled
+    compiled.clear()
+    autotune.precompile(candidates, compile)
+    assert compiled == []
+
+
 def test_autotuning_off_takes_the_first_candidate(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.AUTOTUNE_ENV, "0")
     candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2)]

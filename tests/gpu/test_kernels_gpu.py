@@ -162,6 +162,28 @@ def test_fold_bitwise(shape, generator):
         assert_bitwise(g, w, what)
 
 
+@pytest.mark.parametrize("shape", [(256, 4096), (1000, 96), (37, 4128)])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_sr_quantize_fold_bitwise(shape, transpose, generator):
+    """The backward quantizer that writes the FP8 fold too equals the reference quantizer followed by the fold."""
+    x = random_activations(*shape, torch.bfloat16, generator)
+    seed = torch.randint(0, 1 << 62, (), generator=generator)
+    got = fp4.sr_quantize_fold(x.cuda(), seed.cuda(), reference.STREAM_WGRAD_SIGNS, 4, transpose)
+    want = fold.sr_quantize_fold.function(x, seed, reference.STREAM_WGRAD_SIGNS, 4, transpose)
+    for g, w, what in zip(got, want, ("codes", "scales", "values", "row scales")):
+        assert_bitwise(g, w, what)
+
+
+@pytest.mark.parametrize("shape", [(512, 1024), (1000, 96)])
+def test_requantize_sr_fold_bitwise(shape, generator):
+    codes, scales, _ = reference.quest_quantize(random_activations(*shape, torch.float32, generator), True)
+    seed = torch.randint(0, 1 << 62, (), generator=generator)
+    got = fp4.requantize_sr_fold(codes.cuda(), scales.cuda(), seed.cuda(), 1, 5)
+    want = fold.requantize_sr_fold.function(codes, scales, seed, 1, 5)
+    for g, w, what in zip(got, want, ("codes", "scales", "values", "row scales")):
+        assert_bitwise(g, w, what)
+
+
 @pytest.mark.parametrize("shape", [(256, 4096), (1000, 96)])
 def test_quest_quantize_fold_bitwise(shape, generator):
     x = random_activations(*shape, torch.bfloat16, generator)
