@@ -414,7 +414,14 @@ def main(argv=None) -> int:
     if "model" in sections:
         from .bench_model import bench_models
 
-        models = bench_models(args.models.split(","), log, modes=args.modes.split(","), steps=args.steps)
+        partial = out / "bench_model_records.jsonl"
+
+        def keep(config, record):
+            with partial.open("a") as stream:
+                stream.write(json.dumps({"card": info["card"], "config": config, **record}) + "\n")
+
+        models = bench_models(args.models.split(","), log, modes=args.modes.split(","), steps=args.steps,
+                              on_record=keep)  # fmt: skip
         card = info["card"].lower().replace("nvidia", "").strip().split()[0]
         (out / f"bench_model_{card}.json").write_text(
             json.dumps([{"card": info["card"], "date": info["date"], "command": info["command"], **row}

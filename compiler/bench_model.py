@@ -117,7 +117,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
     if cuda:
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if profile and cuda:
-        record["gpu_ms_per_step"] = _gpu_time_of(lambda: step(steps))
+        record["gpu_ms_per_step"], record["gpu_kernels"] = _gpu_time_of(lambda: step(steps))
     return record
 
 
@@ -130,8 +130,9 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _gpu_time_of(fn) -> float:
-    """Device time of the kernels ``fn`` launches, in ms (torch.profiler, summed over kernels)."""
+def _gpu_time_of(fn, top: int = 30) -> tuple[float, list]:
+    """Device time of the kernels ``fn`` launches, in ms (torch.profiler, summed over kernels), and the ``top``
+    kernels by device time as ``[name, ms, calls]``: where a step's GPU time goes."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -139,14 +140,21 @@ def _gpu_time_of(fn) -> float:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    total_us = sum(
-        event.device_time for event in prof.events() if event.device_type == torch.autograd.DeviceType.CUDA
-    )  # fmt: skip
-    return total_us / 1e3
+    totals: dict[str, list] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            entry = totals.setdefault(event.name[:120], [0.0, 0])
+            entry[0] += event.device_time / 1e3
+            entry[1] += 1
+    kernels = sorted(([name, round(ms, 4), calls] for name, (ms, calls) in totals.items()), key=lambda k: -k[1])
+    return sum(ms for ms, _ in totals.values()), kernels[:top]
 
 
-def bench_models(names, log, modes=MODES, steps=8) -> list[dict]:
-    """Every configuration in every mode; ratios against ``bf16_inductor`` of the same configuration."""
+def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]:
+    """Every configuration in every mode; ratios against ``bf16_inductor`` of the same configuration.
+
+    ``on_record(config, record)`` is called as each mode finishes (the command writes it to disk at once, so a run
+    cut short keeps what it measured)."""
     rows = []
     for name in names:
         shape = CONFIGS[name]
@@ -161,6 +169,8 @@ def bench_models(names, log, modes=MODES, steps=8) -> list[dict]:
             finally:
                 _release_memory()
             records[mode] = record
+            if on_record is not None:
+                on_record(name, record)
             log(
                 f"{name:12s} {mode:15s} median {record['median_step_ms']:8.2f} ms  max {record['max_step_ms']:8.2f} "
                 f"first {record['first_step_ms'] / 1e3:6.1f} s  host {record['host_ms_per_step']:7.2f} ms  "

@@ -306,7 +306,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     """Compile one Dynamo graph with the fp4 backend; returns the compiled callable."""
     options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
-    report = report_lib.CompileReport(options=options, target=str(target))
+    report = report_lib.CompileReport(options=options, target=str(target), notes=report_lib.uncaptured_regions())
     ranges = flat_input_ranges(example_inputs)
     dynamo_parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]
     # a subclass input (an MXFP4-gathered weight) is several primals of the joint graph

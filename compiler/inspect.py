@@ -27,10 +27,17 @@ from .backend import Fp4Backend
 class Inspection:
     """The reports of the graphs one inspected run compiled (usually one training graph)."""
 
-    def __init__(self, reports: list[report_lib.CompileReport], exit_code: int = 0, error: BaseException | None = None):
+    def __init__(
+        self,
+        reports: list[report_lib.CompileReport],
+        exit_code: int = 0,
+        error: BaseException | None = None,
+        uncaptured: list[str] | None = None,
+    ):
         if not reports:
             raise ValueError("nothing was compiled: did the model run through torch.compile?")
         self.reports = list(reports)
+        self.uncaptured = list(uncaptured or [])  # linear layers of the model that no compiled graph holds
         self.exit_code = exit_code  # of an inspected script: 0, what it passed to sys.exit, or 1 if it raised
         self.error = error  # the exception an inspected script raised after compiling these graphs
 
@@ -44,7 +51,12 @@ class Inspection:
         return [layer for r in self.reports for layer in r.layers]
 
     def summary(self) -> str:
-        return report_lib.summarize(self.reports)
+        text = report_lib.summarize(self.reports)
+        if self.uncaptured:
+            text += "\nlinear layers outside every compiled graph (they ran eagerly, in the model dtype): " + ", ".join(
+                self.uncaptured
+            )
+        return text
 
     def stages(self) -> list[tuple[str, str]]:
         """``(pass, graph text)`` of the main report: the captured graph, then the graph after each pass."""
@@ -105,7 +117,25 @@ def inspect_model(model: torch.nn.Module, *args, backward: bool = True, loss_fn=
     else:
         with torch.no_grad():
             compiled(*args)
-    return Inspection(backend.reports)
+    return Inspection(backend.reports, uncaptured=uncaptured_layers(model, backend.reports))
+
+
+def uncaptured_layers(model: torch.nn.Module, reports) -> list[str]:
+    """Names of ``model``'s linear layers that appear in no report: code Dynamo ran outside its graphs.
+
+    A report names a layer by its module path as the compiled frame saw it (relative to a compiled block, or
+    with a wrapper's prefix), so a module matches a reported name that ends its path or that its path ends.
+    """
+    seen = {layer.name for report in reports for layer in report.layers}
+
+    def reported(name: str) -> bool:
+        return any(name == s or name.endswith("." + s) or s.endswith("." + name) for s in seen)
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and not reported(name)
+    ]
 
 
 class ScriptNotFoundError(FileNotFoundError):

@@ -9,6 +9,7 @@ every rewrite the way they observe ``counters["inductor"]``.
 from __future__ import annotations
 
 import itertools
+import logging
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch.fx
 
 from .passes.fx_tools import tensor_bytes
 
+log = logging.getLogger("fp4.report")
 _GRAPH_IDS = itertools.count()
 _REPORTS: list[CompileReport] = []
 MAX_KEPT_REPORTS = 64
@@ -77,6 +79,7 @@ class CompileReport:
     counters: Counter = field(default_factory=Counter)
     region: object = None  # networkx.DiGraph of the rewritten region (fp4.svg)
     files: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # code of this compile that Dynamo left outside every graph
 
     @property
     def saved_bytes_before(self) -> int | None:
@@ -156,6 +159,7 @@ class CompileReport:
             lines.append(f"  {layer.name:<{width}}  {layer.module_type:<{type_width}} {shape:<11} {detail}")
         if not self.layers:
             lines.append("  (no linear layers in this graph)")
+        lines.extend(f"  not captured: {note}" for note in self.notes)
         fused = {k.split(".")[0]: v for k, v in self.counters.items() if k.endswith(".fused")}
         if fused:
             lines.append("  fused: " + ", ".join(f"{name} x{count}" for name, count in sorted(fused.items())))
@@ -187,7 +191,42 @@ def _kib(nbytes) -> str:
 _COLLECTORS: list[list] = []
 
 
+def uncaptured_regions() -> list[str]:
+    """Higher-order-op graph breaks (activation checkpointing above all) that Dynamo took since the last call.
+
+    When Dynamo cannot trace the body of a higher-order op, ``torch.utils.checkpoint`` included, the whole
+    region runs eagerly, outside every graph: its linear layers never reach the backend and stay in the model
+    dtype.  The backend cannot see those layers, so it reports the break instead (Dynamo counts each break
+    under its message in ``counters["graph_break"]``).
+    """
+    from torch._dynamo.utils import counters as dynamo_counters
+
+    notes = []
+    reported = dynamo_counters["fp4_reported_graph_breaks"]  # cleared with the counters it follows
+    for message, count in list(dynamo_counters["graph_break"].items()):
+        if not message.startswith("HOP") or count <= reported[message]:
+            continue
+        reported[message] = count
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        note = (
+            f"{lines[0]}: a higher-order op (activation checkpointing, ...) could not be traced, so the code "
+            "under it ran eagerly, outside this backend; its linear layers stay in the model dtype"
+        )
+        if "skip_fwd_side_effects_in_bwd_under_checkpoint" in message:
+            note += (
+                " (set torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True to let Dynamo "
+                "trace it; the side effect then is not replayed in the backward recomputation)"
+            )
+        else:
+            explanation = next((line for line in lines if line.startswith("Explanation:")), "")
+            note += f" ({explanation})" if explanation else ""
+        notes.append(note)
+    return notes
+
+
 def publish(report: CompileReport) -> None:
+    for note in report.notes:
+        log.warning("fp4 graph %d: not captured: %s", report.graph_id, note)
     _REPORTS.append(report)
     del _REPORTS[:-MAX_KEPT_REPORTS]
     counters().update(report.counters)

@@ -129,6 +129,15 @@ def test_generator_advances_as_the_checkpointed_oracle():
     assert torch.equal(states[0], states[1])
 
 
+def hugging_face_side_effects():
+    """Recent Hugging Face models set a module-level context variable inside each checkpointed layer (output
+    capturing); Dynamo refuses that side effect under checkpoint unless told not to replay it in the backward."""
+    if not hasattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        return torch._dynamo.config.patch({})
+    return torch._dynamo.config.patch(skip_fwd_side_effects_in_bwd_under_checkpoint=True)
+
+
+@hugging_face_side_effects()
 def test_hugging_face_gradient_checkpointing_stays_checkpointed():
     # Without grouped-query attention: with it, torch's own compiled checkpointed graph (backend="aot_eager")
     # already differs from eager in the last bits of the K/V gradients, so no backend can be bitwise there.
@@ -193,3 +202,42 @@ def test_residual_outside_the_region_is_not_folded_into_it():
         model, lambda: (torch.randn(4, 32, 64, dtype=torch.bfloat16, requires_grad=True),)
     )
     assert_bitwise(oracle, compiled_run)
+
+
+class SideEffectBlock(Block):
+    """A block whose forward mutates an outer-scope object: Dynamo cannot trace it under checkpoint."""
+
+    calls = 0
+
+    def forward(self, x):
+        SideEffectBlock.calls += 1
+        return super().forward(x)
+
+
+class UntraceableCheckpoint(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(64, 64)
+        self.block = SideEffectBlock()
+        self.out = nn.Linear(64, 64)
+
+    def forward(self, x):
+        h = self.inp(x)
+        h = checkpoint(self.block, h, use_reentrant=False)
+        return self.out(h)
+
+
+def test_checkpoint_region_dynamo_cannot_trace_is_reported(caplog):
+    """The layers of a region Dynamo runs eagerly never reach the backend: the report says so, never silently."""
+    from fp4.inspect import inspect_model
+
+    with caplog.at_level("WARNING", logger="fp4.report"):
+        result = inspect_model(UntraceableCheckpoint(), torch.randn(8, 64), inductor=False)
+    assert result.uncaptured == ["block.fc1", "block.fc2"]
+    assert "outside every compiled graph" in result.summary() and "block.fc1, block.fc2" in result.summary()
+    notes = [note for report in result.reports for note in report.notes]
+    assert len(notes) == 1 and "ran eagerly, outside this backend" in notes[0]
+    assert "not captured" in result.summary()
+    assert any("not captured" in record.getMessage() for record in caplog.records)
+    rewritten = sorted(layer.name for layer in result.layers if layer.status == "rewritten")
+    assert rewritten == ["inp", "out"]

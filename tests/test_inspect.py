@@ -48,6 +48,7 @@ def _inspect(**options):
 def test_inspect_reports_layers_stages_and_saved_bytes():
     model, result = _inspect()
     assert model.up.weight.grad is None, "inspect works on a copy"
+    assert result.uncaptured == [], "every linear layer of the model is in a compiled graph"
     assert [(layer.name, layer.status) for layer in result.layers] == [
         ("up", "rewritten"),
         ("down", "rewritten"),
