@@ -170,6 +170,37 @@ def emit_rne_code(w: SourceWriter, scaled: str, out: str) -> None:
     w.line(f"{out} = tl.where({scaled} != {scaled}, 0, tl.minimum({out}_near, 7) | {emit_sign_bit(scaled)})")
 
 
+HARDWARE_E2M1_ASM = " ".join(
+    [
+        "{ .reg .b8 lo0, lo1, lo2, lo3;",
+        *(f"cvt.rn.satfinite.e2m1x2.f32 lo{k}, ${2 * k + 2}, ${2 * k + 1};" for k in range(4)),
+        "mov.b32 $0, {lo0, lo1, lo2, lo3}; }",
+    ]
+)
+"""Eight float32 values -> one word of eight E2M1 codes, element ``k`` in nibble ``k`` (the format's packing).
+
+``cvt.rn.satfinite.e2m1x2.f32 d, a, b`` puts ``a`` in the high nibble of ``d`` and ``b`` in the low one; it
+rounds to nearest even and saturates at +-6 (infinities too), keeping the sign, as the reference does."""
+
+
+def emit_hardware_rne_words(w: SourceWriter, scaled: list[str], prefix: str) -> list[str]:
+    """Packed code words ``prefix00..`` of the lanes ``scaled`` by Blackwell's E2M1 conversion (8 lanes a word).
+
+    The reference encodes NaN as code 0 (+0); the conversion has no NaN, so NaN lanes become +0.0 first.
+    """
+    names = lanes(prefix, len(scaled) // 8)
+    w.comment("NaN encodes as +0 (the reference); the hardware conversion rounds the rest, two codes per instruction")
+    for word, name in enumerate(names):
+        group = scaled[8 * word : 8 * word + 8]
+        sanitized = ", ".join(f"tl.where({value} != {value}, 0.0, {value})" for value in group)
+        constraints = "=r," + ",".join(["f"] * 8)
+        w.line(
+            f"{name} = tl.inline_asm_elementwise({HARDWARE_E2M1_ASM!r}, {constraints!r}, [{sanitized}], "
+            "dtype=tl.int32, is_pure=True, pack=1)"
+        )
+    return names
+
+
 def emit_sr_code(w: SourceWriter, scaled: str, uniform: str, out: str) -> None:
     """E2M1 code of ``scaled`` in [-6, 6], rounded up with probability = its position (reference.stochastic_round_e2m1).
 

@@ -101,8 +101,8 @@ def _emit_load_mxfp4_first(w: SourceWriter) -> None:
     w.line("x = tl.reshape(tl.trans(in_value * in_scale_value), [GROUPS, 32])")
 
 
-def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
-    """QuEST scale, RNE codes and clip-mask bits of the lanes ``v``; returns (codes, keep bits)."""
+def _emit_quest(w: SourceWriter, v: list[str], hardware_e2m1: bool = False) -> tuple[list[str], list[str]]:
+    """QuEST scale, RNE codes and clip-mask bits of the lanes ``v``; returns (packed code words, keep bits)."""
     w.comment("QuEST scale: 2**floor(log2(0.48707976 * std + 1e-8)), std from pairwise tree sums")
     _emit_absmax(w, v)
     w.comment(f"a finite group reaching {QUEST_HUGE_GROUP!r} takes its statistics at {QUEST_HUGE_SCALE!r} times")
@@ -131,9 +131,12 @@ def _emit_quest(w: SourceWriter, v: list[str]) -> tuple[list[str], list[str]]:
     w.comment(f"round to nearest even on the E2M1 grid; the clip mask keeps |x/s| < {E2M1_MAX}")
     for value, code, keep in zip(v, codes, keeps):
         w.line(f"{value} = {value} * inv_scale")
-        L.emit_rne_code(w, value, code)
+        if not hardware_e2m1:
+            L.emit_rne_code(w, value, code)
         w.line(f"{keep} = (tl.abs({value}) < {E2M1_MAX!r}).to(tl.int32)")
-    return codes, keeps
+    if hardware_e2m1:
+        return L.emit_hardware_rne_words(w, v, "code_word"), keeps
+    return L.pack_words(w, codes, 4, "code_word"), keeps
 
 
 def _emit_absmax(w: SourceWriter, v: list[str]) -> None:
@@ -363,8 +366,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
         if spec.rotate:
             L.butterfly(w, v)
         if spec.method == "quest":
-            codes, keeps = _emit_quest(w, v)
-            words = L.pack_words(w, codes, 4, "code_word")
+            words, keeps = _emit_quest(w, v, spec.hardware_e2m1)
         else:
             words, keeps = _emit_sr(w, v, spec.wide_offsets), None
         _emit_store(w, spec, words, keeps)

@@ -52,6 +52,9 @@ class QuantizeSpec:
       output rows.
     * ``wide_offsets``: Philox counters (element index // 4) reach 2**32
       (16G elements or more), so the counter's high word is not zero.
+    * ``hardware_e2m1``: round to nearest even onto E2M1 with Blackwell's
+      ``cvt.rn.satfinite.e2m1x2.f32`` (sm_100a/sm_120a), two codes per
+      instruction, instead of the integer rounding written out (QuEST only).
     """
 
     method: str = "quest"
@@ -62,9 +65,12 @@ class QuantizeSpec:
     input_dtype: str = "bf16"
     fold: bool = False
     wide_offsets: bool = False
+    hardware_e2m1: bool = False
 
     def __post_init__(self):
         _check_choice("method", self.method, ("quest", "sr"))
+        if self.hardware_e2m1 and (self.method != "quest" or self.fold):
+            raise ValueError("the hardware E2M1 conversion serves the QuEST quantizer without the (Hopper) FP8 fold")
         if self.wide_offsets and self.method != "sr":
             raise ValueError("wide Philox offsets belong to the stochastic-rounding quantizer")
         _check_choice("source", self.source, ("dense", "mxfp4"))
@@ -95,6 +101,8 @@ class QuantizeSpec:
             parts.append("fold")
         if self.wide_offsets:
             parts.append("wide")
+        if self.hardware_e2m1:
+            parts.append("cvt")
         return "_".join(parts)
 
     @property

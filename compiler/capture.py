@@ -122,6 +122,10 @@ class GraphRewriter:
         self.report.layers.extend(ctx.records.get("linear_layers", []))
         self.report.counters.update(ctx.counters)
         self.report.counters["graphs"] += 1
+        if self.options.compile_ahead and self.target.is_cuda:
+            from .runtime import warmup
+
+            warmup.start(gm)
         from .svg import rewritten_region
 
         self.report.region = rewritten_region(gm)

@@ -115,6 +115,11 @@ class Target:
         return self.capability in (100, 103, 110, 120, 121)
 
     @property
+    def has_e2m1_convert(self) -> bool:
+        """``cvt.rn.satfinite.e2m1x2.f32``: float32 to E2M1 in one instruction (the same Blackwell parts)."""
+        return self.has_fp4_mma
+
+    @property
     def has_fp8_mma(self) -> bool:
         """FP8 (E4M3) tensor cores: Ada, Hopper and later."""
         return self.capability >= 89

@@ -70,6 +70,9 @@ class Options:
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
     ``cudagraphs``         run the compiled forward and backward as CUDA graphs (Inductor's CUDA-graph trees);
                            needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
+    ``compile_ahead``      on a GPU, compile every kernel of a graph right after the passes, all at once on a
+                           thread pool and beside Inductor's own compile (:mod:`fp4.runtime.warmup`), instead
+                           of one kernel after another inside the first step
     ``fold_backward``      on Hopper, the backward quantizers write the FP8 fold too, so the backward runs no
                            fold kernel (``use-fp8-fold{backward=true}``); off by default until measured on a GPU
     ``requantize_weights_in_backward``
@@ -93,6 +96,7 @@ class Options:
     measure_saved: bool = True
     target: str | None = None
     cudagraphs: bool = False
+    compile_ahead: bool = True
     fold_backward: bool = False
     requantize_weights_in_backward: bool | str = AUTO
     rank_seeds: bool | str = AUTO
@@ -116,7 +120,7 @@ class Options:
             raise ValueError(
                 f"fp4: backward_rounding must be one of {BACKWARD_ROUNDINGS}, got {self.backward_rounding!r}"
             )
-        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs", "fold_backward"):
+        for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs", "compile_ahead", "fold_backward"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"fp4 option {key!r} must be True or False, got {getattr(self, key)!r}")
         if self.cudagraphs and not self.inductor:

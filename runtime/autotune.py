@@ -12,12 +12,19 @@ one per candidate; ``FP4_COMPILE_THREADS`` sets the pool size (``1``: one after
 another).  ``FP4_AUTOTUNE=0`` always takes the first (default)
 candidate.  Candidates may be other implementations altogether (cuBLAS on the
 folded operands): the runtime then runs whichever was faster for the bucket.
+
+Inside :class:`compile_ahead` nothing is timed or launched: a kernel whose
+configuration is not chosen yet only queues the compiles of the candidates it
+would time (the stored choice alone, where one is stored) on one thread pool
+shared by every kernel of a graph (:mod:`fp4.runtime.warmup`), so a whole
+training graph costs about one compile per core instead of one per kernel.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -85,6 +92,50 @@ def compile_threads() -> int:
     return max(1, int(value)) if value else min(16, os.cpu_count() or 1)
 
 
+_AHEAD = threading.local()
+
+
+def compiling_ahead() -> bool:
+    """Whether this thread is inside :class:`compile_ahead` (kernels queue compiles instead of running)."""
+    return getattr(_AHEAD, "active", False)
+
+
+class compile_ahead:
+    """``with compile_ahead():`` every unchosen kernel met inside queues its candidates' compiles on one pool.
+
+    Leaving the block waits for every compile (a failed one is logged and skipped: it fails again, visibly,
+    when the autotuner times it).  Without Triton's asynchronous compile mode the compiles run one by one.
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or compile_threads()
+
+    def __enter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = self.mode = None
+        try:
+            from triton.runtime._async_compile import AsyncCompileMode
+        except ImportError:
+            AsyncCompileMode = None
+        if AsyncCompileMode is not None and self.threads > 1:
+            self.pool = ThreadPoolExecutor(self.threads)
+            self.mode = AsyncCompileMode(self.pool, ignore_errors=True)
+            self.mode.__enter__()
+        _AHEAD.active = True
+        return self
+
+    def __exit__(self, *exc):
+        _AHEAD.active = False
+        try:
+            if self.mode is not None:
+                self.mode.__exit__(*exc)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+        return False
+
+
 def precompile(candidates: Sequence[Config], compile: Callable[[Config], object] | None) -> None:
     """Compile every candidate at once on a thread pool (no launch); failures surface when the candidate runs."""
     threads = compile_threads()
@@ -120,25 +171,25 @@ class Autotuner:
         candidates: Sequence[Config],
         run: Callable[[Config], object],
         compile: Callable[[Config], object] | None = None,
-    ) -> Config:
+    ) -> Config | None:
         """The fastest of ``candidates`` for this bucket; ``run(config)`` launches once with it.
 
         ``compile(config)``, when given, builds a candidate without launching it (see :func:`precompile`).
+        Inside :class:`compile_ahead` it only queues those compiles and returns None (nothing chosen yet).
         """
         key = (source.digest, str(target), shape_bucket)
-        chosen = self._chosen.get(key)
+        chosen = self._chosen.get(key) or self._known(source, target, shape_bucket, candidates)
+        if compiling_ahead():
+            for config in [chosen] if chosen is not None else candidates:
+                if compile is not None:
+                    try:
+                        compile(config)
+                    except Exception as error:  # reported again when the candidate is timed
+                        log.info("compile ahead %s %s: %s (%s)", source.name, shape_bucket, config.label(), error)
+            return None
         if chosen is not None:
+            self._chosen[key] = chosen
             return chosen
-        if len(candidates) == 1 or not autotune_enabled():
-            self._chosen[key] = candidates[0]
-            return candidates[0]
-        cache = self.cache or default_cache()
-        stored = cache.read_choices(source, str(target)).get(shape_bucket)
-        if stored is not None:
-            config = Config.from_json(stored)
-            if config in candidates:
-                self._chosen[key] = config
-                return config
         import triton.testing
 
         precompile(candidates, compile)
@@ -155,9 +206,20 @@ class Autotuner:
         config = min(timings, key=timings.get)
         self.timings[key] = {c.label(): t for c, t in timings.items()}
         log.info("autotune %s %s: %s (%.4f ms)", source.name, shape_bucket, config.label(), timings[config])
-        cache.write_choice(source, str(target), shape_bucket, config.to_json())
+        (self.cache or default_cache()).write_choice(source, str(target), shape_bucket, config.to_json())
         self._chosen[key] = config
         return config
+
+    def _known(self, source, target, shape_bucket, candidates) -> Config | None:
+        """The choice that needs no timing: the only candidate, the default without autotuning, a stored one."""
+        if len(candidates) == 1 or not autotune_enabled():
+            return candidates[0]
+        stored = (self.cache or default_cache()).read_choices(source, str(target)).get(shape_bucket)
+        if stored is not None:
+            config = Config.from_json(stored)
+            if config in candidates:
+                return config
+        return None
 
 
 AUTOTUNER = Autotuner()

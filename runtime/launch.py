@@ -39,7 +39,7 @@ from fp4.codegen.lanes import stream_addend
 from fp4.codegen.spec import BiasGradSpec, QuantizeSpec
 from fp4.core import Target
 
-from . import autotune, fold, kernels, library, ops, reference
+from . import autotune, fold, kernels, library, ops, reference, warmup
 from .cache import default_cache
 from .formats import GROUP_SIZE
 from .lowering import CUBLAS, DTYPE_NAMES, LOWERINGS, Epilogue, lowering_for
@@ -123,6 +123,11 @@ class _Kernel:
                 self.chosen = autotune.AUTOTUNER.choose(
                     self.source, self.target, self.shape_bucket, self.candidates, run, warm
                 )  # fmt: skip
+                if self.chosen is None:  # compiling ahead: the compiles are queued, nothing runs
+                    return
+            elif autotune.compiling_ahead():
+                self.launch_for(self.chosen).warmup(self.grid_for(self.chosen), args)
+                return
             COUNTERS[f"plan.{self.chosen.name or self.source.name}"] += 1
             self._launch = (self.launch_for(self.chosen), self.grid_for(self.chosen))
         launch, grid = self._launch
@@ -186,16 +191,19 @@ class QuantizePlan:
         return outputs
 
 
-def _quantize_spec(method, axis, rotate, signs, dtype, fold_output, out_rows, width) -> QuantizeSpec:
+def _quantize_spec(method, axis, rotate, signs, dtype, fold_output, out_rows, width, target) -> QuantizeSpec:
     wide = method == "sr" and _wide_counters(out_rows, width)
-    return QuantizeSpec(method, "dense", axis, rotate, signs, DTYPE_NAMES[dtype], fold_output, wide)
+    hardware_e2m1 = method == "quest" and not fold_output and target.has_e2m1_convert
+    return QuantizeSpec(method, "dense", axis, rotate, signs, DTYPE_NAMES[dtype], fold_output, wide, hardware_e2m1)
 
 
 def dense_quantize_plan(x, method, axis, rotate, stream=0, sign_stream=ops.NO_SIGNS, fold_output=False, **kwargs):
     """The :class:`QuantizePlan` of a 2-D dense ``x`` (last-dim contiguous)."""
     rows, cols = x.shape
     out_rows, width = (rows, _padded(cols)) if axis == "last" else (cols, _padded(rows))
-    spec = _quantize_spec(method, axis, rotate, sign_stream != ops.NO_SIGNS, x.dtype, fold_output, out_rows, width)
+    signs = sign_stream != ops.NO_SIGNS
+    target = kwargs.get("target") or device_target(x.device)
+    spec = _quantize_spec(method, axis, rotate, signs, x.dtype, fold_output, out_rows, width, target)
     return QuantizePlan(spec, rows, cols, [x.stride(0)], x.device, stream, sign_stream, **kwargs)
 
 
@@ -362,6 +370,11 @@ class GemmPlan:
             self.chosen = autotune.AUTOTUNER.choose(
                 self.primary, self.target, autotune.bucket(self.M, self.N, self.K), self.candidates, run, warm
             )  # fmt: skip
+            if self.chosen is None:  # compiling ahead: the compiles are queued, nothing runs
+                return torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
+        elif self._run is None and autotune.compiling_ahead():
+            self._warm(self.chosen, operands, epilogue)
+            return torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
         if self._run is None:
             chosen = self.chosen
             COUNTERS[f"gemm.{self.lowering.name}{'.' + chosen.name if chosen.name else ''}"] += 1
@@ -460,10 +473,11 @@ def planned(op: str, key):
             signature = key(*args)
             plan = plans.get(signature)
             if plan is None:
-                plan = plans.build(signature, lambda: build(*args))
+                warmup.wait()  # a graph's kernels compiling ahead may be building this very plan
+                plan = plans.get(signature) or plans.build(signature, lambda: build(*args))
             return plan(*args)
 
-        implementation.plans = plans
+        implementation.plans, implementation.key = plans, key
         implementation.__name__ = f"{op}_cuda"
         implementation.__doc__ = build.__doc__
         return implementation

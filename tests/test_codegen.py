@@ -204,6 +204,58 @@ def test_autotuner_compiles_every_candidate_side_by_side_before_timing(tmp_path,
     assert compiled == []
 
 
+def test_compile_ahead_queues_compiles_and_chooses_nothing(tmp_path, monkeypatch):
+    """Inside compile_ahead a kernel's candidates are compiled on the shared pool; nothing is timed or chosen."""
+    import triton.testing
+
+    async_compile = pytest.importorskip("triton.runtime._async_compile")
+    candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2, 4)]
+    compiled, modes = [], []
+
+    def compile(config):
+        compiled.append(config)
+        modes.append(async_compile.active_mode.get())
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: pytest.fail("timed while compiling ahead"))
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    monkeypatch.setenv(autotune.COMPILE_THREADS_ENV, "4")
+    tuner = autotune.Autotuner(cache=cache.KernelCache(tmp_path))
+    source = emit_fold()
+    assert not autotune.compiling_ahead()
+    with autotune.compile_ahead():
+        assert autotune.compiling_ahead()
+        assert tuner.choose(source, "sm_90", "64x64", candidates, pytest.fail, compile) is None
+        assert tuner.choose(source, "sm_90", "64x64", candidates[:1], pytest.fail, compile) is None
+    assert not autotune.compiling_ahead() and async_compile.active_mode.get() is None
+    assert compiled == candidates + candidates[:1] and all(mode is not None for mode in modes)
+    # a choice stored by an earlier process: only that candidate is compiled ahead
+    cache.KernelCache(tmp_path).write_choice(source, "sm_90", "64x64", candidates[2].to_json())
+    compiled.clear()
+    with autotune.compile_ahead():
+        assert tuner.choose(source, "sm_90", "64x64", candidates, pytest.fail, compile) is None
+    assert compiled == [candidates[2]]
+    # outside the block the stored choice is taken without timing
+    assert tuner.choose(source, "sm_90", "64x64", candidates, pytest.fail, compile) == candidates[2]
+
+
+def test_warm_up_builds_the_arguments_of_a_graphs_fp4_ops():
+    """The warm-up finds every fp4 op of a rewritten graph and makes tensors like its nodes' values."""
+    from fp4.runtime import warmup
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["val"] = torch.empty_strided((64, 96), (128, 1), dtype=torch.bfloat16)
+    quantized = graph.call_function(torch.ops.fp4.quest_quantize.default, (x, True))
+    graph.output((quantized,))
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    calls = warmup.op_calls(gm)
+    assert [(name, node.name) for name, node in calls] == [("fp4::quest_quantize", quantized.name)]
+    made = warmup._argument(x, torch.device("cpu"))
+    assert made.shape == (64, 96) and made.stride() == (128, 1) and made.dtype == torch.bfloat16
+    assert warmup._argument([x, 3], torch.device("cpu"))[1] == 3
+    assert warmup.start(gm) is None, "CPU graphs have nothing to compile ahead"
+
+
 def test_autotuning_off_takes_the_first_candidate(tmp_path, monkeypatch):
     monkeypatch.setenv(autotune.AUTOTUNE_ENV, "0")
     candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2)]

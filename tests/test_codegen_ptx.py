@@ -141,3 +141,27 @@ def test_sm90_quantizers_round_like_the_reference(compiled, tmp_path, spec, cons
 def test_sm90_fold_kernel_converts_to_e4m3(compiled, tmp_path):
     ptx = compiled(emit_fold(), 90, dict(BLOCK_ROWS=4, BLOCK_GROUPS=32))
     filecheck(ptx, "CHECK: cvt.rn.satfinite.e4m3x2\n", tmp_path)
+
+
+@pytest.mark.parametrize("arch", [100, 120])
+def test_blackwell_quest_rounds_with_the_hardware_e2m1_conversion(compiled, tmp_path, arch):
+    """On sm_100a/sm_120a QuEST codes come from ``cvt.rn.satfinite.e2m1x2.f32`` (four per word, two per
+    instruction), NaN lanes made +0 first; the integer rounding of Hopper's kernel is gone."""
+    spec = QuantizeSpec(hardware_e2m1=True)
+    assert spec.kernel_name.endswith("_cvt")
+    ptx = compiled(emit_quantize(spec), arch, dict(BLOCK_ROWS=8, BLOCK_GROUPS=16))
+    checks = f"CHECK: .target sm_{arch}a\n" + "CHECK-COUNT-4: cvt.rn.satfinite.e2m1x2.f32\n" * 4
+    checks += "CHECK-NOT: fma.rn.f32\n"
+    filecheck(ptx, checks, tmp_path)
+    # 16 conversions of two lanes each per group (4 words x 4 instructions), the magic-number rounding dropped
+    assert ptx.count("cvt.rn.satfinite.e2m1x2.f32") % 16 == 0
+    assert "0f4B400000" not in ptx  # 1.5 * 2**23, the software rounding's constant
+    hopper = compiled(emit_quantize(QuantizeSpec()), 90, dict(BLOCK_ROWS=8, BLOCK_GROUPS=16))
+    assert "e2m1x2" not in hopper and "0f4B400000" in hopper
+
+
+def test_hardware_e2m1_is_a_quest_option_only():
+    with pytest.raises(ValueError, match="QuEST"):
+        QuantizeSpec(method="sr", signs=True, hardware_e2m1=True)
+    with pytest.raises(ValueError, match="QuEST"):
+        QuantizeSpec(fold=True, hardware_e2m1=True)

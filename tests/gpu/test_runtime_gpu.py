@@ -127,6 +127,24 @@ def test_backend_with_cuda_graphs_equals_without():
     assert not torch.equal(graphed[1][0], graphed[1][1])
 
 
+def test_kernels_compile_ahead_and_the_step_builds_no_plan():
+    """The warm-up builds every plan of the graph before the first step; the results are the same without it."""
+    from fp4.runtime import warmup
+
+    def plans_built():
+        return sum(count for key, count in plans.STATS.items() if key.startswith("built."))
+
+    model = _tiny_llama()
+    built_before, warmed_before = plans_built(), warmup.STATS["plans"]
+    ahead = _train(copy.deepcopy(model), {}, steps=2)
+    built, warmed = plans_built() - built_before, warmup.STATS["plans"] - warmed_before
+    assert warmed > 0 and warmup.STATS["skipped"] == 0
+    assert built == warmed, f"the steps built {built - warmed} plans the warm-up did not"
+    plain = _train(copy.deepcopy(model), {"compile_ahead": False}, steps=2)
+    for a, b in zip(ahead[0] + ahead[1], plain[0] + plain[1]):
+        assert torch.equal(a, b)
+
+
 def test_reduce_overhead_mode_sets_cudagraphs():
     from fp4.backend import MODES
 
