@@ -321,23 +321,33 @@ def test_other_lowerings_run_here(lowering, epilogue, generator):
 )
 @pytest.mark.parametrize("K", [1024, 8192])
 def test_fold_gemm_as_accurate_as_cublas(K, generator):
-    """Our FP8 GEMM (partial sums promoted to fp32 per K tile) is as accurate as cuBLAS's default FP8 GEMM."""
-    M, N = 512, 1024
-    a, b = quantized_operands(M, N, K, generator)
-    want = float64_gemm(a, b, 1.0, None, "none", None, None, None, False, torch.float32)
-    operands = _cuda(fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2]))
-    ours = launch.launch_fold_gemm(*operands, out_dtype=torch.float32)
-    cublas = torch._scaled_mm(
-        operands[0],
-        operands[2].t(),
-        scale_a=operands[1][:, None],
-        scale_b=operands[3][None, :],
-        out_dtype=torch.float32,
-    )
-    ours_error, cublas_error = relative_error(ours, want), relative_error(cublas, want)
-    print(f"K={K}: relative error ours {ours_error:.2e}, cuBLAS {cublas_error:.2e}")
-    assert ours_error <= max(1.5 * cublas_error, GEMM_RTOL)
-    assert ours_error <= FP8_GEMM_RTOL
+    """Our FP8 GEMM (partial sums promoted to fp32 per K tile) is as accurate as cuBLAS's default FP8 GEMM.
+
+    One draw's relative error is itself a random variable: at K=1024 both errors sit near 1e-6 and their ratio
+    for a single draw spread past 1.5 now and then.  The comparison is made on the mean over independent draws
+    (each error already averages 512 x 1024 outputs), whose spread shrinks as 1/sqrt(draws); each draw must
+    still meet the absolute FP8 bound.
+    """
+    M, N, draws = 512, 1024, 6
+    ours_errors, cublas_errors = [], []
+    for _ in range(draws):
+        a, b = quantized_operands(M, N, K, generator)
+        want = float64_gemm(a, b, 1.0, None, "none", None, None, None, False, torch.float32)
+        operands = _cuda(fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2]))
+        ours = launch.launch_fold_gemm(*operands, out_dtype=torch.float32)
+        cublas = torch._scaled_mm(
+            operands[0],
+            operands[2].t(),
+            scale_a=operands[1][:, None],
+            scale_b=operands[3][None, :],
+            out_dtype=torch.float32,
+        )
+        ours_errors.append(relative_error(ours, want))
+        cublas_errors.append(relative_error(cublas, want))
+    ours_mean, cublas_mean = sum(ours_errors) / draws, sum(cublas_errors) / draws
+    print(f"K={K}: mean relative error over {draws} draws: ours {ours_mean:.2e}, cuBLAS {cublas_mean:.2e}")
+    assert max(ours_errors) <= FP8_GEMM_RTOL
+    assert ours_mean <= max(1.5 * cublas_mean, GEMM_RTOL)
 
 
 @pytest.mark.parametrize("shape", [(8192, 4096), (1000, 96), (3, 5000)])
