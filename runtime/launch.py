@@ -39,11 +39,11 @@ from fp4.codegen.lanes import stream_addend
 from fp4.codegen.spec import BiasGradSpec, QuantizeSpec
 from fp4.core import Target
 
-from . import autotune, fold, kernels, library, ops, reference, warmup
+from . import autotune, fold, kernels, library, ops, reference
 from .cache import default_cache
 from .formats import GROUP_SIZE
 from .lowering import CUBLAS, DTYPE_NAMES, LOWERINGS, Epilogue, lowering_for
-from .plans import KernelLaunch, PlanCache, tensor_key
+from .plans import KernelLaunch, PlanCache, tensor_key, wait_for_warmups
 
 log = logging.getLogger("fp4.launch")
 
@@ -473,7 +473,7 @@ def planned(op: str, key):
             signature = key(*args)
             plan = plans.get(signature)
             if plan is None:
-                warmup.wait()  # a graph's kernels compiling ahead may be building this very plan
+                wait_for_warmups()  # a graph's kernels compiling ahead may be building this very plan
                 plan = plans.get(signature) or plans.build(signature, lambda: build(*args))
             return plan(*args)
 

@@ -25,6 +25,7 @@ specializations).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 
 import torch
@@ -154,3 +155,32 @@ class PlanCache(dict):
         plan = self[key] = build()
         STATS[f"built.{self.op}"] += 1
         return plan
+
+
+_WARMUPS: list[threading.Thread] = []
+_WARMING = threading.local()
+
+
+def add_warmup(thread: threading.Thread) -> None:
+    """Register a thread that builds plans ahead of their first call (:mod:`fp4.runtime.warmup`)."""
+    _WARMUPS.append(thread)
+
+
+def mark_warming() -> None:
+    """This thread builds plans ahead: its own plan look-ups never wait for warm-ups."""
+    _WARMING.active = True
+
+
+def wait_for_warmups() -> None:
+    """Block until every warm-up thread registered so far has finished (no-op inside a warm-up thread).
+
+    A plan look-up that misses calls this first: the warm-up may be building that very plan.
+    """
+    if getattr(_WARMING, "active", False):
+        return
+    while _WARMUPS:
+        try:
+            thread = _WARMUPS.pop(0)
+        except IndexError:  # another thread took the last one
+            return
+        thread.join()

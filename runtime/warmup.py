@@ -12,7 +12,7 @@ the compiles overlap Inductor compiling the rest of the graph.  The plans it
 builds are the ones the step looks up (same key: shapes, strides, dtypes,
 16-byte alignment); the step's first call of a plan then only times the
 already compiled candidates.  A plan lookup that misses waits for the
-warm-up first (:func:`wait`), so nothing is compiled twice.
+warm-up first (:func:`fp4.runtime.plans.wait_for_warmups`), so nothing is compiled twice.
 
 Nothing here changes what any op computes: a warm-up that fails (a node it
 cannot build arguments for, a kernel that does not compile) is logged and
@@ -27,31 +27,17 @@ from collections import Counter
 
 import torch
 
+from . import autotune, plans
+from .launch import CUDA_IMPLEMENTATIONS
+
 log = logging.getLogger("fp4.warmup")
 
 STATS: Counter = Counter()
 """``plans``: plans the warm-ups built; ``skipped``: op calls they could not build (the step builds those)."""
 
-_PENDING: list[threading.Thread] = []
-_LOCAL = threading.local()
-
-
-def wait() -> None:
-    """Block until every warm-up thread started so far has finished (no-op inside a warm-up thread)."""
-    if getattr(_LOCAL, "warming", False):
-        return
-    while _PENDING:
-        try:
-            thread = _PENDING.pop(0)
-        except IndexError:  # another thread took the last one
-            return
-        thread.join()
-
 
 def op_calls(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.Node]]:
     """``(op name, node)`` of every fp4 op node with a CUDA implementation, in graph order."""
-    from .launch import CUDA_IMPLEMENTATIONS
-
     calls = []
     for node in gm.graph.nodes:
         schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
@@ -76,9 +62,6 @@ def _argument(value, device):
 
 def warm(calls, device: torch.device) -> int:
     """Build the plans of ``calls`` with their kernels compiled; returns how many plans it built."""
-    from . import autotune
-    from .launch import CUDA_IMPLEMENTATIONS
-
     built = 0
     with autotune.compile_ahead():
         for name, node in calls:
@@ -110,7 +93,7 @@ def start(gm: torch.fx.GraphModule) -> threading.Thread | None:
     (device,) = devices
 
     def run():
-        _LOCAL.warming = True
+        plans.mark_warming()
         try:
             torch.cuda.set_device(device)
             built = warm(calls, device)
@@ -119,6 +102,6 @@ def start(gm: torch.fx.GraphModule) -> threading.Thread | None:
             log.warning("warm-up failed: %s", error)
 
     thread = threading.Thread(target=run, name="fp4-warmup", daemon=True)
-    _PENDING.append(thread)
+    plans.add_warmup(thread)
     thread.start()
     return thread
