@@ -110,7 +110,7 @@ PRESETS = {
     "tiny": Preset(
         sizes=("tiny-s", "tiny-m"),
         seq_len=256,
-        batch=64,
+        batch=128,
         lr=2e-3,
         description="a pair of small models for a few minutes of one H100: 20 tokens per parameter for the smaller",
     ),
@@ -293,7 +293,7 @@ def train_one(
             _sync(device)
             eval_seconds += time.perf_counter() - eval_start
             heldout_curve.append((step + 1, (step + 1) * batch_tokens, heldout))
-            out(f"  {size.name:>8} {precision.label:<12} step {step + 1:>6}/{steps}  train {float(loss):.4f}  "
+            out(f"  {size.name:>8} {precision.label:<12} step {step + 1:>6}/{steps}  train {float(loss.detach()):.4f}  "
                 f"held-out {heldout:.4f}  ({time.perf_counter() - start:.0f}s)")  # fmt: skip
     _sync(device)
     end = time.perf_counter()
@@ -375,17 +375,27 @@ def run_study(pack: corpora.Pack, cfg: dict, out_dir: Path, argv: list[str], out
                                       error=f"{type(error).__name__}: {error}"))  # fmt: skip
     result = {
         "study": "fp4 study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["fp4", "study", *argv]), "machine": machine(), "data": corpora.summary(pack),
+        "command": _env_prefix() + shlex.join(["fp4", "study", *argv]), "machine": machine(),
+        "data": corpora.summary(pack),
         "config": {**cfg, "steps": steps, "train_tokens": steps * batch * seq, "epochs": epochs,
                    "heldout_tokens": int(data["heldout"].numel() * seq)},
         "sizes": {s.name: {**asdict(s), "non_embedding_params": s.non_embedding_params(),
                            "tokens_per_param": steps * batch * seq / s.non_embedding_params()} for s in sizes},
         "runs": [asdict(run) for run in runs],
-        "row_commands": {f"{s.name} {p.label}": row_command(argv, s.name, p.label) for s in sizes for p in precisions},
+        "row_commands": {f"{s.name} {p.label}": _env_prefix() + row_command(argv, s.name, p.label)
+                         for s in sizes for p in precisions},
         "quartet_anchors": [dict(zip(("params", "tokens_per_param", "bf16", "quartet"), a)) for a in QUARTET_ANCHORS],
     }  # fmt: skip
     write_outputs(result, out_dir, out)
     return result
+
+
+# Environment variables that change how the fp4 kernels are chosen; recorded in front of every command.
+RECORDED_ENV = ("FP4_AUTOTUNE", "FP4_COMPILE_THREADS")
+
+
+def _env_prefix() -> str:
+    return "".join(f"{name}={shlex.quote(os.environ[name])} " for name in RECORDED_ENV if name in os.environ)
 
 
 def _build_model(size: ModelSize, vocab_size: int, seq_len: int):
@@ -456,7 +466,7 @@ def markdown(result: dict) -> str:
         gap_text = "" if g is None or run["precision"] == "bf16" else f"{g:+.2f} %"
         loss = "failed" if run["error"] else f"{run['heldout_loss']:.4f}"
         lines.append(
-            f"| {run['size']} ({size['layers']}x{size['dim']}, {size['heads']} heads) "
+            f"| {run['size']} ({size['layers']} layers, width {size['dim']}, {size['heads']} heads) "
             f"| {size['non_embedding_params'] / 1e6:.2f}M | {size['tokens_per_param']:.1f} | {run['precision']} "
             f"| {loss} | {gap_text} | {run['tokens_per_second']:,.0f} "
             f"| `{result['row_commands'][run['size'] + ' ' + run['precision']]}` |"
@@ -503,7 +513,7 @@ def plot(result: dict, path: Path) -> bool:
             axes[1][column].plot([p[1] / 1e6 for p in held], [p[2] for p in held], "o-", label=run["precision"])
         info = result["sizes"][size]
         axes[0][column].set_title(f"{size}: {info['non_embedding_params'] / 1e6:.2f}M params, "
-                                  f"{info['tokens_per_param']:.0f} tokens/param")  # fmt: skip
+                                  f"{info['tokens_per_param']:.3g} tokens/param")  # fmt: skip
         axes[0][column].set_ylabel(f"train loss (moving mean of {window})")
         axes[1][column].set_ylabel("held-out loss")
         for row in (0, 1):
