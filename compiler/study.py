@@ -268,7 +268,7 @@ def train_one(
     skip = min(3, steps - 1)  # steps that compile, left out of tokens/s
     torch.manual_seed(cfg["seed"])  # the fp4 stochastic rounding draws from it
     start = time.perf_counter()
-    compile_seconds = timed_start = None
+    compile_seconds, timed_start = None, start  # with a single step, that step is timed
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, cfg["lr"])
@@ -283,7 +283,7 @@ def train_one(
         if step == 0:
             _sync(device)
             compile_seconds = time.perf_counter() - start
-        if step == skip - 1 or (skip == 0 and step == 0):
+        if step == skip - 1:
             _sync(device)
             timed_start, eval_seconds = time.perf_counter(), 0.0
         if step in eval_steps:
