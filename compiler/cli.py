@@ -1,4 +1,4 @@
-"""The ``fp4`` command: ``fp4 train``, ``fp4 inspect``, ``fp4 bench``.
+"""The ``fp4`` command: ``fp4 train``, ``fp4 inspect``, ``fp4 bench``, ``fp4 study``.
 
 ::
 
@@ -8,6 +8,9 @@
     fp4 inspect my_script.py [args]    # run a script that uses torch.compile(backend="fp4"), report every graph
     fp4 inspect --dump-dir fp4-dump --svg graph.svg --stages -m my.module [args]   (options before the target)
     fp4 bench ...                      # kernel and layer benchmarks (fp4.bench)
+    fp4 study --quick                  # held-out loss, bf16 vs fp4, on real text (fp4.study; docs/accuracy.md)
+    fp4 study prepare --corpus python-docs --out corpus.fp4pack
+    fp4 study --pack corpus.fp4pack --preset tiny --precisions bf16,fp4,fp4:quartet2 --out study-out
 """
 
 from __future__ import annotations
@@ -123,7 +126,13 @@ def _bench(argv: list[str]) -> int:
     return bench.main(argv) or 0
 
 
-COMMANDS = {"train": _train, "inspect": _inspect, "bench": _bench}
+def _study(argv: list[str]) -> int:
+    from . import study
+
+    return study.main(argv)
+
+
+COMMANDS = {"train": _train, "inspect": _inspect, "bench": _bench, "study": _study}
 
 
 def main(argv: list[str] | None = None) -> int:
