@@ -158,6 +158,9 @@ NVFP4_GROUP_SIZE = 16
 E4M3_MAX = 448.0
 """The largest finite FP8 E4M3 (``e4m3fn``) value; NVFP4 block scales saturate there."""
 
+E4M3_MAX_BYTE = 0x7E
+"""The E4M3 byte of 448 (``0x7F`` is NaN): positive E4M3 bytes count up the values, so ``byte + 1`` is the next."""
+
 # ----------------------------------------------------------------------------------------------------------
 # the algorithm
 
@@ -215,6 +218,75 @@ FOLD_EXACT_BINADES = 14
 """Groups within this many binades of the row's largest fold exactly (E4M3 subnormals end at 2**-9)."""
 
 # ----------------------------------------------------------------------------------------------------------
+# recipes (docs/recipes.md): how each operand of each GEMM is rotated, scaled, rounded and saved
+
+RECIPES = ("quartet", "quartet2", "nvfp4")
+"""``quartet``: MXFP4, QuEST forward, 32-wide rotations, SR backward (docs/QUARTET.md; the default).
+``quartet2``: Quartet II (IST Austria): NVFP4, four-over-six forward, 128-point RHT and MS-EDEN backward.
+``nvfp4``: NVIDIA's NVFP4 recipe (TransformerEngine ``NVFP4BlockScaling``): 2-D weight blocks, 16-point RHT on
+the weight-gradient inputs, SR for gradients."""
+
+DEFAULT_RECIPE = "quartet"
+
+RECIPE_FORMATS = {"quartet": "mxfp4", "quartet2": "nvfp4", "nvfp4": "nvfp4"}
+"""The storage format of each recipe's operands."""
+
+RECIPE_CONTRACTION_MULTIPLE = {"quartet": GROUP_SIZE, "quartet2": NVFP4_GROUP_SIZE, "nvfp4": NVFP4_GROUP_SIZE}
+"""A layer's contraction size K must be a multiple of its forward block (T and N are zero-padded in the backward)."""
+
+
+def hadamard_norm(size: int) -> float:
+    """``1/sqrt(size)`` rounded to float32: the one rounding step of a ``size``-point rotation."""
+    return struct.unpack("f", struct.pack("f", 1.0 / math.sqrt(size)))[0]
+
+
+def float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+# nvfp4 (TransformerEngine NVFP4BlockScaling; paper arXiv 2509.25149)
+NVFP4_HADAMARD_SIZE = 16
+"""The random Hadamard transform of the weight-gradient inputs is 16 wide (TE ``get_hadamard_matrix``: 16 only)."""
+
+NVFP4_HADAMARD_SIGNS = (1, 1, 1, -1, 1, -1, -1, -1, -1, -1, -1, 1, -1, 1, -1, -1)
+"""The fixed random signs ``D`` of the 16-point transform ``x -> (x * D) @ H`` (TE ``pytorch/tensor/nvfp4_tensor.py``,
+``get_wgrad_sign_vector``, also ``custom_recipes/reference_nvfp4.py``): TE draws them once, not every step."""
+
+NVFP4_HADAMARD_NORM = hadamard_norm(NVFP4_HADAMARD_SIZE)
+"""``1/4``: exact, so TE's bf16 transform matrix holds it exactly too."""
+
+# quartet2 (IST-DASLab/Quartet-II src/models/quantization/schemes/quartet_2.py; CloverLM quartet2/)
+QUARTET2_HADAMARD_SIZE = 128
+"""The backward's randomized Hadamard transform is 128 wide (``get_hadamard_matrix(128, ...)`` in quartet2/linear.py;
+``HADAMARD_DIM=128`` in scripts/quartetv2_sweep.sh); MS-EDEN's correction is taken per 128 rotated elements."""
+
+QUARTET2_HADAMARD_NORM = hadamard_norm(QUARTET2_HADAMARD_SIZE)
+
+QUARTET2_FOUR_OVER_SIX_SCALE_MAX = 256.0
+"""Forward tensor scale ``amax / 256 / 6`` with four-over-six (``scales_max = 256.00 if four_over_six`` in
+nvfp4_triton.py ``rtn_1x16s_fp4_kernel``; ``1.f / 256.f`` with two candidates in round_four_six.cu): the 1.5 times
+larger scale of the map-to-4 candidate stays below 448."""
+
+QUARTET2_FOUR_OVER_SIX_RATIO = 1.5
+"""The map-to-4 candidate's block scale is the map-to-6 one times 6/4 (``get_alt_scales``: ``s_dec_b * (6/4)``)."""
+
+QUARTET2_EDEN_SCALE_MAX = 255.99
+"""Backward tensor scale ``amax / 255.99 / val_max`` (``scales_max = 255.99`` in quartet_2.py ``eden_1x16s_fp4_kernel``:
+"eden needs space to rescale up a bit sometimes after the correction")."""
+
+QUARTET2_BACKWARD_SCALE_OVERRIDE = (17 / 16) * 0.93
+"""``Quartet_II_fn.backward_scale_override`` (quartet_2.py; ``backward_scale_override`` in CloverLM
+quartet2/linear.py): ``val_max = 6 / scale_override``."""
+
+QUARTET2_BACKWARD_VALUE_MAX = float32(E2M1_MAX / QUARTET2_BACKWARD_SCALE_OVERRIDE)
+"""``val_max = 6.0 / scale_override`` (a constexpr of the Triton kernel, so rounded once to float32): 6.0721..."""
+
+QUARTET2_SIGN_STREAM = STREAM_DGRAD_SIGNS
+"""The 128 random signs of a layer's backward step (one draw for both backward GEMMs, as quartet2/linear.py
+re-randomizes ``had`` once per backward call)."""
+
+# ----------------------------------------------------------------------------------------------------------
 # which linear layers
 
 DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "output", "*.output", "head", "*.head", "embed_out", "*.embed_out")
@@ -249,6 +321,11 @@ def seed_salt(rank_seeds: bool | str = AUTO) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 0
     return dist.get_rank() + 1
+
+
+def keep_last_reason(count: int) -> str:
+    """The report's reason for a layer kept in the model dtype by the option ``keep_last_layers``."""
+    return f"one of the last {count} linear layers (keep_last_layers={count}): stays in the model dtype"
 
 
 MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -287,8 +364,12 @@ def skip_reason(options, name: str, in_features: int, input_dtype=None, head: st
         return f"excluded by pattern {matched!r} (stays in the model dtype)"
     if head:
         return f"output head: {head} (stays in the model dtype)"
-    if in_features % GROUP_SIZE:
-        return f"contraction dim K={in_features} is not a multiple of {GROUP_SIZE}"
+    recipe = getattr(options, "recipe", DEFAULT_RECIPE)
+    multiple = RECIPE_CONTRACTION_MULTIPLE[recipe]
+    if in_features % multiple:
+        return f"contraction dim K={in_features} is not a multiple of {multiple}" + (
+            "" if recipe == DEFAULT_RECIPE else f" (recipe {recipe!r})"
+        )
     if input_dtype is not None and input_dtype not in MODEL_DTYPES:
         return f"input dtype {input_dtype} is not a floating model dtype"
     return None

@@ -15,16 +15,21 @@ from dataclasses import dataclass, field
 from .core import (  # noqa: F401  (the selection and seed policies, re-exported with the options)
     AUTO,
     DEFAULT_EXCLUDE,
+    DEFAULT_RECIPE,
     MODEL_DTYPES,
+    RECIPE_FORMATS,
+    RECIPES,
     default_layer_filter,
     is_bool_or_auto,
+    keep_last_reason,
     layer_name,
     name_matches,
     seed_salt,
     skip_reason,
 )
 
-FORMATS = ("mxfp4",)
+FORMATS = ("mxfp4", "nvfp4")
+"""The storage formats; each recipe has one (``RECIPE_FORMATS``)."""
 BACKWARD_ROUNDINGS = ("sr", "rtn")
 """Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
@@ -57,7 +62,12 @@ def _patterns(value, key: str) -> tuple[str, ...]:
 class Options:
     """What the fp4 backend does.
 
-    ``format``             the FP4 format; only ``"mxfp4"`` (Quartet) is implemented
+    ``recipe``             ``"quartet"`` (MXFP4, the default), ``"quartet2"`` (Quartet II) or ``"nvfp4"`` (NVIDIA's
+                           recipe): how each GEMM operand is rotated, scaled, rounded and saved (docs/recipes.md)
+    ``format``             the FP4 format, implied by the recipe (``"mxfp4"`` for quartet, ``"nvfp4"`` for the others);
+                           given, it must agree with the recipe
+    ``keep_last_layers``   the last N linear layers the recipe would rewrite (in forward order) stay in the model
+                           dtype, as NVIDIA's recipe keeps its final layers in BF16
     ``include``/``exclude`` fnmatch patterns on module names (``model.layers.0.mlp.up_proj``)
                            choosing the linear layers to rewrite; default every linear layer but the head
     ``backward_rounding``  ``"sr"`` (stochastic rounding, the algorithm) or ``"rtn"`` (round to nearest, a variant)
@@ -84,7 +94,9 @@ class Options:
                            ``torch.distributed`` process group.  The eager oracle does the same.
     """
 
-    format: str = "mxfp4"
+    recipe: str = DEFAULT_RECIPE
+    format: str | None = None
+    keep_last_layers: int = 0
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     backward_rounding: str = "sr"
@@ -106,11 +118,27 @@ class Options:
         # Normalise what may be given in several forms, then check every value: a bad option is an error
         # that names it and what it takes, never a raw TypeError later or a silently different meaning.
         set_ = lambda key, value: object.__setattr__(self, key, value)
+        if not isinstance(self.recipe, str) or self.recipe.lower() not in RECIPES:
+            raise ValueError(f"fp4 option 'recipe' takes one of {RECIPES}, got {self.recipe!r}")
+        set_("recipe", self.recipe.lower())
+        recipe_format = RECIPE_FORMATS[self.recipe]
+        if self.format is None:
+            set_("format", recipe_format)
         if not isinstance(self.format, str):
             raise ValueError(f"fp4 option 'format' takes one of {FORMATS}, got {self.format!r}")
         if self.format.lower() not in FORMATS:
             raise NotImplementedError(f"fp4: format {self.format!r} is not implemented; available: {FORMATS}")
         set_("format", self.format.lower())
+        if self.format != recipe_format:
+            recipes = [name for name, fmt in RECIPE_FORMATS.items() if fmt == self.format]
+            raise ValueError(
+                f"fp4: format {self.format!r} does not go with recipe {self.recipe!r} ({recipe_format}); "
+                f"the recipes in {self.format} are {recipes}: set option 'recipe'"
+            )
+        if not isinstance(self.keep_last_layers, int) or isinstance(self.keep_last_layers, bool):
+            raise ValueError(f"fp4 option 'keep_last_layers' takes a count >= 0, got {self.keep_last_layers!r}")
+        if self.keep_last_layers < 0:
+            raise ValueError(f"fp4 option 'keep_last_layers' takes a count >= 0, got {self.keep_last_layers}")
         set_("include", _patterns(self.include, "include"))
         set_("exclude", _patterns(self.exclude, "exclude"))
         for key in ("requantize_weights_in_backward", "rank_seeds"):
@@ -123,6 +151,13 @@ class Options:
         for key in ("rotate", "inductor", "verify", "measure_saved", "cudagraphs", "compile_ahead", "fold_backward"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"fp4 option {key!r} must be True or False, got {getattr(self, key)!r}")
+        if self.recipe != DEFAULT_RECIPE:
+            for key, default in (("rotate", True), ("backward_rounding", "sr"), ("fold_backward", False)):
+                if getattr(self, key) != default:
+                    raise ValueError(
+                        f"fp4 option {key!r}={getattr(self, key)!r} is a variant of the quartet recipe; "
+                        f"recipe {self.recipe!r} defines its own rotations and rounding (docs/recipes.md)"
+                    )
         if self.cudagraphs and not self.inductor:
             raise ValueError("fp4: cudagraphs=True needs inductor=True (Inductor's CUDA-graph trees run the graphs)")
         if self.dump_dir is not None:
@@ -145,7 +180,7 @@ class Options:
 
     @property
     def is_default_algorithm(self) -> bool:
-        """Whether the options compute exactly the Quartet algorithm of the eager oracle."""
+        """Whether the options compute exactly the recipe of the eager oracle (no quartet variant)."""
         return self.rotate and self.backward_rounding == "sr"
 
     @classmethod

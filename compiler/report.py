@@ -62,6 +62,10 @@ class SavedTensor:
         return f"{self.name}: {str(self.dtype).removeprefix('torch.')}[{dims}] {self.nbytes} B{kind}"
 
 
+INPUT_QUANTIZERS = ("quest_quantize", "four_over_six_quantize", "nvfp4_quantize")
+"""The ops whose saved outputs hold a rewritten layer's input for the backward (per recipe)."""
+
+
 @dataclass
 class CompileReport:
     """The record of one captured graph (a training joint graph or an inference graph)."""
@@ -105,7 +109,7 @@ class CompileReport:
         if self.saved_after is None:
             return None
         inputs = {layer.input_key: layer.input_bytes for layer in self.rewritten()}
-        fp4_state = sum(t.nbytes for t in self.saved_after if t.activation and t.producer == "quest_quantize")
+        fp4_state = sum(t.nbytes for t in self.saved_after if t.activation and t.producer in INPUT_QUANTIZERS)
         return sum(inputs.values()), fp4_state
 
     @property
@@ -144,7 +148,9 @@ class CompileReport:
 
     def summary(self) -> str:
         """A table of every linear layer: which GEMMs were rewritten, or why it was skipped."""
-        lines = [f"fp4 graph {self.graph_id} ({self.kind}, target {self.target}):"]
+        recipe = getattr(self.options, "recipe", "quartet")
+        recipe = "" if recipe == "quartet" else f", recipe {recipe}"
+        lines = [f"fp4 graph {self.graph_id} ({self.kind}, target {self.target}{recipe}):"]
         width = max([len(layer.name) for layer in self.layers] + [5])
         type_width = max([len(layer.module_type) for layer in self.layers] + [10])
         for layer in self.layers:
@@ -176,7 +182,8 @@ class CompileReport:
             if model_dtype and fp4_state:
                 lines.append(
                     f"  inputs of the rewritten layers: {_kib(model_dtype)} in the model dtype -> {_kib(fp4_state)} "
-                    f"as FP4 codes, scales and masks ({model_dtype / fp4_state:.2f}x less)"
+                    f"as FP4 {'codes, scales and masks' if not recipe else 'codes and scales'} "
+                    f"({model_dtype / fp4_state:.2f}x less)"
                 )
         return "\n".join(lines)
 

@@ -49,13 +49,13 @@ def _is_fp4(node: torch.fx.Node) -> bool:
 
 def _detail(node: torch.fx.Node) -> str:
     """The epilogue of a GEMM, e.g. ``bias+mask+rot->bf16``, to show what was fused."""
-    if getattr(node.target, "__name__", "") != "mxfp4_gemm.default":
-        return _type_text(node)
-    from fp4.passes.epilogue import gemm_args
+    from fp4.passes.epilogue import gemm_args, is_gemm
 
+    if not is_gemm(node):
+        return _type_text(node)
     args = gemm_args(node)
-    parts = [name for name in ("bias", "gate", "residual", "clip_mask") if args[name] is not None]
-    if args["inverse_rotate"]:
+    parts = [name for name in ("bias", "gate", "residual", "clip_mask") if args.get(name) is not None]
+    if args.get("inverse_rotate"):
         parts.append("rot^-1")
     if args["activation"] != "none":
         parts.append(args["activation"])

@@ -1,4 +1,9 @@
-"""What the ``fuse-*`` passes share: reading and editing an ``fp4::mxfp4_gemm`` node's epilogue.
+"""What the ``fuse-*`` passes share: reading and editing a GEMM node's epilogue.
+
+The GEMMs are ``fp4::mxfp4_gemm`` (the quartet recipe) and ``fp4::nvfp4_gemm``
+(the NVFP4 recipes, whose tensor scales take ``alpha``'s place and which have
+no clip mask or inverse rotation); their epilogue arguments have the same
+names, listed per op in :data:`GEMM_SIGNATURES`.
 
 The epilogue of :func:`fp4.runtime.reference.mxfp4_gemm` runs in a fixed order::
 
@@ -38,6 +43,16 @@ GEMM_ARGS = (
     "a", "a_scales", "b", "b_scales", "alpha", "bias", "activation", "gate", "residual", "clip_mask",
     "inverse_rotate", "out_dtype",
 )  # fmt: skip
+NVFP4_GEMM = torch.ops.fp4.nvfp4_gemm.default
+NVFP4_GEMM_ARGS = (
+    "a", "a_scales", "a_decode", "b", "b_scales", "b_decode", "bias", "activation", "gate", "residual", "out_dtype",
+)  # fmt: skip
+GEMM_SIGNATURES = {GEMM: GEMM_ARGS, NVFP4_GEMM: NVFP4_GEMM_ARGS}
+"""The GEMM ops whose epilogue the fusion passes fold into, with their argument names in order."""
+
+
+def is_gemm(node) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in GEMM_SIGNATURES
 
 # Epilogue steps in the order the reference applies them.
 STEPS = ("bias", "clip_mask", "inverse_rotate", "cast", "activation", "gate", "residual")
@@ -45,7 +60,7 @@ STEPS = ("bias", "clip_mask", "inverse_rotate", "cast", "activation", "gate", "r
 
 def gemm_args(node: torch.fx.Node) -> dict:
     """The GEMM node's arguments by name (positional or keyword)."""
-    args = dict(zip(GEMM_ARGS, node.args))
+    args = dict(zip(GEMM_SIGNATURES[node.target], node.args))
     args.update(node.kwargs)
     return args
 
@@ -54,9 +69,9 @@ def folded_steps(args: dict) -> set[str]:
     steps = set()
     if args["bias"] is not None:
         steps.add("bias")
-    if args["clip_mask"] is not None:
+    if args.get("clip_mask") is not None:
         steps.add("clip_mask")
-    if args["inverse_rotate"]:
+    if args.get("inverse_rotate"):
         steps.add("inverse_rotate")
     if args["out_dtype"] != torch.float32:
         steps.add("cast")
@@ -71,9 +86,11 @@ def folded_steps(args: dict) -> set[str]:
 
 def can_fold(gemm: torch.fx.Node, step: str) -> bool:
     """Whether ``step`` may still be folded into ``gemm`` (no later step folded, float32 before the cast)."""
-    if gemm.op != "call_function" or gemm.target is not GEMM:
+    if not is_gemm(gemm):
         return False
     args = gemm_args(gemm)
+    if step in ("clip_mask", "inverse_rotate") and step not in args:
+        return False  # the NVFP4 GEMM has no such step
     later = STEPS[STEPS.index(step) :]
     if folded_steps(args) & set(later):
         return False
@@ -86,7 +103,7 @@ def set_gemm_args(gemm: torch.fx.Node, **changes) -> None:
     """Rewrite the GEMM's arguments (all positional) and recompute its ``meta['val']``."""
     args = gemm_args(gemm)
     args.update(changes)
-    gemm.args = tuple(args[name] for name in GEMM_ARGS)
+    gemm.args = tuple(args[name] for name in GEMM_SIGNATURES[gemm.target])
     gemm.kwargs = {}
     refresh(gemm)
 
@@ -105,7 +122,7 @@ def gemm_through_views(operand, consumer: torch.fx.Node) -> tuple[torch.fx.Node 
     while isinstance(node, torch.fx.Node) and node.op == "call_function":
         if single_user(node) is not user:
             return None, []
-        if node.target is GEMM:
+        if node.target in GEMM_SIGNATURES:
             return node, views
         if node.target not in VIEW_OPS:
             return None, []

@@ -59,19 +59,37 @@ quantizing the weight, and a marker the pass cannot consume is an error::
 Layers the pass leaves alone are recorded with the reason in
 ``ctx.records["linear_layers"]`` (excluded by name, K not a multiple of 32,
 backward GEMMs not matched unambiguously, a weight computed in the graph of an
-``nn.Linear`` or after a collective).
+``nn.Linear`` or after a collective, one of the last ``keep_last_layers``).
+
+Recipes (option ``recipe``, docs/recipes.md).  The matching is the same for
+every recipe; ``quartet`` rewrites as above, the NVFP4 recipes run their
+program (:mod:`fp4.runtime.recipes`) with a ``call`` that inserts the nodes, so
+the graph composes exactly the oracle's ops.  ``recipe=quartet2``, one layer::
+
+    four_over_six_quantize(x) -> (x codes, scales, decode);  ... (w)
+    nvfp4_gemm(x..., w..., None, 'none', None, None, torch.float32);  add bias;  cast
+    eden_quantize(dY, seed, 0, 2, False);  eden_requantize(w..., seed, 0, 3);  nvfp4_gemm;  cast    (dX)
+    eden_quantize(dY, seed, 0, 4, True);   eden_requantize(x..., seed, 0, 5);  nvfp4_gemm;  cast    (dW)
+
+and ``recipe=nvfp4``: ``nvfp4_quantize(x, False, False, None, 0)``, ``nvfp4_quantize_2d(w)`` and
+``nvfp4_quantize(x, True, True, None, 0)`` (X^T for the weight gradient) forward;
+``nvfp4_quantize(dY, False, False, seed, 2)`` with ``nvfp4_transpose_2d(w codes, scales)`` for dX and
+``nvfp4_quantize(dY, True, True, seed, 4)`` with the saved X^T for dW.  No clip mask and no inverse
+rotation: the NVFP4 recipes are straight-through, and their rotations cancel inside each GEMM.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx
-from fp4.core import layer_name, seed_salt, skip_reason
+from fp4.core import DEFAULT_RECIPE, RECIPES, keep_last_reason, layer_name, seed_salt, skip_reason
 from fp4.runtime import reference as ref
 from fp4.runtime import variants
+from fp4.runtime.recipes import RECIPES as RECIPE_PROGRAMS
 from torch.utils.checkpoint import CheckpointPolicy
 
 from .fx_tools import (
@@ -154,12 +172,15 @@ def _skip(layer: LinearLayer, reason: str) -> LinearLayer:
 @register_pass
 @dataclass(frozen=True)
 class QuartetLinear(GraphPass):
-    """Options: ``rotate`` (bool) and ``rounding`` (``sr``/``rtn``) override the backend options when given."""
+    """Options: ``recipe``, ``rotate`` (bool), ``rounding`` (``sr``/``rtn``) and ``keep_last`` (int) override the
+    backend options when given (``rotate`` and ``rounding`` are variants of the quartet recipe only)."""
 
     name = "quartet-linear"
     rotate: bool | None = None  # None: the backend option
     rounding: str | None = field(default=None, metadata={"choices": variants.ROUNDINGS})  # None: the backend option
     requantize_weights: bool | None = None  # None: the backend option (requantize_weights_in_backward)
+    recipe: str | None = field(default=None, metadata={"choices": RECIPES})  # None: the backend option
+    keep_last: int | None = None  # None: the backend option keep_last_layers
 
     # ------------------------------------------------------------------ matching
 
@@ -210,6 +231,8 @@ class QuartetLinear(GraphPass):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif reason:
                 _skip(layer, reason)
+            elif fp4_gathered and options.recipe != DEFAULT_RECIPE:
+                _skip(layer, f"weight gathered as MXFP4 (FP4 all-gather), the layer runs recipe {options.recipe!r}")
             elif fp4_gathered and weight.args[3] != rotate:
                 _skip(layer, f"weight gathered as MXFP4 with rotate={weight.args[3]}, the layer runs rotate={rotate}")
             else:
@@ -296,6 +319,17 @@ class QuartetLinear(GraphPass):
         requantize = options.requantize_weights_in_backward is True
         if self.requantize_weights is not None:
             requantize = self.requantize_weights
+        recipe = options.recipe if self.recipe is None else self.recipe
+        keep_last = options.keep_last_layers if self.keep_last is None else self.keep_last
+        if recipe != DEFAULT_RECIPE and (not rotate or rounding != "sr"):
+            raise ValueError(
+                f"quartet-linear: rotate={rotate}, rounding={rounding!r} are variants of the quartet recipe; "
+                f"recipe {recipe!r} defines its own rotations and rounding"
+            )
+        if keep_last < 0:
+            raise ValueError(f"quartet-linear: keep_last takes a count >= 0, got {keep_last}")
+        if recipe != options.recipe:
+            options = dataclasses.replace(options, recipe=recipe, format=None)
         graph = gm.graph
         joint = is_joint(graph)
         backward = tangent_closure(graph)
@@ -307,6 +341,11 @@ class QuartetLinear(GraphPass):
             # A layer whose backward GEMMs could not be matched stays whole in the model dtype:
             # an FP4 forward with a model-dtype backward would be neither the algorithm nor the model.
             matches = [m for m in matches if m.layer.status != "skipped"]
+        if keep_last:
+            # The last layers in forward order stay in the model dtype (NVIDIA's recipe keeps its final layers in BF16).
+            for match in matches[-keep_last:]:
+                _skip(match.layer, keep_last_reason(keep_last))
+            matches = matches[:-keep_last]
         records = ctx.records.setdefault("linear_layers", [])
         records.extend(layers)
         if not matches:
@@ -333,12 +372,16 @@ class QuartetLinear(GraphPass):
         # input: layer 1's forward GEMM is layer 2's x, layer 2's input-grad GEMM is layer 1's dY), so
         # every match is resolved through the replacements made so far before it is rewritten.
         replaced: dict[torch.fx.Node, torch.fx.Node] = {}
+        program = RECIPE_PROGRAMS[recipe]
         for index, match in enumerate(matches):
             match = _resolve(match, replaced)
-            self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx, replaced)
+            if recipe == DEFAULT_RECIPE:
+                self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx, replaced)
+            else:
+                self._rewrite_recipe(graph, match, seed_nodes[index], index, program, ctx, replaced)
             if joint and requantize and not _is_fp4_gathered(match.weight):
                 # (An MXFP4-gathered weight's codes are graph inputs already: nothing to recompute.)
-                _recompute_weight_quantization(match)
+                _recompute_weight_quantization(match, program.weight_quantizer)
                 ctx.counters["quartet-linear.weight_requantized_in_backward"] += 1
         for layer in layers:
             ctx.counters[f"quartet-linear.{layer.status}"] += 1
@@ -455,6 +498,71 @@ class QuartetLinear(GraphPass):
         _replace(graph, node, result, replaced)
         return gemm.name
 
+    def _rewrite_recipe(self, graph, match: _Match, seed, index, program, ctx, replaced) -> None:
+        """Rewrite one layer with an NVFP4 recipe's program (fp4.runtime.recipes); the epilogue stays unfused."""
+        layer = match.layer
+        layer.status = "rewritten"
+        layer.seed_index = index if seed is not None else None
+        forward = match.forward
+        out_dtype = value(forward).dtype
+        with graph.inserting_before(forward):
+            b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
+            weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
+            y, saved = program.forward(_graph_call(b), match.x, weight)
+            gemm = y
+            if match.bias is not None:
+                y = b.call(aten.add.Tensor, y, match.bias)
+            y = b.cast(y, out_dtype)
+        _replace(graph, forward, y, replaced)
+        layer.gemms["forward"] = gemm.name
+        ctx.counters["quartet-linear.forward_gemm"] += 1
+        if seed is None:
+            return
+        backward = dict(layer_name=layer.name, grad_spec=match.grad_output, seed=seed, saved=saved, replaced=replaced)
+        if match.input_grad is not None:
+            layer.gemms["input_grad"] = self._recipe_backward_gemm(
+                graph, match.input_grad, match.input_grad_transposed, program.input_grad, **backward
+            )
+            ctx.counters["quartet-linear.input_grad_gemm"] += 1
+        else:
+            layer.missing["input_grad"] = "the layer input needs no gradient"
+        if match.weight_grad is not None:
+            layer.gemms["weight_grad"] = self._recipe_backward_gemm(
+                graph, match.weight_grad, match.weight_grad_transposed, program.weight_grad, **backward
+            )
+            ctx.counters["quartet-linear.weight_grad_gemm"] += 1
+        else:
+            layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
+        if match.bias is not None:
+            if match.bias_grad is not None:
+                layer.gemms["bias_grad"] = self._bias_grad(graph, match, replaced)
+                ctx.counters["quartet-linear.bias_grad"] += 1
+            else:
+                layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
+
+    def _recipe_backward_gemm(self, graph, node, transposed, program, *, layer_name, grad_spec, seed, saved,
+                              replaced) -> str:  # fmt: skip
+        """Replace one backward ``mm`` by a recipe program's quantizers and GEMM, then the cast (unfused)."""
+        out_dtype = value(node).dtype
+        with graph.inserting_before(node):
+            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: layer_name})
+            grad = _materialize(b, grad_spec)
+            created: list[torch.fx.Node] = []
+            gemm = program(_graph_call(b, created), grad, saved, seed)
+            # Re-quantizations of saved operands do not read dY; keep them in the backward anyway, where the
+            # oracle computes them (the partitioner would otherwise move them to the forward).
+            reads_grad = {grad}
+            for new in created:
+                if any(arg in reads_grad for arg in new.all_input_nodes):
+                    reads_grad.add(new)
+                elif new.target is not operator.getitem:
+                    new.meta["partitioner_tag"] = "must_be_in_backward"
+            result = b.cast(gemm, out_dtype)
+            if transposed:
+                result = b.transpose(result)
+        _replace(graph, node, result, replaced)
+        return gemm.name
+
     def _bias_grad(self, graph, match: _Match, replaced) -> str:
         node = match.bias_grad
         keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
@@ -556,25 +664,47 @@ def _after_gather(node: torch.fx.Node, depth: int = 8) -> bool:
     return False
 
 
-def _recompute_weight_quantization(match: _Match) -> None:
+def _graph_call(b: Builder, created: list | None = None):
+    """The ``call`` a recipe program runs with in the pass: insert the op's node (and its getitems) with ``b``."""
+
+    def call(op, *args):
+        node = b.call(op, *args)
+        outputs = b.unpack(node) if isinstance(node.meta["val"], (tuple, list)) else None
+        if created is not None:
+            created.extend([node, *(outputs or ())])
+        return node if outputs is None else outputs
+
+    return call
+
+
+def _recompute_weight_quantization(match: _Match, quantizer=None) -> None:
     """Have the partitioner recompute the weight's quantization in the backward instead of saving its codes.
 
-    The QuEST weight quantizer is deterministic, so the recomputation gives the
-    same codes, scales and mask bit for bit; the backward then reads the weight
-    itself (a graph input, which FSDP re-gathers for the backward anyway) and
-    saves no FP4 copy of it.  The casts between the weight input and the
-    quantizer are recomputed too, or the partitioner would save the cast copy.
+    The weight quantizers of every recipe are deterministic (QuEST, four-over-six,
+    2-D round-to-nearest), so the recomputation gives the same codes and scales
+    bit for bit; the backward then reads the weight itself (a graph input, which
+    FSDP re-gathers for the backward anyway) and saves no FP4 copy of it.  The
+    casts between the weight input and the quantizer are recomputed too, or the
+    partitioner would save the cast copy.
     """
     from torch.utils.checkpoint import CheckpointPolicy
 
-    quantize = next(u for u in match.weight.users if u.target is fp4.quest_quantize.default)
+    quantizer = quantizer or fp4.quest_quantize.default
+    readers = [u for u in match.weight.users] + [v for u in match.weight.users if _is_transpose(u) for v in u.users]
+    quantize = next(u for u in readers if u.target is quantizer)
     chain = [quantize, *quantize.users]
+    if quantize.args[0] is not match.weight:
+        chain.append(quantize.args[0])  # the transpose of a Conv1D weight
     node = match.weight
     while node.op == "call_function":
         chain.append(node)
         node = node.args[0]
     for node in chain:
         node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
+
+
+def _is_transpose(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (aten.t.default, aten.permute.default, aten.transpose.int)
 
 
 def _value_key(node: torch.fx.Node) -> tuple:

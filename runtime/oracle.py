@@ -11,6 +11,10 @@ Forward ``Y = X W^T`` keeps only the MXFP4 codes, scales and clip masks of
 
     dX = rotate^-1(mX * (Q_b(rot_b(dY)) . Q_b(rot_b(W^T))^T) / 9)      contract N
     dW = rotate^-1(mW * (Q_b(rot_b(dY^T)) . Q_b(rot_b(X^T))^T) / 9)    contract T
+
+The other recipes (``quartet2``, ``nvfp4``; :mod:`fp4.runtime.recipes`) run
+their recipe program eagerly in :class:`RecipeLinearFunction`, with the
+epilogue as the unfused graph computes it (float32 GEMM, ``+ bias``, cast).
 """
 
 from __future__ import annotations
@@ -91,6 +95,54 @@ class QuartetLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+class RecipeLinearFunction(torch.autograd.Function):
+    """``F.linear`` under an NVFP4 recipe: inputs ``(x [..., K], weight [N, K], bias [N] | None, seed, recipe)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, seed, recipe_name):
+        from .recipes import RECIPES, eager_call
+
+        recipe = RECIPES[recipe_name]
+        in_features = weight.shape[1]
+        if x.shape[-1] != in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, weight expects {in_features}")
+        y, saved = recipe.forward(eager_call, x.reshape(-1, in_features), weight)
+        if bias is not None:
+            y = y + bias
+        y = y.to(x.dtype)
+        names = sorted(saved)
+        ctx.save_for_backward(*(t for name in names for t in saved[name]), seed)
+        ctx.layout = [(name, len(saved[name])) for name in names]
+        ctx.recipe = recipe
+        ctx.shapes = (x.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        with torch.autocast(grad_y.device.type, enabled=False):
+            return RecipeLinearFunction._backward(ctx, grad_y)
+
+    @staticmethod
+    def _backward(ctx, grad_y):
+        from .recipes import eager_call
+
+        *tensors, seed = ctx.saved_tensors
+        saved, start = {}, 0
+        for name, count in ctx.layout:
+            saved[name] = tuple(tensors[start : start + count])
+            start += count
+        x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
+        grad_output = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ctx.recipe.input_grad(eager_call, grad_output, saved, seed).to(x_dtype).reshape(x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = ctx.recipe.weight_grad(eager_call, grad_output, saved, seed).to(w_dtype)
+        if b_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = fp4_ops.bias_grad(grad_output, b_dtype)
+        return grad_x, grad_w, grad_b, None, None
+
+
 def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
     """One layer seed from ``device``'s generator, salted with ``rank + 1`` under a process group (``rank_seeds``)."""
     from fp4.core import seed_salt
@@ -99,8 +151,9 @@ def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
     return fp4_ops.draw_seeds(1, torch.device(device), salt)[0] if salt else fp4_ops.draw_seeds(1, device)[0]
 
 
-def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto"):
-    """Functional Quartet linear; draws a seed (:func:`draw_layer_seed`) when none is given.
+def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto", recipe="quartet"):
+    """Functional linear layer under ``recipe`` (default Quartet); draws a seed (:func:`draw_layer_seed`) when none
+    is given.
 
     Under ``torch.autocast`` it runs as the compiled graph does, where autocast
     casts ``F.linear``'s floating inputs (float64 aside) to its dtype before the
@@ -112,14 +165,18 @@ def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto"):
         dtype = torch.get_autocast_dtype(device_type)
         x, weight, bias = (_autocast(t, dtype) for t in (x, weight, bias))
         with torch.autocast(device_type, enabled=False):
-            return quartet_linear(x, weight, bias, seed, rank_seeds)
+            return quartet_linear(x, weight, bias, seed, rank_seeds, recipe)
     if seed is None:
         seed = draw_layer_seed(rank_seeds, x.device)
+    if recipe == "quartet":
+        apply = lambda bias: QuartetLinearFunction.apply(x, weight, bias, seed)  # noqa: E731
+    else:
+        apply = lambda bias: RecipeLinearFunction.apply(x, weight, bias, seed, recipe)  # noqa: E731
     if bias is not None and x.dim() > 2 and not x.is_contiguous():
         # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
         # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
-        return QuartetLinearFunction.apply(x, weight, None, seed) + bias
-    return QuartetLinearFunction.apply(x, weight, bias, seed)
+        return apply(None) + bias
+    return apply(bias)
 
 
 def _autocast(tensor, dtype):
@@ -128,23 +185,28 @@ def _autocast(tensor, dtype):
 
 
 class QuartetLinear(torch.nn.Linear):
-    """``nn.Linear`` whose three GEMMs run in MXFP4 under the Quartet algorithm."""
+    """``nn.Linear`` whose three GEMMs run in FP4 under a recipe (default: MXFP4 under the Quartet algorithm)."""
 
     rank_seeds = "auto"  # the backend option of the same name
+    recipe = "quartet"  # the backend option of the same name
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, rank_seeds="auto") -> QuartetLinear:
-        """A Quartet layer sharing ``linear``'s parameters (no copy)."""
+    def from_linear(cls, linear: torch.nn.Linear, rank_seeds="auto", recipe="quartet") -> QuartetLinear:
+        """A layer sharing ``linear``'s parameters (no copy)."""
         layer = cls.__new__(cls)
         torch.nn.Module.__init__(layer)
         layer.in_features, layer.out_features = linear.in_features, linear.out_features
         layer.weight = linear.weight
         layer.bias = linear.bias
         layer.rank_seeds = rank_seeds
+        layer.recipe = recipe
         return layer
 
     def forward(self, x):
-        return quartet_linear(x, self.weight, self.bias, rank_seeds=self.rank_seeds)
+        return quartet_linear(x, self.weight, self.bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.recipe == "quartet" else f", recipe={self.recipe!r}")
 
 
 class _RoutedMatmuls:
@@ -161,19 +223,20 @@ class _RoutedMatmuls:
     Every other call goes to the original function.
     """
 
-    def __init__(self, weights, rank_seeds="auto"):
+    def __init__(self, weights, rank_seeds="auto", recipe="quartet"):
         self.weights = weights  # id(weight) -> "linear" ([N, K] weight) or "conv1d" ([K, N] weight)
         self.rank_seeds = rank_seeds
+        self.recipe = recipe
         self.saved = []
 
     def linear(self, x, weight, bias=None):
         if self.weights.get(id(weight)) == "linear":
-            return quartet_linear(x, weight, bias, rank_seeds=self.rank_seeds)
+            return quartet_linear(x, weight, bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_linear(x, weight, bias)
 
     def addmm(self, bias, x, weight, **kwargs):
         if self.weights.get(id(weight)) == "conv1d" and not kwargs and x.dim() == 2:
-            return quartet_linear(x, weight.t(), bias, rank_seeds=self.rank_seeds)
+            return quartet_linear(x, weight.t(), bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_addmm(bias, x, weight, **kwargs)
 
     def __enter__(self):
@@ -245,14 +308,18 @@ def output_heads(model: torch.nn.Module) -> dict[int, str]:
 
 
 def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Module:
-    """Make every linear layer the backend would rewrite run the Quartet ops eagerly; returns ``model`` (in place).
+    """Make every linear layer the backend would rewrite run the recipe's ops eagerly; returns ``model`` (in place).
 
     The layers are chosen by the backend's rule (:func:`fp4.options.skip_reason`
-    with the same ``options``: name patterns, output head, K a multiple of 32).
-    A plain ``nn.Linear`` is swapped for a :class:`QuartetLinear`; Linear
-    subclasses, ``Conv1D`` and ``nn.MultiheadAttention`` keep their module and
-    have their matmuls routed through :func:`quartet_linear` during their forward.
-    ``overrides`` are options too (``quartetize(model, rank_seeds=False)``).
+    with the same ``options``: name patterns, output head, K a multiple of the
+    recipe's block), and ``keep_last_layers`` leaves the last of them in the model
+    dtype, in module order (the order ``named_modules`` lists them, which is
+    their forward order in Hugging Face models and ``fp4.models``; the backend
+    counts in forward order).  A plain ``nn.Linear`` is swapped for a
+    :class:`QuartetLinear`; Linear subclasses, ``Conv1D`` and
+    ``nn.MultiheadAttention`` keep their module and have their matmuls routed
+    through :func:`quartet_linear` during their forward.  ``overrides`` are
+    options too (``quartetize(model, rank_seeds=False)``, ``recipe="nvfp4"``).
     """
     from fp4.core import skip_reason
     from fp4.options import Options
@@ -261,10 +328,14 @@ def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Mo
     heads = output_heads(model)
     routed: dict[torch.nn.Module, dict[int, str]] = {}
     swaps = []
+    selected = []
     for name, module, weight, kind in list(linear_layers(model)):
         in_features = weight.shape[0] if kind == "conv1d" else weight.shape[1]
-        if skip_reason(options, name, in_features, head=heads.get(id(weight))) is not None:
-            continue
+        if skip_reason(options, name, in_features, head=heads.get(id(weight))) is None:
+            selected.append((name, module, weight, kind))
+    if options.keep_last_layers:
+        selected = selected[: -options.keep_last_layers]
+    for name, module, weight, kind in selected:
         if type(module) is torch.nn.Linear:
             swaps.append(name)
         else:
@@ -272,16 +343,16 @@ def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Mo
     for name in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuartetLinear.from_linear(getattr(parent, child), options.rank_seeds))
+        setattr(parent, child, QuartetLinear.from_linear(getattr(parent, child), options.rank_seeds, options.recipe))
     for module, weights in routed.items():
-        enter, routing = _enter_routing(weights, options.rank_seeds)
+        enter, routing = _enter_routing(weights, options.rank_seeds, options.recipe)
         module.register_forward_pre_hook(enter)
         module.register_forward_hook(_exit_routing(routing), always_call=True)
     return model
 
 
-def _enter_routing(weights, rank_seeds):
-    routing = _RoutedMatmuls(weights, rank_seeds)
+def _enter_routing(weights, rank_seeds, recipe="quartet"):
+    routing = _RoutedMatmuls(weights, rank_seeds, recipe)
 
     def hook(module, args):
         routing.__enter__()

@@ -1,0 +1,161 @@
+"""Recipes as data: how each operand of each GEMM of a linear layer is rotated, scaled, rounded and saved.
+
+A linear layer ``Y = X W^T`` has three GEMMs (forward, input grad ``dX = dY W``,
+weight grad ``dW = dY^T X``).  A recipe says, for each, which fp4 ops quantize
+its two operands and which GEMM multiplies them.  It is written once, as a
+small program over the fp4 ops, and run two ways:
+
+* eagerly by the oracle (:mod:`fp4.runtime.oracle`), one op at a time;
+* symbolically by the ``quartet-linear`` pass, which hands the program a
+  ``call`` that inserts graph nodes instead of running ops.
+
+So the compiled graph and the oracle compose exactly the same ops with the
+same arguments, and agree bit for bit.  ``call(op, *args)`` returns the op's
+result (a sequence for ops with several outputs).
+
+The ``quartet`` recipe (MXFP4, docs/QUARTET.md) keeps its own code paths in the
+pass and the oracle (clip masks, inverse rotations, FSDP's MXFP4 weights, the
+FP8 fold on Hopper); :data:`RECIPES` describes it alongside the programs of the
+two NVFP4 recipes.  docs/recipes.md has the contracts, the sources and every
+constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from fp4.core import (
+    QUARTET2_SIGN_STREAM,
+    RECIPE_CONTRACTION_MULTIPLE,
+    RECIPE_FORMATS,
+    STREAM_DGRAD_GRAD_OUTPUT,
+    STREAM_DGRAD_WEIGHT,
+    STREAM_WGRAD_GRAD_OUTPUT,
+    STREAM_WGRAD_INPUT,
+)
+
+from . import recipe_ops  # noqa: F401  (registers the NVFP4 ops)
+
+fp4 = torch.ops.fp4
+
+
+def _gemm(call, a, b):
+    """The float32 NVFP4 GEMM ``a @ b^T`` of two quantized operands (codes, scales, decode); epilogue unfused."""
+    return call(fp4.nvfp4_gemm.default, *a, *b, None, "none", None, None, torch.float32)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe: its name, storage format, the contraction multiple it needs, and (NVFP4 recipes) its program."""
+
+    name: str
+    summary: str
+
+    @property
+    def format(self) -> str:
+        return RECIPE_FORMATS[self.name]
+
+    @property
+    def contraction_multiple(self) -> int:
+        return RECIPE_CONTRACTION_MULTIPLE[self.name]
+
+    @property
+    def weight_quantizer(self):
+        """The op that quantizes the weight in the forward (deterministic: the backward may recompute it)."""
+        raise NotImplementedError
+
+    def forward(self, call, x, weight):
+        """``(y, saved)``: the float32 forward GEMM of ``x`` ``[T, K]`` and ``weight`` ``[N, K]``, and what the
+        backward reads (a dict of quantized operands)."""
+        raise NotImplementedError
+
+    def input_grad(self, call, grad, saved, seed):
+        """The float32 ``dX`` ``[T, K]`` from ``grad`` = dY ``[T, N]``."""
+        raise NotImplementedError
+
+    def weight_grad(self, call, grad, saved, seed):
+        """The float32 ``dW`` ``[N, K]`` from ``grad`` = dY ``[T, N]``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Quartet(Recipe):
+    """MXFP4 with QuEST forward, 32-wide rotations and SR backward (the pass and the oracle run it directly)."""
+
+    name: str = "quartet"
+    summary: str = "MXFP4; QuEST forward with clip mask; 32-point rotations; absmax + SR backward (docs/QUARTET.md)"
+
+    @property
+    def weight_quantizer(self):
+        return fp4.quest_quantize.default
+
+
+@dataclass(frozen=True)
+class Quartet2(Recipe):
+    """Quartet II: four-over-six forward; 128-point RHT + MS-EDEN re-quantization of the saved operands backward."""
+
+    name: str = "quartet2"
+    summary: str = "NVFP4; four-over-six RTN forward, no rotation; 128-point RHT + MS-EDEN backward"
+
+    @property
+    def weight_quantizer(self):
+        return fp4.four_over_six_quantize.default
+
+    def forward(self, call, x, weight):
+        x_q = call(fp4.four_over_six_quantize.default, x)
+        w_q = call(fp4.four_over_six_quantize.default, weight)
+        return _gemm(call, x_q, w_q), {"x": tuple(x_q), "w": tuple(w_q)}
+
+    def input_grad(self, call, grad, saved, seed):
+        # dX = dY . W: contract N; dY and the saved W (transposed) rotated along N by the same random signs.
+        grad_q = call(fp4.eden_quantize.default, grad, seed, QUARTET2_SIGN_STREAM, STREAM_DGRAD_GRAD_OUTPUT, False)
+        weight_t = call(fp4.eden_requantize.default, *saved["w"], seed, QUARTET2_SIGN_STREAM, STREAM_DGRAD_WEIGHT)
+        return _gemm(call, grad_q, weight_t)
+
+    def weight_grad(self, call, grad, saved, seed):
+        # dW = dY^T . X: contract T; dY^T and the saved X (transposed) rotated along T.
+        grad_q = call(fp4.eden_quantize.default, grad, seed, QUARTET2_SIGN_STREAM, STREAM_WGRAD_GRAD_OUTPUT, True)
+        input_t = call(fp4.eden_requantize.default, *saved["x"], seed, QUARTET2_SIGN_STREAM, STREAM_WGRAD_INPUT)
+        return _gemm(call, grad_q, input_t)
+
+
+@dataclass(frozen=True)
+class NVFP4(Recipe):
+    """NVIDIA's NVFP4 recipe (TE ``NVFP4BlockScaling``): 1x16 inputs and gradients, 16x16 weights, RHT16 on wgrad."""
+
+    name: str = "nvfp4"
+    summary: str = "NVFP4; 1x16 X and dY, 16x16 W (W and W^T share scales); 16-point RHT on wgrad inputs; SR on dY"
+
+    @property
+    def weight_quantizer(self):
+        return fp4.nvfp4_quantize_2d.default
+
+    def forward(self, call, x, weight):
+        x_q = call(fp4.nvfp4_quantize.default, x, False, False, None, 0)
+        w_q = call(fp4.nvfp4_quantize_2d.default, weight)
+        # The weight-gradient operand X^T: along T, after the 16-point transform, from the high-precision X (TE
+        # quantizes the columnwise copy in the forward and saves it instead of X).
+        input_t = call(fp4.nvfp4_quantize.default, x, True, True, None, 0)
+        return _gemm(call, x_q, w_q), {"x_t": tuple(input_t), "w": tuple(w_q)}
+
+    def input_grad(self, call, grad, saved, seed):
+        # dX = dY . W: dY along N, stochastic rounding, no transform; W^T is W's 16x16 quantization transposed.
+        grad_q = call(fp4.nvfp4_quantize.default, grad, False, False, seed, STREAM_DGRAD_GRAD_OUTPUT)
+        codes, scales, decode = saved["w"]
+        weight_t = call(fp4.nvfp4_transpose_2d.default, codes, scales)
+        return _gemm(call, grad_q, (*weight_t, decode))
+
+    def weight_grad(self, call, grad, saved, seed):
+        # dW = dY^T . X: dY^T along T after the 16-point transform, stochastic rounding.
+        grad_q = call(fp4.nvfp4_quantize.default, grad, True, True, seed, STREAM_WGRAD_GRAD_OUTPUT)
+        return _gemm(call, grad_q, saved["x_t"])
+
+
+RECIPES = {recipe.name: recipe for recipe in (Quartet(), Quartet2(), NVFP4())}
+"""Every recipe by its name (the backend option ``recipe``)."""
+
+
+def eager_call(op, *args):
+    """The ``call`` of an eager run: the op itself."""
+    return op(*args)
