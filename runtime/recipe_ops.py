@@ -54,6 +54,11 @@ def _check_blocks(size, op: str, what: str = "last dimension") -> None:
         raise ValueError(f"fp4::{op}: {what} {size} is not a multiple of {NVFP4_GROUP_SIZE}")
 
 
+def _dense(outputs):
+    """Every output dense and row-major whatever the inputs' layout (what the fakes promise)."""
+    return tuple(t.contiguous() for t in outputs)
+
+
 def _operand_like(x: torch.Tensor, rows, width):
     """Empty ``(codes, scales, decode)`` of an NVFP4 operand ``[rows, width]``."""
     return (
@@ -74,7 +79,7 @@ def nvfp4_quantize(
     _check_2d(x, "nvfp4_quantize")
     if seed is not None:
         _check_seed(seed)
-    return nvfp4.quantize_operand(x, transpose, hadamard, None if seed is None else int(seed), stream)
+    return _dense(nvfp4.quantize_operand(x, transpose, hadamard, None if seed is None else int(seed), stream))
 
 
 @nvfp4_quantize.register_fake
@@ -88,7 +93,7 @@ def _(x, transpose, hadamard, seed, stream):
 def nvfp4_quantize_2d(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_2d(w, "nvfp4_quantize_2d")
     _check_blocks(w.shape[1], "nvfp4_quantize_2d")
-    return nvfp4.quantize_2d(w)
+    return _dense(nvfp4.quantize_2d(w))
 
 
 @nvfp4_quantize_2d.register_fake
@@ -100,7 +105,7 @@ def _(w):
 
 @fp4_op("fp4::nvfp4_transpose_2d")
 def nvfp4_transpose_2d(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return nvfp4.transpose_2d(codes, scales)
+    return _dense(nvfp4.transpose_2d(codes, scales))
 
 
 @nvfp4_transpose_2d.register_fake
@@ -119,7 +124,7 @@ def _(codes, scales):
 def four_over_six_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_2d(x, "four_over_six_quantize")
     _check_blocks(x.shape[1], "four_over_six_quantize")
-    return quartet2.four_over_six_quantize(x)
+    return _dense(quartet2.four_over_six_quantize(x))
 
 
 @four_over_six_quantize.register_fake
@@ -135,7 +140,7 @@ def eden_quantize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_2d(x, "eden_quantize")
     _check_seed(seed)
-    return quartet2.eden_quantize(x, int(seed), sign_stream, stream, transpose)
+    return _dense(quartet2.eden_quantize(x, int(seed), sign_stream, stream, transpose))
 
 
 @eden_quantize.register_fake
@@ -150,7 +155,7 @@ def eden_requantize(
     codes: torch.Tensor, scales: torch.Tensor, decode: torch.Tensor, seed: torch.Tensor, sign_stream: int, stream: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_seed(seed)
-    return quartet2.eden_requantize(codes, scales, decode, int(seed), sign_stream, stream)
+    return _dense(quartet2.eden_requantize(codes, scales, decode, int(seed), sign_stream, stream))
 
 
 @eden_requantize.register_fake

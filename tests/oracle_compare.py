@@ -9,6 +9,10 @@ from fp4.backend import configure
 from fp4.runtime.oracle import quartetize
 
 
+ORACLE_OPTIONS = ("recipe", "keep_last_layers", "include", "exclude", "rank_seeds")
+"""The backend options that also choose what the oracle computes (the rest only concern compilation)."""
+
+
 def run(model, make_inputs, loss_fn=None, seed=1234):
     """Outputs and parameter/input gradients of one forward+backward under ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
@@ -25,7 +29,8 @@ def run(model, make_inputs, loss_fn=None, seed=1234):
 def compare_with_oracle(model, make_inputs, loss_fn=None, **options):
     """Run the oracle and the compiled copy; return (oracle results, compiled results, backend)."""
     backend = configure(inductor=False, **options)
-    oracle = run(quartetize(copy.deepcopy(model)), make_inputs, loss_fn)
+    oracle_options = {k: v for k, v in options.items() if k in ORACLE_OPTIONS}
+    oracle = run(quartetize(copy.deepcopy(model), oracle_options), make_inputs, loss_fn)
     compiled = run(torch.compile(copy.deepcopy(model), backend=backend), make_inputs, loss_fn)
     return oracle, compiled, backend
 

@@ -86,7 +86,9 @@ def test_options_are_validated():
         Options.from_mapping({"inductr": False})
     with pytest.raises(ValueError, match="backward_rounding"):
         Options.from_mapping({"backward_rounding": "stochastic"})
-    with pytest.raises(NotImplementedError, match="nvfp4"):
+    with pytest.raises(NotImplementedError, match="fp8"):
+        Options.from_mapping({"format": "fp8"})
+    with pytest.raises(ValueError, match="format 'nvfp4' does not go with recipe 'quartet'"):
         Options.from_mapping({"format": "nvfp4"})
     with pytest.raises(ValueError, match="True or False"):
         Options.from_mapping({"rotate": "no"})
@@ -328,7 +330,8 @@ def test_tiny_llama_inference_matches_oracle_bitwise_with_fused_epilogues():
     assert "draw_seeds" not in report.stages[-1][1]
 
 
-def test_hugging_face_llama_matches_oracle_bitwise():
+@pytest.mark.parametrize("recipe", ["quartet", "quartet2", "nvfp4"])
+def test_hugging_face_llama_matches_oracle_bitwise(recipe):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
@@ -340,12 +343,14 @@ def test_hugging_face_llama_matches_oracle_bitwise():
     def make_inputs():
         return (torch.randint(0, 128, (2, 16)),)
 
-    oracle, compiled, backend = compare_with_oracle(model, make_inputs)
+    oracle, compiled, backend = compare_with_oracle(model, make_inputs, recipe=recipe)
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     assert len(report.rewritten()) == 7
     assert [layer.name for layer in report.skipped()] == ["lm_head"]
     assert report.rewritten()[0].name == "model.layers.0.self_attn.q_proj"
+    gemm = "mxfp4_gemm" if recipe == "quartet" else "nvfp4_gemm"
+    assert report.forward_graph.count(f"fp4.{gemm}") == 7 and report.backward_graph.count(f"fp4.{gemm}") == 14
 
 
 def test_new_batch_size_recompiles_with_symbolic_tokens():

@@ -7,7 +7,7 @@ import itertools
 import fp4.runtime as fp4_runtime
 import pytest
 import torch
-from fp4.runtime import fold, gathered, ops, philox, variants
+from fp4.runtime import fold, gathered, nvfp4, ops, philox, quartet2, recipe_ops, variants
 from fp4.runtime import reference as ref
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -95,6 +95,37 @@ def _cases():
     for transpose in (False, True):
         cases.append(("sr_quantize_with_bias_grad", (randn(64, 32), SEED, 1, 4, transpose, torch.bfloat16)))
         cases.append(("sr_quantize_with_bias_grad", (randn(40, 32), SEED, 0, 2, transpose, torch.float32)))
+    # The NVFP4 recipes' ops: both orientations, transform on/off, nearest and stochastic, a quantized dimension
+    # that is (48, 128) and is not (40, 72) a multiple of 16 or 128.
+    for transpose, hadamard, seed in itertools.product((False, True), (False, True), (None, SEED)):
+        rows, columns = (40, 48) if transpose else (24, 48)
+        cases.append(("nvfp4_quantize", (randn(rows, columns, dtype=torch.bfloat16), transpose, hadamard, seed, 2)))
+    cases.append(("nvfp4_quantize", (randn(16, 32), True, True, SEED, 4)))
+    w_codes, w_scales, w_decode = nvfp4.quantize_2d(randn(40, 64))
+    cases += [
+        ("nvfp4_quantize_2d", (randn(40, 64, dtype=torch.bfloat16),)),
+        ("nvfp4_quantize_2d", (randn(32, 16),)),
+        ("nvfp4_transpose_2d", (w_codes, w_scales)),
+        ("nvfp4_transpose_2d", tuple(nvfp4.quantize_2d(randn(32, 48))[:2])),
+        ("four_over_six_quantize", (randn(24, 64, dtype=torch.bfloat16),)),
+        ("four_over_six_quantize", (randn(8, 16),)),
+    ]
+    x_codes, x_scales, x_decode = quartet2.four_over_six_quantize(randn(72, 64))
+    for transpose in (False, True):
+        cases.append(("eden_quantize", (randn(40, 128, dtype=torch.bfloat16), SEED, 0, 2, transpose)))
+        cases.append(("eden_quantize", (randn(72, 256), SEED, 0, 4, transpose)))
+    cases.append(("eden_requantize", (x_codes, x_scales, x_decode, SEED, 0, 5)))
+    cases.append(("eden_requantize", (w_codes, w_scales, w_decode, SEED, 0, 3)))
+    g_codes, g_scales, g_decode = nvfp4.quantize(randn(24, 64))
+    cases.append(
+        ("nvfp4_gemm", (g_codes, g_scales, g_decode, w_codes, w_scales, w_decode, None, "none", None, None,
+                        torch.float32))
+    )  # fmt: skip
+    cases.append(
+        ("nvfp4_gemm", (g_codes, g_scales, g_decode, w_codes, w_scales, w_decode, randn(40, dtype=torch.bfloat16),
+                        "silu", randn(24, 40, dtype=torch.bfloat16), randn(24, 40, dtype=torch.bfloat16),
+                        torch.bfloat16))
+    )  # fmt: skip
     return cases
 
 
@@ -262,7 +293,7 @@ def test_gathered_weight_is_a_marker_with_a_fake():
 def test_every_op_is_covered():
     """Every registered fp4 op has cases (and so an opcheck and a fake-vs-real check)."""
     covered = {name for name, _ in CASES} | {"draw_seeds", "gathered_weight"}  # own tests: random, a marker
-    assert ALL_OPS == {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS}
+    assert ALL_OPS == {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS, **recipe_ops.OPS}
     assert covered == set(ALL_OPS)
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("fp4::")}
     assert registered == set(ALL_OPS)

@@ -48,3 +48,12 @@ def before_cast(a: "u8[16, 32]", sa: "u8[16, 2]", b: "u8[128, 32]", sb: "u8[128,
     cast: "bf16[16, 128]" = torch.ops.prims.convert_element_type.default(gemm, torch.bfloat16)
     relu: "bf16[16, 128]" = torch.ops.aten.relu.default(cast)
     return (relu,)
+
+# The NVFP4 recipes' GEMM takes the activation the same way.
+# CHECK-LABEL: def nvfp4_silu(
+# CHECK-NEXT:    [[G:\b\w+]]: "bf16[16, 128]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, None, 'silu', None, None, torch.bfloat16)
+# CHECK-NEXT:    return ([[G]],)
+def nvfp4_silu(a: "u8[16, 32]", sa: "u8[16, 4]", da: "f32[]", b: "u8[128, 32]", sb: "u8[128, 4]", db: "f32[]"):
+    gemm: "bf16[16, 128]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, None, 'none', None, None, torch.bfloat16)
+    silu: "bf16[16, 128]" = torch.ops.aten.silu.default(gemm)
+    return (silu,)

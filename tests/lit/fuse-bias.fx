@@ -49,3 +49,14 @@ def after_cast(a: "u8[16, 32]", sa: "u8[16, 2]", b: "u8[32, 32]", sb: "u8[32, 2]
     gemm: "bf16[16, 32]" = torch.ops.fp4.mxfp4_gemm.default(a, sa, b, sb, 1.0, None, 'none', None, None, None, False, torch.bfloat16)
     add: "bf16[16, 32]" = torch.ops.aten.add.Tensor(gemm, bias)
     return (add,)
+
+# The NVFP4 recipes' GEMM (fp4::nvfp4_gemm, tensor scales in place of alpha) takes its bias the same way.
+# CHECK-LABEL: def nvfp4_bias_add(
+# CHECK:         [[Y:\b\w+]]: "f32[16, 32]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, bias, 'none', None, None, torch.float32)
+# CHECK-NEXT:    [[C:\b\w+]]: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default([[Y]], torch.bfloat16)
+# CHECK-NEXT:    return ([[C]],)
+def nvfp4_bias_add(a: "u8[16, 32]", sa: "u8[16, 4]", da: "f32[]", b: "u8[32, 32]", sb: "u8[32, 4]", db: "f32[]", bias: "bf16[32]"):
+    gemm: "f32[16, 32]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, None, 'none', None, None, torch.float32)
+    add: "f32[16, 32]" = torch.ops.aten.add.Tensor(gemm, bias)
+    cast: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default(add, torch.bfloat16)
+    return (cast,)

@@ -30,3 +30,12 @@ def after_rotation(g: "u8[16, 16]", sg: "u8[16, 1]", w: "u8[64, 16]", sw: "u8[64
 def not_a_gemm(x: "f32[16, 64]", mask: "u8[16, 8]"):
     masked: "f32[16, 64]" = torch.ops.fp4.apply_clip_mask.default(x, mask)
     return (masked,)
+
+# The NVFP4 recipes' GEMM has no clip-mask step (their backward is straight-through): a mask after it stays.
+# CHECK-LABEL: def nvfp4_has_no_mask(
+# CHECK:         torch.ops.fp4.nvfp4_gemm.default(g, sg, dg, w, sw, dw, None, 'none', None, None, torch.float32)
+# CHECK-NEXT:    torch.ops.fp4.apply_clip_mask.default
+def nvfp4_has_no_mask(g: "u8[16, 16]", sg: "u8[16, 2]", dg: "f32[]", w: "u8[64, 16]", sw: "u8[64, 2]", dw: "f32[]", mask: "u8[16, 8]"):
+    gemm: "f32[16, 64]" = torch.ops.fp4.nvfp4_gemm.default(g, sg, dg, w, sw, dw, None, 'none', None, None, torch.float32)
+    masked: "f32[16, 64]" = torch.ops.fp4.apply_clip_mask.default(gemm, mask)
+    return (masked,)

@@ -44,3 +44,12 @@ def broadcast_scale(a: "u8[16, 32]", sa: "u8[16, 2]", wu: "u8[128, 32]", swu: "u
     up: "bf16[16, 128]" = torch.ops.fp4.mxfp4_gemm.default(a, sa, wu, swu, 1.0, None, 'none', None, None, None, False, torch.bfloat16)
     mul: "bf16[16, 128]" = torch.ops.aten.mul.Tensor(up, scale)
     return (mul,)
+
+# The NVFP4 recipes' GEMM takes the gate multiply the same way (2-D, no views).
+# CHECK-LABEL: def nvfp4_gate(
+# CHECK:         [[UP:\b\w+]]: "bf16[16, 128]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, wu, swu, dwu, None, 'none', gate, None, torch.bfloat16)
+# CHECK-NEXT:    return ([[UP]],)
+def nvfp4_gate(a: "u8[16, 32]", sa: "u8[16, 4]", da: "f32[]", wu: "u8[128, 32]", swu: "u8[128, 4]", dwu: "f32[]", gate: "bf16[16, 128]"):
+    up: "bf16[16, 128]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, wu, swu, dwu, None, 'none', None, None, torch.bfloat16)
+    mul: "bf16[16, 128]" = torch.ops.aten.mul.Tensor(gate, up)
+    return (mul,)

@@ -38,3 +38,12 @@ def integer_cast(a: "u8[16, 32]", sa: "u8[16, 2]", b: "u8[32, 32]", sb: "u8[32, 
     gemm: "f32[16, 32]" = torch.ops.fp4.mxfp4_gemm.default(a, sa, b, sb, 1.0, None, 'none', None, None, None, False, torch.float32)
     cast: "i32[16, 32]" = torch.ops.prims.convert_element_type.default(gemm, torch.int32)
     return (cast,)
+
+# The NVFP4 recipes' GEMM rounds to its out_dtype once, as fp4::mxfp4_gemm does.
+# CHECK-LABEL: def nvfp4_cast(
+# CHECK-NEXT:    [[Y:\b\w+]]: "bf16[16, 32]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, None, 'none', None, None, torch.bfloat16)
+# CHECK-NEXT:    return ([[Y]],)
+def nvfp4_cast(a: "u8[16, 32]", sa: "u8[16, 4]", da: "f32[]", b: "u8[32, 32]", sb: "u8[32, 4]", db: "f32[]"):
+    gemm: "f32[16, 32]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, b, sb, db, None, 'none', None, None, torch.float32)
+    cast: "bf16[16, 32]" = torch.ops.prims.convert_element_type.default(gemm, torch.bfloat16)
+    return (cast,)

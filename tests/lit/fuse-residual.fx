@@ -42,3 +42,12 @@ def non_contiguous_residual(a: "u8[16, 32]", sa: "u8[16, 2]", w: "u8[64, 32]", s
     view: "bf16[2, 8, 64]" = torch.ops.aten.view.default(gemm, [2, 8, 64])
     add: "bf16[2, 8, 64]" = torch.ops.aten.add.Tensor(view, hidden_t)
     return (add,)
+
+# The NVFP4 recipes' GEMM takes a residual add the same way.
+# CHECK-LABEL: def nvfp4_residual(
+# CHECK:         [[G:\b\w+]]: "bf16[16, 64]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, w, sw, dw, None, 'none', None, hidden, torch.bfloat16)
+# CHECK-NEXT:    return ([[G]],)
+def nvfp4_residual(a: "u8[16, 32]", sa: "u8[16, 4]", da: "f32[]", w: "u8[64, 32]", sw: "u8[64, 4]", dw: "f32[]", hidden: "bf16[16, 64]"):
+    gemm: "bf16[16, 64]" = torch.ops.fp4.nvfp4_gemm.default(a, sa, da, w, sw, dw, None, 'none', None, None, torch.bfloat16)
+    add: "bf16[16, 64]" = torch.ops.aten.add.Tensor(hidden, gemm)
+    return (add,)
