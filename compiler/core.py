@@ -135,6 +135,14 @@ class Target:
             return "dequant_bf16"
         return "reference"
 
+    @property
+    def nvfp4_gemm_lowering(self) -> str:
+        """How an NVFP4 GEMM is executed: ``dot_scaled`` (Blackwell), ``dequant_bf16`` (every other CUDA GPU:
+        exact, for numerics not speed; no FP8 re-expression of NVFP4 exists) or ``reference`` (the CPU)."""
+        if self.has_fp4_mma:
+            return "dot_scaled"
+        return "dequant_bf16" if self.is_cuda else "reference"
+
     def __str__(self) -> str:
         return self.name
 

@@ -54,6 +54,7 @@ GEMM_SIGNATURES = {GEMM: GEMM_ARGS, NVFP4_GEMM: NVFP4_GEMM_ARGS}
 def is_gemm(node) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in GEMM_SIGNATURES
 
+
 # Epilogue steps in the order the reference applies them.
 STEPS = ("bias", "clip_mask", "inverse_rotate", "cast", "activation", "gate", "residual")
 

@@ -27,7 +27,10 @@ OPS = {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS, **recipe_ops.OPS}
 """Every ``torch.ops.fp4`` op by name."""
 
 try:  # the generated Triton kernels register themselves as the CUDA implementations of the ops
-    from . import launch  # noqa: F401
+    from . import (
+        launch,  # noqa: F401
+        launch_nvfp4,  # noqa: F401
+    )
 except ImportError:  # no usable code generator here: every op keeps its reference implementation
     pass
 

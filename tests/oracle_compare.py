@@ -8,7 +8,6 @@ import torch
 from fp4.backend import configure
 from fp4.runtime.oracle import quartetize
 
-
 ORACLE_OPTIONS = ("recipe", "keep_last_layers", "include", "exclude", "rank_seeds")
 """The backend options that also choose what the oracle computes (the rest only concern compilation)."""
 
