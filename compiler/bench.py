@@ -17,6 +17,10 @@ Sections (``--sections gemm,quantize,linear,compiled,model``):
   bf16 Inductor, ``backend="fp4"`` with and without CUDA graphs, per configuration
   (``--models``); written to ``bench_model_<card>.json`` as well.
 
+``--recipes quartet,quartet2,nvfp4`` adds the recipe axis (:mod:`fp4.bench_recipes`): the GEMM
+section times each recipe's GEMM and forward quantizers per shape, the model section runs every
+fp4 mode once per recipe.
+
 Writes ``bench.json``, ``results.md`` and ``gemm_tflops.png`` into ``--out``.
 """
 
@@ -303,7 +307,7 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def markdown(info, gemm_rows, quant_rows, linear, compiled=None, models=None):
+def markdown(info, gemm_rows, quant_rows, linear, compiled=None, models=None, recipes=None):
     lines = [f"Card: {info['card']}; {info['date']}; torch {info['torch']}, Triton {info['triton']}.",
              f"Command: `{info['command']}`", ""]  # fmt: skip
     if gemm_rows:
@@ -352,6 +356,10 @@ def markdown(info, gemm_rows, quant_rows, linear, compiled=None, models=None):
             f"bf16 Inductor {compiled['bf16_inductor_ms']:.2f} ms, backend='fp4' {compiled['fp4_ms']:.2f} ms: "
             f"×{compiled['fp4_vs_eager']:.2f} vs eager, ×{compiled['fp4_vs_inductor']:.2f} vs Inductor."
         )
+    if recipes:
+        from .bench_recipes import markdown as recipe_markdown
+
+        lines += ["", *recipe_markdown(recipes), ""]
     if models:
         from .bench_model import markdown as model_markdown
 
@@ -370,8 +378,13 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="llama7b-8l,llama1b-8l,small-6l", help="model configurations")
     parser.add_argument("--modes", default="bf16_eager,bf16_inductor,fp4,fp4_cudagraphs", help="model modes")
     parser.add_argument("--steps", type=int, default=8, help="training steps per model and mode")
+    parser.add_argument("--recipes", default="quartet",
+                        help="recipes to time in the gemm and model sections (quartet, quartet2, nvfp4)")  # fmt: skip
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)
+    from .bench_recipes import check_recipes
+
+    recipes = check_recipes([r.strip() for r in args.recipes.split(",") if r.strip()])
 
     import torch
 
@@ -397,7 +410,7 @@ def main(argv=None) -> int:
 
     log(f"{info['card']}  torch {info['torch']}  triton {info['triton']}")
     sections = set(args.sections.split(","))
-    gemm_rows, quant_rows, linear, compiled, models = [], [], None, None, []
+    gemm_rows, quant_rows, linear, compiled, models, recipe_rows = [], [], None, None, [], []
     started = time.time()
     if "quantize" in sections:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.quantize_shapes.split(",") if s]
@@ -407,12 +420,17 @@ def main(argv=None) -> int:
         if args.llama:
             shapes.update(LLAMA_SHAPES)
         gemm_rows = bench_gemm(shapes, log, variants=args.variants)
+        if recipes != ["quartet"]:
+            from .bench_recipes import bench_recipe_gemm
+
+            recipe_rows = bench_recipe_gemm(shapes, recipes, log)
     if "linear" in sections:
         linear = bench_linear(log)
     if "compiled" in sections:
         compiled = bench_compiled(log)
     if "model" in sections:
         from .bench_model import bench_models
+        from .bench_recipes import recipe_modes
 
         partial = out / "bench_model_records.jsonl"
 
@@ -420,8 +438,8 @@ def main(argv=None) -> int:
             with partial.open("a") as stream:
                 stream.write(json.dumps({"card": info["card"], "config": config, **record}) + "\n")
 
-        models = bench_models(args.models.split(","), log, modes=args.modes.split(","), steps=args.steps,
-                              on_record=keep)  # fmt: skip
+        modes = recipe_modes(args.modes.split(","), recipes)
+        models = bench_models(args.models.split(","), log, modes=modes, steps=args.steps, on_record=keep)
         card = info["card"].lower().replace("nvidia", "").strip().split()[0]
         (out / f"bench_model_{card}.json").write_text(
             json.dumps([{"card": info["card"], "date": info["date"], "command": info["command"], **row}
@@ -429,9 +447,9 @@ def main(argv=None) -> int:
         )  # fmt: skip
     info["seconds"] = time.time() - started
     results = {"info": info, "gemm": gemm_rows, "quantize": quant_rows, "linear": linear, "compiled": compiled,
-               "model": models}  # fmt: skip
+               "model": models, "recipes": recipe_rows}  # fmt: skip
     (out / "bench.json").write_text(json.dumps(results, indent=1))
-    report = markdown(info, gemm_rows, quant_rows, linear, compiled, models)
+    report = markdown(info, gemm_rows, quant_rows, linear, compiled, models, recipe_rows)
     (out / "results.md").write_text(report)
     if gemm_rows:
         plot(gemm_rows, out / "gemm_tflops.png")

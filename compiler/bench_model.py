@@ -8,7 +8,9 @@ parameters, ``sdpa`` attention, fused AdamW) for a few steps per mode:
 * ``fp4``: ``torch.compile(model, backend="fp4")``;
 * ``fp4_cudagraphs``: the same with ``options={"cudagraphs": True}``;
 * ``fp4_cudagraphs_fold_backward``: and the backward quantizers writing the FP8 fold
-  (``fold_backward=True``).
+  (``fold_backward=True``);
+* ``fp4_<recipe>...``: an fp4 mode under another recipe (``fp4_quartet2``, ``fp4_nvfp4_cudagraphs``;
+  :mod:`fp4.bench_recipes`).
 
 Per mode: the first step (it compiles), the median and the maximum step time
 from the third step on, tokens/s, peak memory, and the host time per step
@@ -38,6 +40,15 @@ FP4_MODES = {
     "fp4_cudagraphs_fold_backward": {"cudagraphs": True, "fold_backward": True},
 }
 MODES = ("bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs")
+
+
+def _with_recipes():
+    from .bench_recipes import fp4_modes
+
+    FP4_MODES.update(fp4_modes(FP4_MODES))  # fp4_quartet2, fp4_nvfp4_cudagraphs, ...: the recipe axis
+
+
+_with_recipes()
 
 
 def build_model(shape: dict, device="cuda"):

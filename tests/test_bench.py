@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fp4 import bench
 
 INFO = {"card": "TEST CARD", "date": "2026-01-01 00:00 UTC", "torch": "t", "triton": "tr", "command": "fp4 bench"}
@@ -24,3 +25,23 @@ def test_markdown_reports_every_section():
 def test_markdown_leaves_out_sections_not_run():
     text = bench.markdown(INFO, [], [], None)
     assert "SwiGLU" not in text and "Linear layer" not in text and "| kernel |" not in text
+
+
+def test_recipe_axis_expands_the_model_modes_and_reports_the_gemm():
+    from fp4 import bench_model, bench_recipes
+
+    modes = bench_recipes.recipe_modes(["bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs"], ["quartet", "nvfp4"])
+    assert modes == ["bf16_eager", "bf16_inductor", "fp4", "fp4_nvfp4", "fp4_cudagraphs", "fp4_nvfp4_cudagraphs"]
+    assert bench_model.FP4_MODES["fp4_quartet2_cudagraphs"] == {"cudagraphs": True, "recipe": "quartet2"}
+    assert "fp4_nvfp4_cudagraphs_fold_backward" not in bench_model.FP4_MODES  # the FP8 fold is quartet's
+    with pytest.raises(ValueError, match=r"unknown recipe\(s\) \['mxfp8'\]"):
+        bench_recipes.check_recipes(["quartet", "mxfp8"])
+    rows = [
+        {"name": "square4096", "M": 4096, "N": 4096, "K": 4096, "recipe": recipe, "lowering": lowering,
+         "bf16_cublas_tflops": 700.0, "gemm_tflops": tflops, "gemm_vs_bf16": tflops / 700.0, "quantize_ms": 0.25,
+         "with_quantize_vs_bf16": 0.5}
+        for recipe, lowering, tflops in (("quartet", "fp8_fold", 1200.0), ("nvfp4", "dequant_bf16", 350.0))
+    ]  # fmt: skip
+    text = bench.markdown(INFO, [], [], None, recipes=rows)
+    assert "| square4096 | 4096×4096×4096 | nvfp4 | dequant_bf16 | 700 | 350 | 0.50 | 0.250 | 0.50 |" in text
+    assert "these rows are for numerics, not speed" in text
