@@ -423,7 +423,7 @@ def main(argv=None) -> int:
         if recipes != ["quartet"]:
             from .bench_recipes import bench_recipe_gemm
 
-            recipe_rows = bench_recipe_gemm(shapes, recipes, log)
+            recipe_rows = bench_recipe_gemm(shapes, recipes, log, _median_ms)
     if "linear" in sections:
         linear = bench_linear(log)
     if "compiled" in sections:

@@ -68,12 +68,19 @@ def _gemm(recipe: str, a, b):
     return fp4.nvfp4_gemm(*a, *b, None, "none", None, None, torch.bfloat16)
 
 
-def bench_recipe_gemm(shapes: dict, recipes, log) -> list[dict]:
-    """One row per shape and recipe: its GEMM from codes and its forward quantizers, against bf16 cuBLAS."""
+def _tflops(M, N, K, ms):
+    return 2.0 * M * N * K / (ms * 1e-3) / 1e12
+
+
+def bench_recipe_gemm(shapes: dict, recipes, log, median_ms) -> list[dict]:
+    """One row per shape and recipe: its GEMM from codes and its forward quantizers, against bf16 cuBLAS.
+
+    ``median_ms(fn, graph=True)`` times ``fn`` (``fp4.bench``'s timer: CUDA-graph replays, median).
+    """
     import torch
     from fp4.core import Target
 
-    from .bench import _median_ms, _tflops
+    _median_ms = median_ms
 
     target = Target.detect()
     rows = []

@@ -101,19 +101,21 @@ def test_checkpointed_model_saves_no_more_than_checkpointed_eager(inductor):
     assert not any(t.producer == "quest_quantize" for t in report.saved_after)
 
 
-def test_checkpointed_model_matches_oracle_bitwise():
+@pytest.mark.parametrize("recipe", ["quartet", "quartet2", "nvfp4"])
+def test_checkpointed_model_matches_oracle_bitwise(recipe):
     """The forward quantization recomputed in the backward equals the saved one: gradients stay bitwise."""
     model, _ = _model_and_input()
 
     def make_inputs():
         return (torch.randn(4, 32, 64, dtype=torch.bfloat16, requires_grad=True),)
 
-    oracle, compiled, backend = compare_with_oracle(model, make_inputs)
+    oracle, compiled, backend = compare_with_oracle(model, make_inputs, recipe=recipe)
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     assert report.forward_graph.count('fp4.draw_seeds.default(4, torch.device("cpu"))') == 1
     assert "draw_seeds" not in report.backward_graph
-    assert "quest_quantize" in report.backward_graph  # recomputed there, as the region asks
+    quantizer = {"quartet": "quest_quantize", "quartet2": "four_over_six_quantize", "nvfp4": "nvfp4_quantize_2d"}
+    assert quantizer[recipe] in report.backward_graph  # recomputed there, as the region asks
 
 
 def test_generator_advances_as_the_checkpointed_oracle():
