@@ -68,10 +68,20 @@ def _blocks(values: torch.Tensor) -> torch.Tensor:
     return values.float().unflatten(-1, (-1, NVFP4_GROUP_SIZE))
 
 
+def _divide(values: torch.Tensor, constant: float) -> torch.Tensor:
+    """``values / constant``, an IEEE float32 division on every device.
+
+    The divisor is a tensor on the values' device: PyTorch's CUDA kernel divides
+    by a host scalar as a multiplication by its reciprocal, which can differ in
+    the last bit.
+    """
+    return values / torch.tensor(constant, dtype=torch.float32, device=values.device)
+
+
 def _tensor_scale(amax: torch.Tensor, scale_max: float, value_max: float) -> torch.Tensor:
     """``amax / scale_max / value_max`` in float32, 1 for an all-zero tensor (``s_dec`` of the authors' kernels)."""
     amax = amax.float()
-    scale = amax / scale_max / value_max
+    scale = _divide(_divide(amax, scale_max), value_max)
     return torch.where(amax == 0, torch.ones_like(scale), scale)
 
 
@@ -104,7 +114,7 @@ def four_over_six_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     """
     blocks = _blocks(x)
     tensor_scale = _tensor_scale(blocks.abs().amax(), QUARTET2_FOUR_OVER_SIX_SCALE_MAX, E2M1_MAX)
-    base = blocks.abs().amax(-1) / E2M1_MAX
+    base = _divide(blocks.abs().amax(-1), E2M1_MAX)
     candidates = []
     for multiplier in (1.0, QUARTET2_FOUR_OVER_SIX_RATIO):
         scale = _block_scale((base * multiplier if multiplier != 1.0 else base) / tensor_scale)
@@ -153,7 +163,7 @@ def eden_rows(values: torch.Tensor, seed: int, stream: int) -> tuple[torch.Tenso
         raise ValueError(f"MS-EDEN takes rows of a multiple of {QUARTET2_HADAMARD_SIZE}, got {width}")
     blocks = _blocks(values)  # [R, W/16, 16]
     tensor_scale = _tensor_scale(blocks.abs().amax(), QUARTET2_EDEN_SCALE_MAX, QUARTET2_BACKWARD_VALUE_MAX)
-    scale = _block_scale(blocks.abs().amax(-1) / QUARTET2_BACKWARD_VALUE_MAX / tensor_scale)
+    scale = _block_scale(_divide(blocks.abs().amax(-1), QUARTET2_BACKWARD_VALUE_MAX) / tensor_scale)
     scaled, codes = _round(blocks, scale, tensor_scale)
     per_chunk = QUARTET2_HADAMARD_SIZE // NVFP4_GROUP_SIZE
     chunk_scaled = scaled.reshape(rows, -1, QUARTET2_HADAMARD_SIZE)

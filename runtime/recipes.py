@@ -13,11 +13,12 @@ So the compiled graph and the oracle compose exactly the same ops with the
 same arguments, and agree bit for bit.  ``call(op, *args)`` returns the op's
 result (a sequence for ops with several outputs).
 
-The ``quartet`` recipe (MXFP4, docs/QUARTET.md) keeps its own code paths in the
-pass and the oracle (clip masks, inverse rotations, FSDP's MXFP4 weights, the
-FP8 fold on Hopper); :data:`RECIPES` describes it alongside the programs of the
-two NVFP4 recipes.  docs/recipes.md has the contracts, the sources and every
-constant.
+The ``quartet`` recipe (MXFP4, docs/QUARTET.md) is written here too, as exactly
+the ops its own code paths in the pass and the oracle emit (those also handle
+FSDP's MXFP4 weights, the Quartet variants and the FP8 fold on Hopper, so they
+stay the ones the backend runs; ``tests/test_recipes.py`` checks that this
+program equals them bit for bit).  docs/recipes.md has the contracts, the
+sources and every constant.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from dataclasses import dataclass
 
 import torch
 from fp4.core import (
+    BACKWARD_ALPHA,
     QUARTET2_SIGN_STREAM,
     RECIPE_CONTRACTION_MULTIPLE,
     RECIPE_FORMATS,
     STREAM_DGRAD_GRAD_OUTPUT,
+    STREAM_DGRAD_SIGNS,
     STREAM_DGRAD_WEIGHT,
     STREAM_WGRAD_GRAD_OUTPUT,
     STREAM_WGRAD_INPUT,
+    STREAM_WGRAD_SIGNS,
 )
 
 from . import recipe_ops  # noqa: F401  (registers the NVFP4 ops)
@@ -47,7 +51,8 @@ def _gemm(call, a, b):
 
 @dataclass(frozen=True)
 class Recipe:
-    """One recipe: its name, storage format, the contraction multiple it needs, and (NVFP4 recipes) its program."""
+    """One recipe: its name, storage format, the contraction multiple it needs, its weight quantizer (the op that
+    quantizes the weight in the forward, deterministic, so the backward may recompute it) and its program."""
 
     name: str
     summary: str
@@ -60,23 +65,10 @@ class Recipe:
     def contraction_multiple(self) -> int:
         return RECIPE_CONTRACTION_MULTIPLE[self.name]
 
-    @property
-    def weight_quantizer(self):
-        """The op that quantizes the weight in the forward (deterministic: the backward may recompute it)."""
-        raise NotImplementedError
-
-    def forward(self, call, x, weight):
-        """``(y, saved)``: the float32 forward GEMM of ``x`` ``[T, K]`` and ``weight`` ``[N, K]``, and what the
-        backward reads (a dict of quantized operands)."""
-        raise NotImplementedError
-
-    def input_grad(self, call, grad, saved, seed):
-        """The float32 ``dX`` ``[T, K]`` from ``grad`` = dY ``[T, N]``."""
-        raise NotImplementedError
-
-    def weight_grad(self, call, grad, saved, seed):
-        """The float32 ``dW`` ``[N, K]`` from ``grad`` = dY ``[T, N]``."""
-        raise NotImplementedError
+    # Each recipe defines:
+    #   forward(call, x [T, K], weight [N, K]) -> (float32 y [T, N], saved: dict of quantized operands)
+    #   input_grad(call, grad [T, N], saved, seed) -> float32 dX [T, K]
+    #   weight_grad(call, grad [T, N], saved, seed) -> float32 dW [N, K]
 
 
 @dataclass(frozen=True)
@@ -89,6 +81,30 @@ class Quartet(Recipe):
     @property
     def weight_quantizer(self):
         return fp4.quest_quantize.default
+
+    def forward(self, call, x, weight):
+        x_q = call(fp4.quest_quantize.default, x, True)
+        w_q = call(fp4.quest_quantize.default, weight, True)
+        y = call(fp4.mxfp4_gemm.default, x_q[0], x_q[1], w_q[0], w_q[1], 1.0, None, "none", None, None, None,
+                 False, torch.float32)  # fmt: skip
+        return y, {"x": tuple(x_q), "w": tuple(w_q)}
+
+    def _backward(self, call, grad, transposed, operand, mask, seed, streams):
+        """``rotate^-1(mask * Q_b(rot_b(dY)) . Q_b(rot_b(saved^T))^T / 9)``: one backward GEMM of Quartet."""
+        signs, grad_stream, saved_stream = streams
+        grad_q = call(fp4.sr_quantize.default, grad, seed, signs, grad_stream, transposed)
+        saved_q = call(fp4.requantize_sr.default, operand[0], operand[1], seed, signs, saved_stream)
+        acc = call(fp4.mxfp4_gemm.default, grad_q[0], grad_q[1], saved_q[0], saved_q[1], BACKWARD_ALPHA, None,
+                   "none", None, None, None, False, torch.float32)  # fmt: skip
+        return call(fp4.inverse_rotate.default, call(fp4.apply_clip_mask.default, acc, mask))
+
+    def input_grad(self, call, grad, saved, seed):
+        streams = (STREAM_DGRAD_SIGNS, STREAM_DGRAD_GRAD_OUTPUT, STREAM_DGRAD_WEIGHT)
+        return self._backward(call, grad, False, saved["w"], saved["x"][2], seed, streams)
+
+    def weight_grad(self, call, grad, saved, seed):
+        streams = (STREAM_WGRAD_SIGNS, STREAM_WGRAD_GRAD_OUTPUT, STREAM_WGRAD_INPUT)
+        return self._backward(call, grad, True, saved["x"], saved["w"][2], seed, streams)
 
 
 @dataclass(frozen=True)

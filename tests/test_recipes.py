@@ -67,6 +67,25 @@ def test_keep_last_layers_takes_a_count(value):
         Options.from_mapping({"keep_last_layers": value})
 
 
+def test_quartet_program_equals_its_own_code_paths():
+    """The quartet recipe written as a program (runtime/recipes.py) is the oracle's Quartet layer, bit for bit."""
+    from fp4.runtime.oracle import QuartetLinearFunction, RecipeLinearFunction
+
+    generator = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 24, 64, generator=generator).to(torch.bfloat16)
+    w = torch.randn(96, 64, generator=generator).to(torch.bfloat16)
+    b = torch.randn(96, generator=generator).to(torch.bfloat16)
+    grad = torch.randn(2, 24, 96, generator=generator).to(torch.bfloat16)
+    results = []
+    for function, extra in ((QuartetLinearFunction, ()), (RecipeLinearFunction, ("quartet",))):
+        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+        y = function.apply(xs, ws, bs, SEED, *extra)
+        y.backward(grad)
+        results.append((y.detach(), xs.grad, ws.grad, bs.grad))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 def test_recipes_describe_themselves():
     assert {name: (r.format, r.contraction_multiple) for name, r in RECIPES.items()} == {
         "quartet": ("mxfp4", 32),

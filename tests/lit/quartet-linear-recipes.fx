@@ -170,6 +170,26 @@ def back_to_back_2d(
     t_9: "bf16[32, 64]" = torch.ops.aten.t.default(t_8)
     return [addmm_1, t_9, view_1, mm_2, t_5, view]
 
+# A forward-only graph (inference): no seeds, and the weight-gradient operand X^T of the nvfp4 recipe is not computed.
+# NV-LABEL: def forward_only(
+# NV-NOT:     draw_seeds
+# NV:         torch.ops.fp4.nvfp4_quantize.default(view, False, False, None, 0)
+# NV-NOT:     nvfp4_quantize.default(view, True
+# NV:         torch.ops.fp4.nvfp4_gemm.default(
+# NV:         return
+# Q2-LABEL: def forward_only(
+# Q2-NOT:     draw_seeds
+# Q2:         torch.ops.fp4.four_over_six_quantize.default(view)
+# Q2:         torch.ops.fp4.nvfp4_gemm.default(
+# Q2-NOT:     eden
+# Q2:         return
+def forward_only(arg0_1: "bf16[32, 64]", arg1_1: "bf16[32]", arg2_1: "bf16[2, 8, 64]"):
+    view: "bf16[16, 64]" = torch.ops.aten.view.default(arg2_1, [16, 64])
+    t: "bf16[64, 32]" = torch.ops.aten.t.default(arg0_1)
+    addmm: "bf16[16, 32]" = torch.ops.aten.addmm.default(arg1_1, view, t)
+    view_1: "bf16[2, 8, 32]" = torch.ops.aten.view.default(addmm, [2, 8, 32])
+    return (view_1,)
+
 # The quartet variants do not combine with another recipe; an unknown recipe is refused with the list.
 # VARIANT: fp4-opt: error: {{.*}}quartet-linear: rotate=False, rounding='sr' are variants of the quartet recipe; recipe 'nvfp4' defines its own rotations and rounding
 # BADRECIPE: fp4-opt: error: pass 'quartet-linear': option recipe='mxfp8' is not valid; it takes one of quartet, quartet2, nvfp4
