@@ -363,6 +363,23 @@ def run_study(pack: corpora.Pack, cfg: dict, out_dir: Path, argv: list[str], out
         f"{pack.meta['tokens']['valid']} held-out), {steps} steps of {batch}x{seq} tokens per run "
         f"({epochs:.2f} epochs), held-out {data['heldout'].numel() * seq} tokens, device {device}")  # fmt: skip
     runs: list[RunResult] = []
+
+    def result_so_far() -> dict:
+        return {
+            "study": "fp4 study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": _env_prefix() + shlex.join(["fp4", "study", *argv]), "machine": machine(),
+            "data": corpora.summary(pack),
+            "config": {**cfg, "steps": steps, "train_tokens": steps * batch * seq, "epochs": epochs,
+                       "heldout_tokens": int(data["heldout"].numel() * seq)},
+            "sizes": {s.name: {**asdict(s), "non_embedding_params": s.non_embedding_params(),
+                               "tokens_per_param": steps * batch * seq / s.non_embedding_params()} for s in sizes},
+            "runs": [asdict(run) for run in runs],
+            "row_commands": {f"{s.name} {p.label}": _env_prefix() + row_command(argv, s.name, p.label)
+                             for s in sizes for p in precisions},
+            "quartet_anchors": [dict(zip(("params", "tokens_per_param", "bf16", "quartet"), a))
+                                for a in QUARTET_ANCHORS],
+        }  # fmt: skip
+
     for size in sizes:
         torch.manual_seed(cfg["seed"])
         initial = _build_model(size, pack.vocab_size, seq)
@@ -373,19 +390,12 @@ def run_study(pack: corpora.Pack, cfg: dict, out_dir: Path, argv: list[str], out
                 out(f"  {size.name} {precision.label}: failed: {type(error).__name__}: {error}")
                 runs.append(RunResult(size.name, precision.label, steps, 0, float("nan"), 0.0, 0.0, 0.0,
                                       error=f"{type(error).__name__}: {error}"))  # fmt: skip
-    result = {
-        "study": "fp4 study", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": _env_prefix() + shlex.join(["fp4", "study", *argv]), "machine": machine(),
-        "data": corpora.summary(pack),
-        "config": {**cfg, "steps": steps, "train_tokens": steps * batch * seq, "epochs": epochs,
-                   "heldout_tokens": int(data["heldout"].numel() * seq)},
-        "sizes": {s.name: {**asdict(s), "non_embedding_params": s.non_embedding_params(),
-                           "tokens_per_param": steps * batch * seq / s.non_embedding_params()} for s in sizes},
-        "runs": [asdict(run) for run in runs],
-        "row_commands": {f"{s.name} {p.label}": _env_prefix() + row_command(argv, s.name, p.label)
-                         for s in sizes for p in precisions},
-        "quartet_anchors": [dict(zip(("params", "tokens_per_param", "bf16", "quartet"), a)) for a in QUARTET_ANCHORS],
-    }  # fmt: skip
+            if len(runs) < len(sizes) * len(precisions):  # a study cut short keeps the runs it finished
+                try:
+                    write_outputs(result_so_far(), out_dir, lambda *_: None)
+                except Exception as error:  # noqa: BLE001  (the final write reports for real)
+                    out(f"  (partial results not written: {type(error).__name__}: {error})")
+    result = result_so_far()
     write_outputs(result, out_dir, out)
     return result
 
