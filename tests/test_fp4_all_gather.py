@@ -160,6 +160,26 @@ def scenario_uneven_eager_oracle(rank):
     return _uneven(rank, compiled=False)
 
 
+def scenario_replicated_unsharded(rank):
+    """HSDP over a (2 replicas, 1 shard) mesh: FSDP's one-rank shard group copies instead of gathering."""
+    import fp4
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = tiny_llama()
+    oracle = oracle_of(model)
+    plan = fp4.distributed.enable_fp4_all_gather(model, world_size=1)
+    backend = fp4.configure(inductor=False)
+    mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard"))
+    for block in model.layers:
+        block.compile(backend=backend)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    outcome = train_against_oracle(rank, model, lambda tokens, targets: model(tokens, targets), oracle, 1)
+    outcome.update(packed=plan.packed, reports=report_facts(backend.reports))
+    return outcome
+
+
 def scenario_compiled_dtype_gather(rank):
     """The baseline: the same training with the weights gathered in their dtype."""
     import fp4
@@ -225,6 +245,7 @@ SCENARIOS = [
     "compiled_inductor",
     "uneven_compiled",
     "uneven_eager_oracle",
+    "replicated_unsharded",
     "compiled_dtype_gather",
     "eager_oracle",
     "bf16",
@@ -332,6 +353,15 @@ def test_uneven_rows_gather_as_padded_fp4_bit_exact(outcomes):
     predicted = embedding + 2 * 2 * (up + odd + odd_bias + single)
     for scenario in ("uneven_compiled", "uneven_eager_oracle"):
         assert [r["first_step_bytes"] for r in outcomes[scenario]] == [predicted] * 2, scenario
+
+
+def test_one_rank_shard_group_takes_the_packed_form(outcomes):
+    results = assert_matches_oracle(outcomes["replicated_unsharded"])
+    assert set(results[0]["packed"].values()) == {
+        "one rank: FSDP copies a single all-gather input instead of gathering"
+    }
+    assert len(results[0]["packed"]) == 2 * len(BLOCK_LAYERS)
+    assert results[0]["reports"][0]["rewritten"] == BLOCK_LAYERS
 
 
 def test_eager_oracle_under_fsdp_reads_gathered_codes(outcomes):
