@@ -54,9 +54,11 @@ def enable_fp4_all_gather(model: torch.nn.Module, select=None, world_size: int |
     (default: the backend's layer policy, every linear layer but the output
     head); a selected layer stays gathered in its dtype when K is not a
     multiple of 32, with the reason in the returned plan.  A layer whose N rows
-    do not split evenly over ``world_size`` ranks (default: the process group's
-    size) gathers as MXFP4 packed in the padded shard's shape (1 B per element
-    instead of 21/32), listed in the plan's ``packed`` with the reason.  The
+    do not split evenly over ``world_size`` ranks (the FSDP shard group's size;
+    default: the process group's, so pass it under HSDP) gathers as MXFP4 packed
+    in the padded shard's shape (1 B per element instead of 21/32), listed in the
+    plan's ``packed`` with the reason.  ``world_size`` only informs the plan: each
+    gather takes the form its own shard group needs.  The
     layers must then run as Quartet layers: compiled with the fp4
     backend (whose include/exclude patterns must select them too) or
     quartetized (``fp4.quartetize``); anything else that reads such a weight
