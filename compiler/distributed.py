@@ -13,8 +13,10 @@ Usage, before ``fully_shard``::
     counted.bytes  # bytes this rank received from all-gathers (forward and backward)
 
 The eligible weights are those the backend rewrites (the default layer policy:
-every ``nn.Linear`` but the output head; contraction size K a multiple of 32)
-whose rows FSDP can split evenly over the ranks.  Each becomes an
+every ``nn.Linear`` but the output head; contraction size K a multiple of 32).
+Weights whose rows split evenly over the ranks gather as 21/32 B per element;
+the others (FSDP pads their shards) as one padded uint8 buffer, 1 B per
+element, listed in the plan's ``packed``.  Each becomes an
 :class:`fp4.runtime.gathered.FP4AllGatherWeight`; see that module for how the
 gather works and what the gathered weight can be used for.
 """
@@ -35,6 +37,8 @@ class AllGatherPlan:
 
     gathered: list[str] = field(default_factory=list)
     kept: dict[str, str] = field(default_factory=dict)  # layer name -> why its weight gathers in its dtype
+    # gathered layers whose codes, scales and mask gather packed in the padded shard's shape (1 B per element)
+    packed: dict[str, str] = field(default_factory=dict)
 
 
 def _linear_layers(model: torch.nn.Module):
@@ -49,9 +53,13 @@ def enable_fp4_all_gather(model: torch.nn.Module, select=None, world_size: int |
     Call before ``fully_shard``.  ``select(name, module)`` picks the layers
     (default: the backend's layer policy, every linear layer but the output
     head); a selected layer stays gathered in its dtype when K is not a
-    multiple of 32 or when its N rows do not split evenly over ``world_size``
-    ranks (default: the process group's size), with the reason in the returned
-    plan.  The layers must then run as Quartet layers: compiled with the fp4
+    multiple of 32, with the reason in the returned plan.  A layer whose N rows
+    do not split evenly over ``world_size`` ranks (the FSDP shard group's size;
+    default: the process group's, so pass it under HSDP) gathers as MXFP4 packed
+    in the padded shard's shape (1 B per element instead of 21/32), listed in the
+    plan's ``packed`` with the reason.  ``world_size`` only informs the plan: each
+    gather takes the form its own shard group needs.  The
+    layers must then run as Quartet layers: compiled with the fp4
     backend (whose include/exclude patterns must select them too) or
     quartetized (``fp4.quartetize``); anything else that reads such a weight
     raises an error.
@@ -73,17 +81,21 @@ def enable_fp4_all_gather(model: torch.nn.Module, select=None, world_size: int |
         weight = module.weight
         if isinstance(weight, DTensor):
             raise ValueError(f"enable_fp4_all_gather must run before fully_shard: {name}.weight is already sharded")
-        if isinstance(weight.data, FP4AllGatherWeight):
-            plan.gathered.append(name)
-            continue
         n, k = weight.shape
-        if k % GROUP_SIZE:
-            plan.kept[name] = f"contraction dim K={k} is not a multiple of {GROUP_SIZE}"
-        elif n % world_size:
-            plan.kept[name] = f"N={n} rows do not split evenly over {world_size} ranks (FSDP would pad the shards)"
-        else:
+        if not isinstance(weight.data, FP4AllGatherWeight):
+            if k % GROUP_SIZE:
+                plan.kept[name] = f"contraction dim K={k} is not a multiple of {GROUP_SIZE}"
+                continue
             module.weight = torch.nn.Parameter(FP4AllGatherWeight(weight.data), requires_grad=weight.requires_grad)
-            plan.gathered.append(name)
+        plan.gathered.append(name)
+        if world_size == 1:
+            plan.packed[name] = "one rank: FSDP copies a single all-gather input instead of gathering"
+        elif n % world_size:
+            rows = -(-n // world_size)
+            plan.packed[name] = (
+                f"N={n} rows do not split evenly over {world_size} ranks: each rank sends the padded shard "
+                f"uint8 [{rows}, {k}] (FSDP requires the padded shape)"
+            )
     return plan
 
 

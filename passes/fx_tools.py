@@ -90,7 +90,9 @@ class Builder:
         return self.call(prims.convert_element_type.default, node, dtype)
 
     def transpose(self, node: torch.fx.Node) -> torch.fx.Node:
-        return self.call(aten.t.default, node)
+        """The 2-D transpose as ``permute([1, 0])``: Inductor lowers permute, while ``aten.t`` is in its
+        decomposition table and so has no lowering (a pass runs after the decomposition)."""
+        return self.call(aten.permute.default, node, [1, 0])
 
 
 def provenance(node: torch.fx.Node) -> dict:

@@ -100,6 +100,7 @@ from .fx_tools import (
     Builder,
     aten,
     is_joint,
+    is_transpose_2d,
     module_of,
     peel_transposes,
     provenance,
@@ -647,7 +648,7 @@ def _consumers(node: torch.fx.Node) -> list[torch.fx.Node]:
     out, frontier = [], list(node.users)
     while frontier:
         user = frontier.pop()
-        if user.op == "call_function" and (user.target in VIEW_OPS or user.target is aten.t.default):
+        if user.op == "call_function" and (user.target in VIEW_OPS or is_transpose_2d(user)):
             frontier.extend(user.users)
         else:
             out.append(user)

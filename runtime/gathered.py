@@ -15,6 +15,14 @@ MXFP4 instead of in the parameter dtype (FSDP2's ``fsdp_pre_all_gather`` /
 * ``fsdp_post_all_gather`` wraps the gathered codes, scales and mask (no copy)
   in a :class:`MXFP4Weight` of the weight's shape and dtype: the unsharded
   parameter the module sees.
+* A weight whose N rows do not split evenly over the ranks (FSDP pads the
+  last shards with zero rows) gathers its codes, scales and mask packed in one
+  uint8 buffer of the padded shard's shape ``[ceil(N / ranks), K]``, as FSDP2
+  requires of such a parameter's all-gather inputs: 1 B per element, the
+  padding rows zero (:func:`pack_rows`).  They gather after the last real row;
+  ``fsdp_post_all_gather`` unpacks the columns and FSDP keeps the first N rows.
+  A single rank (FSDP2 then copies one all-gather input instead of gathering)
+  takes the same form.
 
 An :class:`MXFP4Weight` carries no dense values: the QuEST quantization of the
 weight is all it knows.  ``fp4::quest_quantize`` of it returns the gathered
@@ -219,16 +227,58 @@ class FP4AllGatherWeight(torch.Tensor):
         if param_dtype is not None and param_dtype != weight.dtype:
             weight = weight.to(param_dtype)  # what FSDP would gather, and the oracle of that model would quantize
         codes, scales, mask = torch.ops.fp4.quest_quantize(weight, self.rotate)
-        return (codes, scales, mask), (self.rotate,)
+        rows, k = outer_size
+        ranks = mesh.size()
+        if rows % ranks == 0 and ranks > 1:
+            return (codes, scales, mask), (self.rotate, None)
+        return (pack_rows(codes, scales, mask, -(-rows // ranks)),), (self.rotate, k)
 
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
-        codes, scales, mask = all_gather_outputs
-        (rotate,) = metadata
+        rotate, packed_k = metadata
+        if packed_k is None:
+            codes, scales, mask = all_gather_outputs
+        else:
+            codes, scales, mask = unpack_rows(all_gather_outputs[0], packed_k)
         if out is not None:
-            # A later all-gather writes into the buffers the first one created, which ``out`` views already.
+            # A later all-gather writes into the buffers the first one created, which ``out`` views already
+            # (even shards); packed shards are unpacked into the weight's own buffers, which FSDP re-allocated.
+            # The backward of the forward saved them: a refill is not a new version (FSDP's copy-out does the same).
             for mine, gathered in ((out.codes, codes), (out.scales, scales), (out.mask, mask)):
                 if mine.data_ptr() != gathered.data_ptr():
-                    mine.copy_(gathered[: mine.shape[0]])
+                    with torch.autograd._unsafe_preserve_version_counter(mine):
+                        mine.copy_(gathered[: mine.shape[0]])
             return None
-        # The codes, scales and mask are views of FSDP's all-gather buffers, which FSDP frees and refills.
-        return MXFP4Weight(codes, scales, mask, rotate, param_dtype), ()
+        if packed_k is None:
+            # The codes, scales and mask are views of FSDP's all-gather buffers, which FSDP frees and refills.
+            return MXFP4Weight(codes, scales, mask, rotate, param_dtype), ()
+        # Contiguous copies of the packed buffer's columns; FSDP frees them at reshard, re-allocates them
+        # before the next all-gather, and the ``out=`` call above refills them.
+        inner = tuple(t.contiguous() for t in (codes, scales, mask))
+        return MXFP4Weight(*inner, rotate, param_dtype), inner
+
+
+def packed_columns(k: int) -> tuple[slice, slice, slice]:
+    """The columns of the codes, scales and clip mask in a packed row of ``k`` bytes (21/32 of them used)."""
+    codes, scales, mask = k // 2, k // 32, k // 8
+    return slice(0, codes), slice(codes, codes + scales), slice(codes + scales, codes + scales + mask)
+
+
+def pack_rows(codes: torch.Tensor, scales: torch.Tensor, mask: torch.Tensor, padded_rows: int) -> torch.Tensor:
+    """The local rows' codes, scales and mask in one ``uint8 [padded_rows, K]`` buffer, padding rows zero.
+
+    FSDP2 requires an unevenly sharded parameter's all-gather inputs to have
+    the padded shard's shape ``[ceil(N / ranks), K]`` (every rank then
+    contributes the same bytes); one uint8 row of K bytes holds a row's K/2
+    code bytes, K/32 scales and K/8 mask bytes.  The padding rows gather after
+    the last real row, and the gathered weight is the first N rows.
+    """
+    rows, k = codes.shape[0], codes.shape[1] * 2
+    packed = codes.new_zeros((padded_rows, k))
+    for columns, part in zip(packed_columns(k), (codes, scales, mask)):
+        packed[:rows, columns] = part
+    return packed
+
+
+def unpack_rows(packed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views of the codes, scales and clip mask in gathered packed rows (:func:`pack_rows`)."""
+    return tuple(packed[:, columns] for columns in packed_columns(k))

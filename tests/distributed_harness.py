@@ -64,13 +64,15 @@ def train_against_oracle(rank, model, step_fn, oracle, steps=1, lr=0.1) -> dict:
 
     ``oracle`` is the quartetized copy of ``model``'s initial weights; it takes
     the same SGD step with the averaged oracle gradients.  Returns the
-    mismatching gradients ``(step, name, max abs difference)`` and whether the
-    parameters stayed equal to the oracle's.
+    mismatching gradients ``(step, name, max abs difference)``, per gradient
+    its relative (Frobenius) difference and cosine similarity to the oracle's
+    (``statistics``: ``{name: [(relative, cosine) per step]}``), and whether
+    the parameters stayed equal to the oracle's.
     """
     torch.manual_seed(100 + rank)  # the same seed on both ranks would hide rank-dependent seeding bugs
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     oracle_optimizer = torch.optim.SGD(oracle.parameters(), lr=lr)  # the same update arithmetic
-    mismatches, params_equal = [], True
+    mismatches, statistics, params_equal = [], {}, True
     for step in range(steps):
         tokens, targets = batch(rank, step)
         state = torch.get_rng_state()
@@ -82,6 +84,9 @@ def train_against_oracle(rank, model, step_fn, oracle, steps=1, lr=0.1) -> dict:
             got = full(param.grad).float()
             if not torch.equal(got, want[name]):
                 mismatches.append((step, name, float((got - want[name]).abs().max())))
+            relative = float((got - want[name]).norm() / want[name].norm())
+            cosine = float(torch.nn.functional.cosine_similarity(got.flatten(), want[name].flatten(), dim=0))
+            statistics.setdefault(name, []).append((relative, cosine))
         optimizer.step()
         optimizer.zero_grad()
         for name, param in oracle.named_parameters():
@@ -94,7 +99,7 @@ def train_against_oracle(rank, model, step_fn, oracle, steps=1, lr=0.1) -> dict:
         theirs = oracle_params[name].detach()
         # A bf16 oracle of a mixed-precision run holds no fp32 master weights: only gradients compare.
         params_equal = params_equal and (theirs.dtype != param.dtype or torch.equal(full(param.detach()), theirs))
-    return {"mismatches": mismatches, "params_equal": params_equal}
+    return {"mismatches": mismatches, "statistics": statistics, "params_equal": params_equal}
 
 
 def oracle_of(model: torch.nn.Module, **options) -> torch.nn.Module:

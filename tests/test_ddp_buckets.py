@@ -7,9 +7,10 @@ each piece's forward with its backward; the ``inductor=False`` path must go thro
 counts.  Each piece draws its own layer seeds in forward order, as the oracle does, so the gradients
 still equal the eager oracle's averaged across the ranks, bit for bit.
 
-``torch.compile(DDP(model))`` compiles no graph with the torch release tested (Dynamo breaks the graph in
-DDP's forward and skips the module calls after it): that order runs the model eagerly in its own dtype,
-as docs/backend.md says.  The test pins that, so the docs are revisited when torch changes it.
+``torch.compile(DDP(model))`` of this ``nn.Sequential`` compiles no graph with the torch release tested
+(Dynamo breaks the graph in DDP's forward and skips the torch.nn frame it resumes in): that order runs the
+model eagerly in its own dtype, as docs/backend.md says (a model with its own ``forward`` is compiled,
+tests/test_ddp.py).  The test pins that, so the docs are revisited when torch changes it.
 """
 
 from __future__ import annotations

@@ -5,9 +5,13 @@ scales and clip mask (21/32 B per element) instead of in the parameter dtype.
 The scenarios train with ``inductor=False`` and compare every gradient
 (``.full_tensor()``) bit for bit with the eager oracle averaged over the ranks
 (tests/distributed_harness.py), which quantizes the whole weight: each rank
-quantizing its own rows must give the same codes.  The bytes FSDP all-gathers
-per step are counted (``fp4.distributed.count_all_gather_bytes``) with and
-without the MXFP4 gather and checked against the parameter sizes.
+quantizing its own rows must give the same codes.  Layers whose rows do not
+split evenly over the ranks (33 rows; 1 row, so that one rank's shard is
+empty) gather packed in the padded shard's shape, bit for bit as well.  With
+Inductor (the default) the gradients are compared by their relative
+difference and cosine similarity.  The bytes FSDP all-gathers per step are
+counted (``fp4.distributed.count_all_gather_bytes``) with and without the
+MXFP4 gather and checked against the parameter sizes.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def _train(rank, model, oracle, steps):
     if steps > 1:  # the later steps re-gather into the buffers of the first (fsdp_post_all_gather's out=)
         later = train_against_oracle(rank, model, step, oracle, steps - 1)  # the oracle took the first step too
         first["mismatches"] += later["mismatches"]
+        for name, values in later["statistics"].items():
+            first["statistics"][name] += values
         first["params_equal"] = first["params_equal"] and later["params_equal"]
     outcome.update(first)
     return outcome
@@ -83,6 +89,94 @@ def scenario_compiled(rank):
     backend = fp4.configure(inductor=False)
     outcome = _train(rank, _shard(model, backend), oracle, steps=2)
     outcome.update(plan=plan.gathered, kept=plan.kept, reports=report_facts(backend.reports))
+    return outcome
+
+
+def scenario_compiled_inductor(rank):
+    """The default backend (Inductor) on the gathered codes."""
+    import fp4
+
+    model = tiny_llama()
+    oracle = oracle_of(model)
+    fp4.distributed.enable_fp4_all_gather(model)
+    backend = fp4.configure()
+    outcome = _train(rank, _shard(model, backend), oracle, steps=1)
+    outcome["reports"] = report_facts(backend.reports)
+    return outcome
+
+
+class UnevenBlock(torch.nn.Module):
+    """Linear layers whose rows do not split evenly over two ranks: 33 rows, and 1 (rank 1's shard is empty)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(64, 96, bias=False)  # even: 48 rows a rank
+        self.odd = torch.nn.Linear(96, 33)  # padded shards of 17 rows
+        self.single = torch.nn.Linear(64, 1, bias=False)  # shards of 1 row and 0 rows
+
+    def forward(self, x):
+        y = self.odd(torch.nn.functional.silu(self.up(x)))
+        return x + torch.cat((y[..., :32], y[..., 1:]), dim=-1) * self.single(x)
+
+
+class Uneven(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed_tokens = torch.nn.Embedding(64, 64)
+        self.layers = torch.nn.ModuleList(UnevenBlock() for _ in range(2))
+
+    def forward(self, tokens, targets):
+        x = self.embed_tokens(tokens)
+        for layer in self.layers:
+            x = layer(x)
+        return torch.nn.functional.cross_entropy(x.flatten(0, 1), targets.flatten())
+
+
+UNEVEN_LAYERS = ["up", "odd", "single"]
+
+
+def _uneven(rank, compiled: bool):
+    import fp4
+
+    model = Uneven()
+    oracle = oracle_of(model)
+    if not compiled:
+        fp4.quartetize(model)
+    plan = fp4.distributed.enable_fp4_all_gather(model)
+    backend = fp4.configure(inductor=False) if compiled else None
+    outcome = _train(rank, _shard(model, backend), oracle, steps=2)
+    outcome.update(plan=plan.gathered, packed=plan.packed, kept=plan.kept)
+    if backend is not None:
+        outcome["reports"] = report_facts(backend.reports)
+    return outcome
+
+
+def scenario_uneven_compiled(rank):
+    return _uneven(rank, compiled=True)
+
+
+def scenario_uneven_eager_oracle(rank):
+    return _uneven(rank, compiled=False)
+
+
+def scenario_replicated_unsharded(rank):
+    """HSDP over a (2 replicas, 1 shard) mesh: FSDP's one-rank shard group copies instead of gathering."""
+    import fp4
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model = tiny_llama()
+    oracle = oracle_of(model)
+    plan = fp4.distributed.enable_fp4_all_gather(model, world_size=1)
+    backend = fp4.configure(inductor=False)
+    mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard"))
+    for block in model.layers:
+        block.compile(backend=backend)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    outcome = train_against_oracle(rank, model, lambda tokens, targets: model(tokens, targets), oracle, 1)
+    outcome.update(packed=plan.packed, reports=report_facts(backend.reports))
     return outcome
 
 
@@ -148,6 +242,10 @@ def scenario_excluded_layer(rank):
 
 SCENARIOS = [
     "compiled",
+    "compiled_inductor",
+    "uneven_compiled",
+    "uneven_eager_oracle",
+    "replicated_unsharded",
     "compiled_dtype_gather",
     "eager_oracle",
     "bf16",
@@ -212,6 +310,58 @@ def test_compiled_fp4_all_gather_matches_oracle(outcomes):
     assert graph["saved_parameter_shapes"] == [()]
     assert graph["saved_parameter_bytes"] == dtype_graph["saved_parameter_bytes"] == len(BLOCK_LAYERS) * 8
     assert graph["saved_activation_bytes"] == dtype_graph["saved_activation_bytes"]
+
+
+def test_compiled_fp4_all_gather_with_inductor_close_to_oracle(outcomes):
+    """Inductor compiles the graphs on the gathered codes; the ops around the fp4 ops are re-associated.
+
+    Measured (TinyLlama test model, one step, both ranks): the linear layers' weight gradients equal
+    the oracle's bit for bit, the others (norms, embedding, head) are within 1e-6 relative (Frobenius).
+    """
+    results = check(outcomes["compiled_inductor"])
+    for outcome in results:
+        (graph,) = outcome["reports"]
+        assert graph["rewritten"] == BLOCK_LAYERS and graph["skipped"] == {}
+        assert "fp4.quest_quantize" not in graph["backward_graph"]  # the weights' codes are gathered, not made
+        for name, ((relative, _),) in outcome["statistics"].items():
+            print(f"{name}: relative difference {relative:.2e}")
+            assert relative < 1e-6, (name, relative)
+            if name.startswith("layers.") and name.endswith("_proj.weight"):
+                assert relative == 0, name
+
+
+def test_uneven_rows_gather_as_padded_fp4_bit_exact(outcomes):
+    """33 rows and 1 row over two ranks: packed in the padded shard's shape, still bit for bit."""
+    for scenario in ("uneven_compiled", "uneven_eager_oracle"):
+        results = assert_matches_oracle(outcomes[scenario])
+        outcome = results[0]
+        assert outcome["plan"] == [f"layers.{i}.{name}" for i in range(2) for name in UNEVEN_LAYERS]
+        assert outcome["kept"] == {}
+        assert outcome["packed"] == {
+            f"layers.{i}.{name}": f"N={n} rows do not split evenly over 2 ranks: each rank sends the padded "
+            f"shard uint8 [{rows}, {k}] (FSDP requires the padded shape)"
+            for i in range(2)
+            for name, n, rows, k in (("odd", 33, 17, 96), ("single", 1, 1, 64))
+        }
+    (graph,) = check(outcomes["uneven_compiled"])[0]["reports"]
+    assert graph["rewritten"] == UNEVEN_LAYERS and graph["skipped"] == {}
+    assert "fp4.quest_quantize(primals" not in graph["forward_graph"]  # no weight quantized in the graph
+    # Bytes one rank sends per step: the root's embedding once (fp32), every block twice (forward and
+    # backward): up 21/32 B per element of its 48 rows, odd and single one byte per element of the
+    # padded shards [17, 96] and [1, 64], odd's bias as fp32 padded to 17 elements.
+    embedding, up, odd, odd_bias, single = 64 * 64 * 4 // 2, 48 * 64 * 21 // 32, 17 * 96, 17 * 4, 1 * 64
+    predicted = embedding + 2 * 2 * (up + odd + odd_bias + single)
+    for scenario in ("uneven_compiled", "uneven_eager_oracle"):
+        assert [r["first_step_bytes"] for r in outcomes[scenario]] == [predicted] * 2, scenario
+
+
+def test_one_rank_shard_group_takes_the_packed_form(outcomes):
+    results = assert_matches_oracle(outcomes["replicated_unsharded"])
+    assert set(results[0]["packed"].values()) == {
+        "one rank: FSDP copies a single all-gather input instead of gathering"
+    }
+    assert len(results[0]["packed"]) == 2 * len(BLOCK_LAYERS)
+    assert results[0]["reports"][0]["rewritten"] == BLOCK_LAYERS
 
 
 def test_eager_oracle_under_fsdp_reads_gathered_codes(outcomes):
@@ -293,6 +443,23 @@ def test_gathered_weight_quantizes_to_its_codes_and_has_no_dense_values():
         gathered + 1
 
 
+def test_padded_shards_gather_the_rows_of_the_whole_quantization():
+    """Uneven rows: each rank packs its rows' codes into the padded shard; the first N gathered rows are exact."""
+    from fp4.runtime.gathered import pack_rows, unpack_rows
+
+    generator = torch.Generator().manual_seed(5)
+    for rows, ranks in ((33, 2), (1, 2), (10, 4), (7, 1)):
+        weight = torch.randn(rows, 96, generator=generator)
+        whole = torch.ops.fp4.quest_quantize(weight, True)
+        shards = list(weight.chunk(ranks))  # FSDP's row split: ceil(N / ranks) rows, the last shards short or empty
+        shards += [weight[:0]] * (ranks - len(shards))
+        padded = -(-rows // ranks)
+        gathered = torch.cat([pack_rows(*torch.ops.fp4.quest_quantize(shard, True), padded) for shard in shards])
+        assert gathered.shape == (ranks * padded, 96) and gathered.dtype == torch.uint8
+        for part, got in zip(whole, unpack_rows(gathered, 96)):
+            assert torch.equal(got[:rows], part)
+
+
 def test_enable_fp4_all_gather_keeps_ineligible_layers_with_the_reason():
     import fp4
     from fp4.runtime.gathered import FP4AllGatherWeight
@@ -304,14 +471,18 @@ def test_enable_fp4_all_gather_keeps_ineligible_layers_with_the_reason():
     model.add_module("lm_head", torch.nn.Linear(64, 64, bias=False))  # the head: not selected
     before = model.up.weight.detach().clone()
     plan = fp4.distributed.enable_fp4_all_gather(model, world_size=2)
-    assert plan.gathered == ["up"]
-    assert plan.kept == {
-        "odd": "contraction dim K=48 is not a multiple of 32",
-        "uneven": "N=33 rows do not split evenly over 2 ranks (FSDP would pad the shards)",
+    assert plan.gathered == ["up", "uneven"]
+    assert plan.kept == {"odd": "contraction dim K=48 is not a multiple of 32"}
+    assert plan.packed == {
+        "uneven": "N=33 rows do not split evenly over 2 ranks: each rank sends the padded shard uint8 [17, 64] "
+        "(FSDP requires the padded shape)"
     }
     assert isinstance(model.up.weight.data, FP4AllGatherWeight)
     assert isinstance(model.up.weight, torch.nn.Parameter) and model.up.weight.requires_grad
     assert torch.equal(model.up.weight.detach(), before)  # the master weight, unchanged
-    assert not any(isinstance(m.weight.data, FP4AllGatherWeight) for m in (model.odd, model.uneven, model.lm_head))
+    assert isinstance(model.uneven.weight.data, FP4AllGatherWeight)
+    assert not any(isinstance(m.weight.data, FP4AllGatherWeight) for m in (model.odd, model.lm_head))
+    # Enabling again changes nothing and reports the same plan.
+    assert fp4.distributed.enable_fp4_all_gather(model, world_size=2) == plan
     with pytest.raises(ValueError, match="needs world_size= or an initialized process group"):
         fp4.distributed.enable_fp4_all_gather(torch.nn.Linear(64, 64))

@@ -131,12 +131,12 @@ def linear_3d_no_bias(primals_1: "bf16[32, 64]", primals_2: "bf16[2, 8, 64]", ta
 # GPT-2's Conv1D: addmm(b, x, w) with w [K, N], no transpose. The layer's [N, K] weight is t(w); its
 # weight-grad GEMM (x^T . dY, [K, N]) comes out transposed, as w's gradient.
 # CHECK-LABEL: def conv1d_transposed_weight(
-# CHECK:         [[W:\b\w+]]: "bf16[32, 64]" = torch.ops.aten.t.default(primals_1)
+# CHECK:         [[W:\b\w+]]: "bf16[32, 64]" = torch.ops.aten.permute.default(primals_1, [1, 0])
 # CHECK-NEXT:    torch.ops.fp4.quest_quantize.default([[W]], True)
 # CHECK:         torch.ops.fp4.sr_quantize.default([[G:\b\w+]], {{\w+}}, 0, 2, False)
 # CHECK:         torch.ops.fp4.sr_quantize.default([[G]], {{\w+}}, 1, 4, True)
 # CHECK:         [[DW:\b\w+]]: "bf16[32, 64]" = torch.ops.prims.convert_element_type.default(
-# CHECK-NEXT:    [[DWT:\b\w+]]: "bf16[64, 32]" = torch.ops.aten.t.default([[DW]])
+# CHECK-NEXT:    [[DWT:\b\w+]]: "bf16[64, 32]" = torch.ops.aten.permute.default([[DW]], [1, 0])
 # CHECK:         torch.ops.fp4.bias_grad.default([[G]], torch.bfloat16)
 # CHECK-NOT:     aten.mm
 # CHECK:         return [{{\w+}}, [[DWT]], {{\w+}}, {{\w+}}]
