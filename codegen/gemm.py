@@ -100,6 +100,27 @@ def _emit_activation(w: SourceWriter, activation: str) -> None:
         w.line("y = tl.where(y < 0.0, 0.0, y)")
 
 
+def emit_rounded_tail(w: SourceWriter, e: EpilogueSpec, out_type: str) -> None:
+    """The epilogue after the fp32 steps: round ``acc`` to the output dtype, then activation, gate multiply and
+    residual add, each rounded as the eager op would, and the masked store of the ``[BLOCK_M, TILE_N]`` tile
+    (``offs_m``, ``offs_n``, ``m_ok``, ``n_ok`` in scope)."""
+    w.line(f"y = acc.to({out_type})")
+    if e.activation != "none":
+        w.comment("activation on the rounded value, rounded again (as the eager op)")
+        w.line("y = y.to(tl.float32)")
+        _emit_activation(w, e.activation)
+        w.line(f"y = y.to({out_type})")
+    w.line("tile_ok = m_ok[:, None] & n_ok[None, :]")
+    w.line("rows64 = offs_m[:, None].to(tl.int64)")
+    if e.gate:
+        w.line("gate = tl.load(gate_ptr + rows64 * stride_gm + offs_n[None, :], mask=tile_ok, other=0.0)")
+        w.line(f"y = (y.to(tl.float32) * gate.to(tl.float32)).to({out_type})")
+    if e.residual:
+        w.line("residual = tl.load(residual_ptr + rows64 * stride_rm + offs_n[None, :], mask=tile_ok, other=0.0)")
+        w.line(f"y = (y.to(tl.float32) + residual.to(tl.float32)).to({out_type})")
+    w.line("tl.store(out_ptr + rows64 * stride_om + offs_n[None, :], y, mask=tile_ok)")
+
+
 def _emit_epilogue_function(w: SourceWriter, spec: GemmSpec, name: str) -> list[str]:
     """A jit helper that finishes and stores one accumulator tile; returns its parameter names."""
     e = spec.epilogue
@@ -143,21 +164,7 @@ def _emit_epilogue_function(w: SourceWriter, spec: GemmSpec, name: str) -> list[
             L.butterfly(w, names)
             L.join_lanes(w, names, f"BLOCK_M * TILE_N // {GROUP_SIZE}", "acc")
             w.line("acc = tl.reshape(acc, [BLOCK_M, TILE_N])")
-        w.line(f"y = acc.to({out_type})")
-        if e.activation != "none":
-            w.comment("activation on the rounded value, rounded again (as the eager op)")
-            w.line("y = y.to(tl.float32)")
-            _emit_activation(w, e.activation)
-            w.line(f"y = y.to({out_type})")
-        w.line("tile_ok = m_ok[:, None] & n_ok[None, :]")
-        w.line("rows64 = offs_m[:, None].to(tl.int64)")
-        if e.gate:
-            w.line("gate = tl.load(gate_ptr + rows64 * stride_gm + offs_n[None, :], mask=tile_ok, other=0.0)")
-            w.line(f"y = (y.to(tl.float32) * gate.to(tl.float32)).to({out_type})")
-        if e.residual:
-            w.line("residual = tl.load(residual_ptr + rows64 * stride_rm + offs_n[None, :], mask=tile_ok, other=0.0)")
-            w.line(f"y = (y.to(tl.float32) + residual.to(tl.float32)).to({out_type})")
-        w.line("tl.store(out_ptr + rows64 * stride_om + offs_n[None, :], y, mask=tile_ok)")
+        emit_rounded_tail(w, e, out_type)
     w.line("")
     w.line("")
     return [p.split(":")[0] for p in params[:-2]]

@@ -57,7 +57,7 @@ from fp4.core import (
 )
 
 from . import lanes as L
-from .gemm import _emit_activation
+from .gemm import emit_rounded_tail
 from .quantize import NO_FUSION, UNIFORM_24_BITS
 from .source import KernelSource, SourceWriter, header
 from .spec import DTYPES, EpilogueSpec
@@ -596,21 +596,7 @@ def _emit_gemm_epilogue(w: SourceWriter, e: EpilogueSpec) -> None:
     w.line("acc = acc * (tl.load(a_decode_ptr) * tl.load(b_decode_ptr))")
     if e.bias:
         w.line("acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]")
-    w.line(f"y = acc.to({out_type})")
-    if e.activation != "none":
-        w.comment("activation on the rounded value, rounded again (as the eager op)")
-        w.line("y = y.to(tl.float32)")
-        _emit_activation(w, e.activation)
-        w.line(f"y = y.to({out_type})")
-    w.line("tile_ok = m_ok[:, None] & n_ok[None, :]")
-    w.line("rows64 = offs_m[:, None].to(tl.int64)")
-    if e.gate:
-        w.line("gate = tl.load(gate_ptr + rows64 * stride_gm + offs_n[None, :], mask=tile_ok, other=0.0)")
-        w.line(f"y = (y.to(tl.float32) * gate.to(tl.float32)).to({out_type})")
-    if e.residual:
-        w.line("residual = tl.load(residual_ptr + rows64 * stride_rm + offs_n[None, :], mask=tile_ok, other=0.0)")
-        w.line(f"y = (y.to(tl.float32) + residual.to(tl.float32)).to({out_type})")
-    w.line("tl.store(out_ptr + rows64 * stride_om + offs_n[None, :], y, mask=tile_ok)")
+    emit_rounded_tail(w, e, out_type)
 
 
 def emit_nvfp4_gemm(spec: NVFP4GemmSpec) -> KernelSource:
