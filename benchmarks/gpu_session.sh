@@ -6,7 +6,7 @@
 set -u
 out=${1:-gpu-results}
 models=${2:-llama1b-8l,small-6l}
-modes=${3:-bf16_inductor,fp4_cudagraphs,fp4_cudagraphs_fold_backward}
+modes=${3:-bf16_inductor,fp4_cudagraphs,fp4_cudagraphs_fold_backward,fp4_cudagraphs_compile_ahead}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -m pip install --no-deps --no-build-isolation -q -e . >/tmp/fp4-install.log 2>&1 || cat /tmp/fp4-install.log

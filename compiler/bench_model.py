@@ -38,6 +38,7 @@ FP4_MODES = {
     "fp4": {},
     "fp4_cudagraphs": {"cudagraphs": True},
     "fp4_cudagraphs_fold_backward": {"cudagraphs": True, "fold_backward": True},
+    "fp4_cudagraphs_compile_ahead": {"cudagraphs": True, "compile_ahead": True},
 }
 MODES = ("bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs")
 

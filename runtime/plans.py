@@ -157,13 +157,14 @@ class PlanCache(dict):
         return plan
 
 
-_WARMUPS: list[threading.Thread] = []
+WARMUPS: list[threading.Thread] = []
+"""Warm-up threads not waited for yet (empty in steady state: the hot path's check is one truthiness test)."""
 _WARMING = threading.local()
 
 
 def add_warmup(thread: threading.Thread) -> None:
     """Register a thread that builds plans ahead of their first call (:mod:`fp4.runtime.warmup`)."""
-    _WARMUPS.append(thread)
+    WARMUPS.append(thread)
 
 
 def mark_warming() -> None:
@@ -174,13 +175,14 @@ def mark_warming() -> None:
 def wait_for_warmups() -> None:
     """Block until every warm-up thread registered so far has finished (no-op inside a warm-up thread).
 
-    A plan look-up that misses calls this first: the warm-up may be building that very plan.
+    Every op call waits while one is pending: the warm-up may be building that very plan, and no other thread
+    may touch the device once the step's CUDA graphs are being captured.
     """
     if getattr(_WARMING, "active", False):
         return
-    while _WARMUPS:
+    while WARMUPS:
         try:
-            thread = _WARMUPS.pop(0)
+            thread = WARMUPS.pop(0)
         except IndexError:  # another thread took the last one
             return
         thread.join()

@@ -11,8 +11,10 @@ compile is queued on one thread pool), and does so on a background thread, so
 the compiles overlap Inductor compiling the rest of the graph.  The plans it
 builds are the ones the step looks up (same key: shapes, strides, dtypes,
 16-byte alignment); the step's first call of a plan then only times the
-already compiled candidates.  A plan lookup that misses waits for the
-warm-up first (:func:`fp4.runtime.plans.wait_for_warmups`), so nothing is compiled twice.
+already compiled candidates.  The step's first fp4 op call waits for the
+warm-up to finish (:func:`fp4.runtime.plans.wait_for_warmups`), so nothing is
+compiled twice and no other thread touches the device once the step runs
+(CUDA-graph capture forbids that).
 
 Nothing here changes what any op computes: a warm-up that fails (a node it
 cannot build arguments for, a kernel that does not compile) is logged and

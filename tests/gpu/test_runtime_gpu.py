@@ -136,7 +136,7 @@ def test_kernels_compile_ahead_and_the_step_builds_no_plan():
 
     model = _tiny_llama()
     built_before, warmed_before = plans_built(), warmup.STATS["plans"]
-    ahead = _train(copy.deepcopy(model), {}, steps=2)
+    ahead = _train(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
     built, warmed = plans_built() - built_before, warmup.STATS["plans"] - warmed_before
     assert warmed > 0 and warmup.STATS["skipped"] == 0
     assert built == warmed, f"the steps built {built - warmed} plans the warm-up did not"
