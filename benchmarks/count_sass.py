@@ -2,6 +2,9 @@
 
     python benchmarks/count_sass.py
 
+The QuEST quantizer is also counted for sm_100a and sm_120a, with the integer rounding of the other targets
+and with Blackwell's hardware E2M1 conversion (``QuantizeSpec.hardware_e2m1``).
+
 Each kernel is compiled ahead of time to PTX (as the CI's PTX checks do), assembled with
 the ``ptxas`` that ships with Triton and disassembled with its ``cuobjdump``.  The
 kernels are straight-line code (one group per thread, no loops except the fold's), so
@@ -26,23 +29,34 @@ from fp4.runtime.cache import compile_ahead_of_time
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 CASES = {
+    # name: (spec, BLOCK_ROWS, BLOCK_GROUPS, architecture)
     "quest_quantize (last)": (QuantizeSpec("quest", "dense", "last", True, False, "bf16"), 8, 16),
     "quest_quantize + fold": (QuantizeSpec("quest", "dense", "last", True, False, "bf16", fold=True), 4, 32),
     "sr_quantize (last)": (QuantizeSpec("sr", "dense", "last", True, True, "bf16"), 8, 16),
     "sr_quantize (first)": (QuantizeSpec("sr", "dense", "first", True, True, "bf16"), 64, 2),
     "requantize_sr": (QuantizeSpec("sr", "mxfp4", "first", True, True, "u8"), 64, 2),
 }
+BLACKWELL_CASES = {
+    f"quest_quantize (last), sm_{arch}a{', hardware E2M1' if hardware else ''}": (
+        QuantizeSpec("quest", "dense", "last", True, False, "bf16", hardware_e2m1=hardware),
+        8,
+        16,
+        arch,
+    )
+    for arch in (100, 120)
+    for hardware in (False, True)
+}
 WARPS = 4
 
 
-def _assemble(ptx: str, directory: str) -> tuple[str, str]:
+def _assemble(ptx: str, directory: str, arch: int = 90) -> tuple[str, str]:
     """``ptxas -v`` report and cubin path; a PTX header newer than ``ptxas`` is lowered to the version it names."""
     ptx_path, cubin = os.path.join(directory, "k.ptx"), os.path.join(directory, "k.cubin")
     for _ in range(2):
         with open(ptx_path, "w") as stream:
             stream.write(ptx)
         run = subprocess.run(
-            [os.path.join(BIN, "ptxas"), "--gpu-name", "sm_90a", "-v", ptx_path, "-o", cubin],
+            [os.path.join(BIN, "ptxas"), "--gpu-name", f"sm_{arch}a", "-v", ptx_path, "-o", cubin],
             capture_output=True, text=True,
         )  # fmt: skip
         supported = re.search(r"current version is '(\d+\.\d+)'", run.stderr)
@@ -56,12 +70,13 @@ def _assemble(ptx: str, directory: str) -> tuple[str, str]:
 
 def main() -> None:
     print("| kernel | registers | spill bytes | SASS instructions | per element |\n|---|---|---|---|---|")
-    for name, (spec, block_rows, block_groups) in CASES.items():
+    cases = {name: (*case, 90) for name, case in CASES.items()} | BLACKWELL_CASES
+    for name, (spec, block_rows, block_groups, arch) in cases.items():
         constexprs = dict(BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
         aligned = ("rows", "cols", "stride_x", "out_width")
-        compiled = compile_ahead_of_time(kernels.quantize_source(spec), 90, constexprs, WARPS, aligned=aligned)
+        compiled = compile_ahead_of_time(kernels.quantize_source(spec), arch, constexprs, WARPS, aligned=aligned)
         with tempfile.TemporaryDirectory() as directory:
-            report, cubin = _assemble(compiled.asm["ptx"], directory)
+            report, cubin = _assemble(compiled.asm["ptx"], directory, arch)
             sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
         count = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass.stdout, flags=re.M))
         registers = re.search(r"Used (\d+) registers", report).group(1)
