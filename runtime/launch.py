@@ -524,12 +524,15 @@ def quest_quantize_cuda(x, rotate):
     flat = x.reshape(-1, k)
     copy = flat.stride(-1) != 1 or flat.data_ptr() != x.data_ptr()
     quantize = dense_quantize_plan(flat.contiguous() if copy else flat, "quest", "last", rotate)
+    # the outputs are allocated in their final shapes (the kernel sees pointers only): no views per call
     shapes = (lead + (k // 2,), lead + (k // GROUP_SIZE,), lead + (k // 8,))
+    quantize.outputs = [(shape, dtype) for shape, (_, dtype) in zip(shapes, quantize.outputs, strict=True)]
+    if x.dim() == 2 and not copy:
+        return lambda x, rotate: tuple(quantize([x]))
 
     def run(x, rotate):
         flat = x.reshape(-1, k)
-        codes, scales, mask = quantize([flat.contiguous() if copy else flat])
-        return codes.view(shapes[0]), scales.view(shapes[1]), mask.view(shapes[2])
+        return tuple(quantize([flat.contiguous() if copy else flat]))
 
     return run
 
