@@ -227,3 +227,31 @@ class EpilogueFusion(GraphPass):
         if modified:
             gm.recompile()
         return PassResult(gm, modified)
+
+
+def unfused_gemm(b: Builder, op, args) -> list[torch.fx.Node]:
+    """``op(*args)``, a GEMM of :data:`GEMM_SIGNATURES`, with its epilogue as separate nodes (undoing the fusions).
+
+    A float32 GEMM without epilogue, then ``+ bias``, ``fp4::apply_clip_mask``,
+    ``fp4::inverse_rotate`` and the cast to ``out_dtype``, each where its
+    ``fuse-*`` pass finds it; the reference applies them in that order and
+    rounds where these nodes do, so folding them back is exact.  (Activation,
+    gate and residual are not recipe steps: the fusions find them in the model.)
+    Returns the nodes inserted, the GEMM first and the result last.
+    """
+    names = GEMM_SIGNATURES[op]
+    epilogue = dict(zip(names, args))
+    if epilogue["activation"] != "none" or epilogue["gate"] is not None or epilogue["residual"] is not None:
+        raise ValueError(f"{op}: only bias, clip mask, inverse rotation and the cast are emitted unfused")
+    plain = {**epilogue, "bias": None, "out_dtype": torch.float32}
+    if "clip_mask" in names:
+        plain.update(clip_mask=None, inverse_rotate=False)
+    nodes = [b.call(op, *(plain[name] for name in names))]
+    if epilogue["bias"] is not None:
+        nodes.append(b.call(aten.add.Tensor, nodes[-1], epilogue["bias"]))
+    if epilogue.get("clip_mask") is not None:
+        nodes.append(b.call(torch.ops.fp4.apply_clip_mask.default, nodes[-1], epilogue["clip_mask"]))
+    if epilogue.get("inverse_rotate"):
+        nodes.append(b.call(torch.ops.fp4.inverse_rotate.default, nodes[-1]))
+    cast = b.cast(nodes[-1], epilogue["out_dtype"])
+    return nodes if cast is nodes[-1] else [*nodes, cast]

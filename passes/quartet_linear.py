@@ -62,9 +62,12 @@ backward GEMMs not matched unambiguously, a weight computed in the graph of an
 ``nn.Linear`` or after a collective, one of the last ``keep_last_layers``).
 
 Recipes (option ``recipe``, docs/recipes.md).  The matching is the same for
-every recipe; ``quartet`` rewrites as above, the NVFP4 recipes run their
-program (:mod:`fp4.runtime.recipes`) with a ``call`` that inserts the nodes, so
-the graph composes exactly the oracle's ops.  ``recipe=quartet2``, one layer::
+every recipe, and so is the rewrite: each layer runs its recipe's program
+(:mod:`fp4.runtime.recipes`, ``quartet`` above, with its variants
+``rotate``/``rounding``) with a ``call`` that inserts the nodes, the one the
+oracle runs eagerly, so the graph composes exactly the oracle's ops; the
+``call`` emits each GEMM's epilogue unfused and reads an MXFP4-gathered
+weight's codes for its quantization.  ``recipe=quartet2``, one layer::
 
     four_over_six_quantize(x) -> (x codes, scales, decode);  ... (w)
     nvfp4_gemm(x..., w..., None, 'none', None, None, torch.float32);  add bias;  cast
@@ -87,11 +90,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx
 from fp4.core import DEFAULT_RECIPE, RECIPES, keep_last_reason, layer_name, seed_salt, skip_reason
-from fp4.runtime import reference as ref
 from fp4.runtime import variants
 from fp4.runtime.recipes import RECIPES as RECIPE_PROGRAMS
 from torch.utils.checkpoint import CheckpointPolicy
 
+from .epilogue import GEMM_SIGNATURES, unfused_gemm
 from .fx_tools import (
     CAST_OPS,
     GATHER_OPS,
@@ -322,11 +325,10 @@ class QuartetLinear(GraphPass):
             requantize = self.requantize_weights
         recipe = options.recipe if self.recipe is None else self.recipe
         keep_last = options.keep_last_layers if self.keep_last is None else self.keep_last
-        if recipe != DEFAULT_RECIPE and (not rotate or rounding != "sr"):
-            raise ValueError(
-                f"quartet-linear: rotate={rotate}, rounding={rounding!r} are variants of the quartet recipe; "
-                f"recipe {recipe!r} defines its own rotations and rounding"
-            )
+        try:
+            program = RECIPE_PROGRAMS[recipe].variant(rotate, rounding)
+        except ValueError as error:
+            raise ValueError(f"quartet-linear: {error}") from None
         if keep_last < 0:
             raise ValueError(f"quartet-linear: keep_last takes a count >= 0, got {keep_last}")
         if recipe != options.recipe:
@@ -373,13 +375,9 @@ class QuartetLinear(GraphPass):
         # input: layer 1's forward GEMM is layer 2's x, layer 2's input-grad GEMM is layer 1's dY), so
         # every match is resolved through the replacements made so far before it is rewritten.
         replaced: dict[torch.fx.Node, torch.fx.Node] = {}
-        program = RECIPE_PROGRAMS[recipe]
         for index, match in enumerate(matches):
             match = _resolve(match, replaced)
-            if recipe == DEFAULT_RECIPE:
-                self._rewrite(graph, match, seed_nodes[index], index, rotate, rounding, ctx, replaced)
-            else:
-                self._rewrite_recipe(graph, match, seed_nodes[index], index, program, ctx, replaced)
+            self._rewrite(graph, match, seed_nodes[index], index, program, ctx, replaced)
             if joint and requantize and not _is_fp4_gathered(match.weight):
                 # (An MXFP4-gathered weight's codes are graph inputs already: nothing to recompute.)
                 _recompute_weight_quantization(match, program.weight_quantizer)
@@ -391,186 +389,68 @@ class QuartetLinear(GraphPass):
         gm.recompile()
         return PassResult(gm, True)
 
-    def _rewrite(self, graph, match: _Match, seed, index, rotate, rounding, ctx, replaced) -> None:
+    def _rewrite(self, graph, match: _Match, seed, index, program, ctx, replaced) -> None:
+        """Rewrite one layer with its recipe's program (fp4.runtime.recipes); the epilogues stay unfused."""
         layer = match.layer
         layer.status = "rewritten"
         layer.seed_index = index if seed is not None else None
         forward = match.forward
-        out_dtype = value(forward).dtype
         with graph.inserting_before(forward):
-            b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
-            x_codes, x_scales, x_mask = b.unpack(b.call(fp4.quest_quantize.default, match.x, rotate))
-            if _is_fp4_gathered(match.weight):
-                # FSDP gathered the weight's QuEST codes, scales and mask: they are the quantization.
-                w_codes, w_scales, w_mask = match.weight.args[:3]
-            else:
-                weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
-                w_codes, w_scales, w_mask = b.unpack(b.call(fp4.quest_quantize.default, weight, rotate))
-            y = b.call(
-                fp4.mxfp4_gemm.default, x_codes, x_scales, w_codes, w_scales, 1.0,
-                None, "none", None, None, None, False, torch.float32,
-            )  # fmt: skip
-            gemm = y
-            if match.bias is not None:
-                y = b.call(aten.add.Tensor, y, match.bias)
-            y = b.cast(y, out_dtype)
+            call = _GraphCall(Builder(graph, {**provenance(forward), LAYER_KEY: layer.name}))
+            # [N, K]; a Conv1D's transpose goes in where the weight's quantizer first reads it.
+            weight = _Transposed(call.builder, match.weight) if match.weight_transposed else match.weight
+            y, saved = program.forward(call, match.x, weight, match.bias, value(forward).dtype)
         _replace(graph, forward, y, replaced)
-        layer.gemms["forward"] = gemm.name
-        ctx.counters["quartet-linear.forward_gemm"] += 1
-
-        if seed is None:
-            return
-        dgrad_streams = (ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, ref.STREAM_DGRAD_WEIGHT)
-        wgrad_streams = (ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, ref.STREAM_WGRAD_INPUT)
-        backward = dict(
-            layer_name=layer.name, grad_spec=match.grad_output, seed=seed, rotate=rotate, rounding=rounding,
-            replaced=replaced,
-        )  # fmt: skip
-        if match.input_grad is not None:
-            # dX = dY . W: contract N; W's saved codes requantized along N; x's clip mask.
-            layer.gemms["input_grad"] = self._backward_gemm(
-                graph, match.input_grad, match.input_grad_transposed, (w_codes, w_scales), x_mask, dgrad_streams,
-                grad_transposed=False, **backward,
-            )  # fmt: skip
-            ctx.counters["quartet-linear.input_grad_gemm"] += 1
-        else:
-            layer.missing["input_grad"] = "the layer input needs no gradient"
-        if match.weight_grad is not None:
-            # dW = dY^T . X: contract T; dY quantized along T, x's saved codes requantized along T; w's clip mask.
-            layer.gemms["weight_grad"] = self._backward_gemm(
-                graph, match.weight_grad, match.weight_grad_transposed, (x_codes, x_scales), w_mask, wgrad_streams,
-                grad_transposed=True, **backward,
-            )  # fmt: skip
-            ctx.counters["quartet-linear.weight_grad_gemm"] += 1
-        else:
-            layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
-        if match.bias is not None:
-            if match.bias_grad is not None:
-                layer.gemms["bias_grad"] = self._bias_grad(graph, match, replaced)
-                ctx.counters["quartet-linear.bias_grad"] += 1
-            else:
-                layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
-
-    def _backward_gemm(
-        self, graph, node, transposed, saved, mask, streams, *, layer_name, grad_spec, seed, grad_transposed, rotate,
-        rounding, replaced,
-    ) -> str:  # fmt: skip
-        """Replace one backward ``mm`` by quantize(dY), requantize(saved operand), FP4 GEMM and unfused epilogue."""
-        out_dtype = value(node).dtype
-        with graph.inserting_before(node):
-            b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: layer_name})
-            grad = _materialize(b, grad_spec)
-            sign_stream, grad_stream, saved_stream = streams
-            if rotate and rounding == "sr":
-                g_codes, g_scales = b.unpack(
-                    b.call(fp4.sr_quantize.default, grad, seed, sign_stream, grad_stream, grad_transposed)
-                )
-                s_codes, s_scales = b.unpack(b.call(fp4.requantize_sr.default, *saved, seed, sign_stream, saved_stream))
-            else:
-                g_codes, g_scales = b.unpack(
-                    b.call(
-                        fp4.quantize_grad.default,
-                        grad,
-                        seed,
-                        sign_stream,
-                        grad_stream,
-                        grad_transposed,
-                        rotate,
-                        rounding,
-                    )
-                )
-                s_codes, s_scales = b.unpack(
-                    b.call(fp4.requantize_grad.default, *saved, seed, sign_stream, saved_stream, rotate, rounding)
-                )
-            # The saved operand's requantization does not depend on dY; keep it in the backward anyway,
-            # where the oracle computes it (the partitioner would otherwise move it to the forward).
-            for requantized in (s_codes.args[0],):
-                requantized.meta["partitioner_tag"] = "must_be_in_backward"
-            gemm = b.call(
-                fp4.mxfp4_gemm.default, g_codes, g_scales, s_codes, s_scales, ref.BACKWARD_ALPHA,
-                None, "none", None, None, None, False, torch.float32,
-            )  # fmt: skip
-            result = b.call(fp4.apply_clip_mask.default, gemm, mask)
-            if rotate:
-                result = b.call(fp4.inverse_rotate.default, result)
-            result = b.cast(result, out_dtype)
-            if transposed:
-                result = b.transpose(result)
-        _replace(graph, node, result, replaced)
-        return gemm.name
-
-    def _rewrite_recipe(self, graph, match: _Match, seed, index, program, ctx, replaced) -> None:
-        """Rewrite one layer with an NVFP4 recipe's program (fp4.runtime.recipes); the epilogue stays unfused."""
-        layer = match.layer
-        layer.status = "rewritten"
-        layer.seed_index = index if seed is not None else None
-        forward = match.forward
-        out_dtype = value(forward).dtype
-        with graph.inserting_before(forward):
-            b = Builder(graph, {**provenance(forward), LAYER_KEY: layer.name})
-            weight = b.transpose(match.weight) if match.weight_transposed else match.weight  # [N, K]
-            y, saved = program.forward(_graph_call(b), match.x, weight)
-            gemm = y
-            if match.bias is not None:
-                y = b.call(aten.add.Tensor, y, match.bias)
-            y = b.cast(y, out_dtype)
-        _replace(graph, forward, y, replaced)
-        layer.gemms["forward"] = gemm.name
+        layer.gemms["forward"] = call.gemms[-1].name
         ctx.counters["quartet-linear.forward_gemm"] += 1
         if seed is None:
             return
         backward = dict(layer_name=layer.name, grad_spec=match.grad_output, seed=seed, saved=saved, replaced=replaced)
-        if match.input_grad is not None:
-            layer.gemms["input_grad"] = self._recipe_backward_gemm(
-                graph, match.input_grad, match.input_grad_transposed, program.input_grad, **backward
-            )
-            ctx.counters["quartet-linear.input_grad_gemm"] += 1
-        else:
-            layer.missing["input_grad"] = "the layer input needs no gradient"
-        if match.weight_grad is not None:
-            layer.gemms["weight_grad"] = self._recipe_backward_gemm(
-                graph, match.weight_grad, match.weight_grad_transposed, program.weight_grad, **backward
-            )
-            ctx.counters["quartet-linear.weight_grad_gemm"] += 1
-        else:
-            layer.missing["weight_grad"] = "the weight needs no gradient (frozen)"
+        for kind, node, transposed, step, absent in (
+            ("input_grad", match.input_grad, match.input_grad_transposed, program.input_grad,
+             "the layer input needs no gradient"),
+            ("weight_grad", match.weight_grad, match.weight_grad_transposed, program.weight_grad,
+             "the weight needs no gradient (frozen)"),
+        ):  # fmt: skip
+            if node is None:
+                layer.missing[kind] = absent
+                continue
+            layer.gemms[kind] = self._backward_gemm(graph, node, transposed, step, **backward)
+            ctx.counters[f"quartet-linear.{kind}_gemm"] += 1
         if match.bias is not None:
             if match.bias_grad is not None:
-                layer.gemms["bias_grad"] = self._bias_grad(graph, match, replaced)
+                layer.gemms["bias_grad"] = self._bias_grad(graph, match, program, replaced)
                 ctx.counters["quartet-linear.bias_grad"] += 1
             else:
                 layer.missing["bias_grad"] = "the bias needs no gradient, or its reduction was not found"
 
-    def _recipe_backward_gemm(self, graph, node, transposed, program, *, layer_name, grad_spec, seed, saved,
-                              replaced) -> str:  # fmt: skip
-        """Replace one backward ``mm`` by a recipe program's quantizers and GEMM, then the cast (unfused)."""
-        out_dtype = value(node).dtype
+    def _backward_gemm(self, graph, node, transposed, step, *, layer_name, grad_spec, seed, saved, replaced) -> str:
+        """Replace one backward ``mm`` by a recipe program's step: quantizers, GEMM, unfused epilogue."""
         with graph.inserting_before(node):
             b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: layer_name})
             grad = _materialize(b, grad_spec)
-            created: list[torch.fx.Node] = []
-            gemm = program(_graph_call(b, created), grad, saved, seed)
+            call = _GraphCall(b)
+            result = step(call, grad, saved, seed, value(node).dtype)
             # Re-quantizations of saved operands do not read dY; keep them in the backward anyway, where the
             # oracle computes them (the partitioner would otherwise move them to the forward).
             reads_grad = {grad}
-            for new in created:
+            for new in call.created:
                 if any(arg in reads_grad for arg in new.all_input_nodes):
                     reads_grad.add(new)
                 elif new.target is not operator.getitem:
                     new.meta["partitioner_tag"] = "must_be_in_backward"
-            result = b.cast(gemm, out_dtype)
             if transposed:
                 result = b.transpose(result)
         _replace(graph, node, result, replaced)
-        return gemm.name
+        return call.gemms[-1].name
 
-    def _bias_grad(self, graph, match: _Match, replaced) -> str:
+    def _bias_grad(self, graph, match: _Match, program, replaced) -> str:
         node = match.bias_grad
         keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
         with graph.inserting_before(node):
             b = Builder(graph, {**provenance(node), "partitioner_tag": "is_backward", LAYER_KEY: match.layer.name})
             grad = _materialize(b, match.grad_output)
-            reduction = b.call(fp4.bias_grad.default, grad, value(match.bias).dtype)
+            reduction = program.bias_grad(_GraphCall(b), grad, value(match.bias).dtype)
             result = b.cast(reduction, value(node).dtype)
             if keepdim:
                 result = b.call(aten.view.default, result, [1, match.layer.out_features])
@@ -665,20 +545,52 @@ def _after_gather(node: torch.fx.Node, depth: int = 8) -> bool:
     return False
 
 
-def _graph_call(b: Builder, created: list | None = None):
-    """The ``call`` a recipe program runs with in the pass: insert the op's node (and its getitems) with ``b``."""
+class _GraphCall:
+    """The ``call`` a recipe program runs with in the pass: each op becomes a node (with its getitems).
 
-    def call(op, *args):
-        node = b.call(op, *args)
-        outputs = b.unpack(node) if isinstance(node.meta["val"], (tuple, list)) else None
-        if created is not None:
-            created.extend([node, *(outputs or ())])
+    Two rules make the graph compute what the eager run computes:
+
+    * a GEMM's epilogue (bias, clip mask, inverse rotation, output cast) becomes separate nodes after a float32
+      GEMM, each where its ``fuse-*`` pass finds it (:func:`fp4.passes.epilogue.unfused_gemm`); the reference
+      GEMM applies the steps exactly where those nodes round, so the fusions give back the eager GEMM bit for bit;
+    * ``fp4::quest_quantize`` of a weight FSDP gathered as MXFP4 (an ``fp4::gathered_weight`` marker) is the
+      gathered codes, scales and mask, as :meth:`fp4.runtime.gathered.MXFP4Weight.quantized` answers it eagerly.
+    """
+
+    def __init__(self, builder: Builder):
+        self.builder = builder
+        self.created: list[torch.fx.Node] = []  # every node inserted, in order
+        self.gemms: list[torch.fx.Node] = []  # the GEMM nodes (float32, epilogue unfused)
+
+    def __call__(self, op, *args):
+        args = tuple(arg.node() if isinstance(arg, _Transposed) else arg for arg in args)
+        if op is fp4.quest_quantize.default and _is_fp4_gathered(args[0]):
+            return list(args[0].args[:3])  # (a layer whose rotate differs from the gathering's is skipped)
+        if op in GEMM_SIGNATURES:
+            nodes = unfused_gemm(self.builder, op, args)
+            self.gemms.append(nodes[0])
+            self.created.extend(nodes)
+            return nodes[-1]
+        node = self.builder.call(op, *args)
+        outputs = self.builder.unpack(node) if isinstance(node.meta["val"], (tuple, list)) else None
+        self.created.extend([node, *(outputs or ())])
         return node if outputs is None else outputs
 
-    return call
+
+class _Transposed:
+    """The [N, K] weight of a Conv1D ([K, N] in the graph): its transpose is inserted when an op first reads it,
+    so it sits right before the weight's quantizer, after the input's."""
+
+    def __init__(self, builder: Builder, weight: torch.fx.Node):
+        self.builder, self.weight, self.transpose = builder, weight, None
+
+    def node(self) -> torch.fx.Node:
+        if self.transpose is None:
+            self.transpose = self.builder.transpose(self.weight)
+        return self.transpose
 
 
-def _recompute_weight_quantization(match: _Match, quantizer=None) -> None:
+def _recompute_weight_quantization(match: _Match, quantizer) -> None:
     """Have the partitioner recompute the weight's quantization in the backward instead of saving its codes.
 
     The weight quantizers of every recipe are deterministic (QuEST, four-over-six,
@@ -688,9 +600,6 @@ def _recompute_weight_quantization(match: _Match, quantizer=None) -> None:
     casts between the weight input and the quantizer are recomputed too, or the
     partitioner would save the cast copy.
     """
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    quantizer = quantizer or fp4.quest_quantize.default
     readers = [u for u in match.weight.users] + [v for u in match.weight.users if _is_transpose(u) for v in u.users]
     quantize = next(u for u in readers if u.target is quantizer)
     chain = [quantize, *quantize.users]

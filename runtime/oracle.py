@@ -1,20 +1,19 @@
-"""The eager Quartet oracle: a ``torch.autograd.Function`` and an ``nn.Linear`` drop-in.
+"""The eager oracle: a ``torch.autograd.Function`` and an ``nn.Linear`` drop-in.
 
-This computes one linear layer's forward and backward exactly as the
-algorithm defines them (QuEST forward quantizer with clip mask, Hadamard
-rotations, stochastic-rounding backward), one fp4 op at a time.  Compiled
-graphs are compared with it bit for bit, and it is the "eager Quartet"
-baseline of the benchmarks.  On a GPU the same ops run the Triton kernels.
+This computes one linear layer's forward and backward exactly as its recipe
+(:mod:`fp4.runtime.recipes`) defines them, one fp4 op at a time: the
+recipe's program run eagerly, the program the ``quartet-linear`` pass runs
+symbolically.  Compiled graphs are compared with it bit for bit, and it is
+the "eager Quartet" baseline of the benchmarks.  On a GPU the same ops run
+the Triton kernels.
 
-Forward ``Y = X W^T`` keeps only the MXFP4 codes, scales and clip masks of
-``X`` and ``W`` (plus a seed) for backward::
+Under the default recipe (Quartet: QuEST forward quantizer with clip mask,
+Hadamard rotations, stochastic-rounding backward) the forward ``Y = X W^T``
+keeps only the MXFP4 codes, scales and clip masks of ``X`` and ``W`` (plus a
+seed) for backward::
 
     dX = rotate^-1(mX * (Q_b(rot_b(dY)) . Q_b(rot_b(W^T))^T) / 9)      contract N
     dW = rotate^-1(mW * (Q_b(rot_b(dY^T)) . Q_b(rot_b(X^T))^T) / 9)    contract T
-
-The other recipes (``quartet2``, ``nvfp4``; :mod:`fp4.runtime.recipes`) run
-their recipe program eagerly in :class:`RecipeLinearFunction`, with the
-epilogue as the unfused graph computes it (float32 GEMM, ``+ bias``, cast).
 """
 
 from __future__ import annotations
@@ -22,54 +21,28 @@ from __future__ import annotations
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.fp4)
-from . import reference as ref
+from .recipes import RECIPES, eager_call
 
 fp4_ops = torch.ops.fp4
 
 
-def linear_forward(x2d, weight, bias, out_dtype):
-    """Forward of one layer on 2-D input; returns ``(y, saved)`` with the MXFP4 state."""
-    x_codes, x_scales, x_mask = fp4_ops.quest_quantize(x2d, True)
-    w_codes, w_scales, w_mask = fp4_ops.quest_quantize(weight, True)
-    y = fp4_ops.mxfp4_gemm(x_codes, x_scales, w_codes, w_scales, 1.0, bias, "none", None, None, None, False, out_dtype)
-    return y, (x_codes, x_scales, x_mask, w_codes, w_scales, w_mask)
-
-
-def linear_input_grad(grad_output, w_codes, w_scales, x_mask, seed, out_dtype):
-    grad_codes, grad_scales = fp4_ops.sr_quantize(
-        grad_output, seed, ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_GRAD_OUTPUT, False
-    )
-    wt_codes, wt_scales = fp4_ops.requantize_sr(
-        w_codes, w_scales, seed, ref.STREAM_DGRAD_SIGNS, ref.STREAM_DGRAD_WEIGHT
-    )
-    return fp4_ops.mxfp4_gemm(
-        grad_codes, grad_scales, wt_codes, wt_scales, ref.BACKWARD_ALPHA,
-        None, "none", None, None, x_mask, True, out_dtype,
-    )  # fmt: skip
-
-
-def linear_weight_grad(grad_output, x_codes, x_scales, w_mask, seed, out_dtype):
-    grad_codes, grad_scales = fp4_ops.sr_quantize(
-        grad_output, seed, ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_GRAD_OUTPUT, True
-    )
-    xt_codes, xt_scales = fp4_ops.requantize_sr(x_codes, x_scales, seed, ref.STREAM_WGRAD_SIGNS, ref.STREAM_WGRAD_INPUT)
-    return fp4_ops.mxfp4_gemm(
-        grad_codes, grad_scales, xt_codes, xt_scales, ref.BACKWARD_ALPHA,
-        None, "none", None, None, w_mask, True, out_dtype,
-    )  # fmt: skip
-
-
 class QuartetLinearFunction(torch.autograd.Function):
-    """``F.linear`` under Quartet: inputs ``(x [..., K], weight [N, K], bias [N] | None, seed)``."""
+    """``F.linear`` under a recipe: inputs ``(x [..., K], weight [N, K], bias [N] | None, seed[, recipe])``.
+
+    ``recipe``: a name of :data:`fp4.runtime.recipes.RECIPES` or a recipe (a Quartet variant); default Quartet.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, seed):
+    def forward(ctx, x, weight, bias, seed, recipe="quartet"):
+        recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
         in_features = weight.shape[1]
         if x.shape[-1] != in_features:
             raise ValueError(f"input has {x.shape[-1]} features, weight expects {in_features}")
-        x2d = x.reshape(-1, in_features)
-        y, saved = linear_forward(x2d, weight, bias, x.dtype)
-        ctx.save_for_backward(*saved, seed)
+        y, saved = recipe.forward(eager_call, x.reshape(-1, in_features), weight, bias, x.dtype)
+        names = sorted(saved)
+        ctx.save_for_backward(*(t for name in names for t in saved[name]), seed)
+        ctx.layout = [(name, len(saved[name])) for name in names]
+        ctx.recipe = recipe
         ctx.shapes = (x.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
@@ -82,65 +55,23 @@ class QuartetLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_y):
-        x_codes, x_scales, x_mask, w_codes, w_scales, w_mask, seed = ctx.saved_tensors
-        x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
-        grad_output = grad_y.reshape(-1, grad_y.shape[-1])
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = linear_input_grad(grad_output, w_codes, w_scales, x_mask, seed, x_dtype).reshape(x_shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = linear_weight_grad(grad_output, x_codes, x_scales, w_mask, seed, w_dtype)
-        if b_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = fp4_ops.bias_grad(grad_output, b_dtype)
-        return grad_x, grad_w, grad_b, None
-
-
-class RecipeLinearFunction(torch.autograd.Function):
-    """``F.linear`` under an NVFP4 recipe: inputs ``(x [..., K], weight [N, K], bias [N] | None, seed, recipe)``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, seed, recipe_name):
-        from .recipes import RECIPES, eager_call
-
-        recipe = RECIPES[recipe_name]
-        in_features = weight.shape[1]
-        if x.shape[-1] != in_features:
-            raise ValueError(f"input has {x.shape[-1]} features, weight expects {in_features}")
-        y, saved = recipe.forward(eager_call, x.reshape(-1, in_features), weight)
-        if bias is not None:
-            y = y + bias
-        y = y.to(x.dtype)
-        names = sorted(saved)
-        ctx.save_for_backward(*(t for name in names for t in saved[name]), seed)
-        ctx.layout = [(name, len(saved[name])) for name in names]
-        ctx.recipe = recipe
-        ctx.shapes = (x.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        with torch.autocast(grad_y.device.type, enabled=False):
-            return RecipeLinearFunction._backward(ctx, grad_y)
-
-    @staticmethod
-    def _backward(ctx, grad_y):
-        from .recipes import eager_call
-
         *tensors, seed = ctx.saved_tensors
         saved, start = {}, 0
         for name, count in ctx.layout:
             saved[name] = tuple(tensors[start : start + count])
             start += count
+        recipe = ctx.recipe
         x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
         grad_output = grad_y.reshape(-1, grad_y.shape[-1])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = ctx.recipe.input_grad(eager_call, grad_output, saved, seed).to(x_dtype).reshape(x_shape)
+            grad_x = recipe.input_grad(eager_call, grad_output, saved, seed, x_dtype).reshape(x_shape)
         if ctx.needs_input_grad[1]:
-            grad_w = ctx.recipe.weight_grad(eager_call, grad_output, saved, seed).to(w_dtype)
+            grad_w = recipe.weight_grad(eager_call, grad_output, saved, seed, w_dtype)
         if b_dtype is not None and ctx.needs_input_grad[2]:
-            grad_b = fp4_ops.bias_grad(grad_output, b_dtype)
-        return grad_x, grad_w, grad_b, None, None
+            grad_b = recipe.bias_grad(eager_call, grad_output, b_dtype)
+        # seed, and recipe when given: no gradient
+        return grad_x, grad_w, grad_b, *[None] * (len(ctx.needs_input_grad) - 3)
 
 
 def draw_layer_seed(rank_seeds="auto", device="cpu") -> torch.Tensor:
@@ -168,15 +99,11 @@ def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto", recipe="q
             return quartet_linear(x, weight, bias, seed, rank_seeds, recipe)
     if seed is None:
         seed = draw_layer_seed(rank_seeds, x.device)
-    if recipe == "quartet":
-        apply = lambda bias: QuartetLinearFunction.apply(x, weight, bias, seed)  # noqa: E731
-    else:
-        apply = lambda bias: RecipeLinearFunction.apply(x, weight, bias, seed, recipe)  # noqa: E731
     if bias is not None and x.dim() > 2 and not x.is_contiguous():
         # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
         # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
-        return apply(None) + bias
-    return apply(bias)
+        return QuartetLinearFunction.apply(x, weight, None, seed, recipe) + bias
+    return QuartetLinearFunction.apply(x, weight, bias, seed, recipe)
 
 
 def _autocast(tensor, dtype):

@@ -67,22 +67,48 @@ def test_keep_last_layers_takes_a_count(value):
         Options.from_mapping({"keep_last_layers": value})
 
 
-def test_quartet_program_equals_its_own_code_paths():
-    """The quartet recipe written as a program (runtime/recipes.py) is the oracle's Quartet layer, bit for bit."""
-    from fp4.runtime.oracle import QuartetLinearFunction, RecipeLinearFunction
+def _quartet_by_hand(x, w, b, seed, grad, rotate=True, rounding="sr"):
+    """One Quartet layer's forward and backward composed from the ops by hand (docs/QUARTET.md), each GEMM with its
+    whole epilogue; the variants' backward quantizers where ``rotate``/``rounding`` ask for them."""
+    x2d, grad2d = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
+    xc, xs, xm = fp4.quest_quantize(x2d, rotate)
+    wc, ws, wm = fp4.quest_quantize(w, rotate)
+    y = fp4.mxfp4_gemm(xc, xs, wc, ws, 1.0, b, "none", None, None, None, False, x.dtype)
+
+    def backward(codes, scales, mask, transpose, signs, grad_stream, saved_stream):
+        if rotate and rounding == "sr":
+            gc, gs = fp4.sr_quantize(grad2d, SEED, signs, grad_stream, transpose)
+            sc, ss = fp4.requantize_sr(codes, scales, SEED, signs, saved_stream)
+        else:
+            gc, gs = fp4.quantize_grad(grad2d, SEED, signs, grad_stream, transpose, rotate, rounding)
+            sc, ss = fp4.requantize_grad(codes, scales, SEED, signs, saved_stream, rotate, rounding)
+        return fp4.mxfp4_gemm(gc, gs, sc, ss, core.BACKWARD_ALPHA, None, "none", None, None, mask, rotate, x.dtype)
+
+    streams = core.STREAM_DGRAD_SIGNS, core.STREAM_DGRAD_GRAD_OUTPUT, core.STREAM_DGRAD_WEIGHT
+    dx = backward(wc, ws, xm, False, *streams)
+    streams = core.STREAM_WGRAD_SIGNS, core.STREAM_WGRAD_GRAD_OUTPUT, core.STREAM_WGRAD_INPUT
+    dw = backward(xc, xs, wm, True, *streams)
+    return y.reshape(*x.shape[:-1], -1), dx.reshape(x.shape), dw, fp4.bias_grad(grad2d, b.dtype)
+
+
+@pytest.mark.parametrize("rotate,rounding", [(True, "sr"), (True, "rtn"), (False, "sr"), (False, "rtn")])
+def test_quartet_program_is_the_quartet_layer(rotate, rounding):
+    """The quartet recipe's program, which the oracle runs (and the pass, symbolically), is the Quartet layer
+    composed from the ops by hand, bit for bit, and so are its variants."""
+    from fp4.runtime.oracle import QuartetLinearFunction
 
     generator = torch.Generator().manual_seed(21)
     x = torch.randn(2, 24, 64, generator=generator).to(torch.bfloat16)
     w = torch.randn(96, 64, generator=generator).to(torch.bfloat16)
     b = torch.randn(96, generator=generator).to(torch.bfloat16)
     grad = torch.randn(2, 24, 96, generator=generator).to(torch.bfloat16)
-    results = []
-    for function, extra in ((QuartetLinearFunction, ()), (RecipeLinearFunction, ("quartet",))):
-        xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
-        y = function.apply(xs, ws, bs, SEED, *extra)
-        y.backward(grad)
-        results.append((y.detach(), xs.grad, ws.grad, bs.grad))
-    for got, want in zip(*results):
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    recipe = RECIPES["quartet"].variant(rotate, rounding)
+    y = QuartetLinearFunction.apply(xs, ws, bs, SEED, recipe)
+    y.backward(grad)
+    for got, want in zip(
+        (y.detach(), xs.grad, ws.grad, bs.grad), _quartet_by_hand(x, w, b, SEED, grad, rotate, rounding)
+    ):
         assert torch.equal(got, want)
 
 
@@ -326,7 +352,7 @@ def test_backward_gemms_are_unbiased(recipe):
     grad = torch.randn(64, 32, generator=generator).to(torch.bfloat16)
     program = RECIPES[recipe]
     call = lambda op, *args: op(*args)  # noqa: E731
-    _, saved = program.forward(call, x, w)
+    _, saved = program.forward(call, x, w, None, torch.float32)
     w_hat = nvfp4.dequantize(*saved["w"])
     want_dx = grad.double() @ w_hat.double()
     if recipe == "quartet2":
@@ -337,8 +363,8 @@ def test_backward_gemms_are_unbiased(recipe):
     total_dx, total_dw, single = 0, 0, []
     for i in range(draws):
         seed = torch.tensor(7919 * (i + 1))
-        dx = program.input_grad(call, grad, saved, seed).double()
-        dw = program.weight_grad(call, grad, saved, seed).double()
+        dx = program.input_grad(call, grad, saved, seed, torch.float32).double()
+        dw = program.weight_grad(call, grad, saved, seed, torch.float32).double()
         total_dx, total_dw = total_dx + dx, total_dw + dw
         single.append(((dx - want_dx).norm() / want_dx.norm(), (dw - want_dw).norm() / want_dw.norm()))
     for k, (total, want) in enumerate(((total_dx, want_dx), (total_dw, want_dw))):
