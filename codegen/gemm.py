@@ -27,10 +27,8 @@ from fp4.core import GROUP_SIZE
 from . import lanes as L
 from .quantize import NO_FUSION
 from .source import KernelSource, SourceWriter, header
-from .spec import EpilogueSpec, GemmSpec
+from .spec import ELEMENT_TYPES, POINTER_TYPES, EpilogueSpec, GemmSpec
 
-_OUT_TYPE = {"bf16": "tl.bfloat16", "fp16": "tl.float16", "fp32": "tl.float32"}
-_POINTER = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 GELU_TANH_COEFFICIENT = 0.044715
 SQRT_2_OVER_PI = 0.7978845608028654
 SQRT_HALF = 0.7071067811865476
@@ -51,21 +49,22 @@ def _operand_signature(lowering: str, tma: bool = False) -> dict:
     return {"a_ptr": "*u8", "a_scale_ptr": "*u8", "b_ptr": "*u8", "b_scale_ptr": "*u8"}
 
 
-def _epilogue_signature(epilogue: EpilogueSpec) -> dict:
-    sig = {"out_ptr": _POINTER[epilogue.out_dtype]}
+def epilogue_signature(epilogue: EpilogueSpec) -> dict:
+    """The output and the epilogue's tensor arguments of a GEMM kernel (MXFP4 and NVFP4)."""
+    sig = {"out_ptr": POINTER_TYPES[epilogue.out_dtype]}
     if epilogue.bias:
         sig["bias_ptr"] = "*fp32"
     if epilogue.gate:
-        sig["gate_ptr"] = _POINTER[epilogue.out_dtype]
+        sig["gate_ptr"] = POINTER_TYPES[epilogue.out_dtype]
     if epilogue.residual:
-        sig["residual_ptr"] = _POINTER[epilogue.out_dtype]
+        sig["residual_ptr"] = POINTER_TYPES[epilogue.out_dtype]
     if epilogue.clip_mask:
         sig["mask_ptr"] = "*u8"
     return sig
 
 
-def _scalar_signature(spec: GemmSpec) -> dict:
-    e = spec.epilogue
+def scalar_signature(e: EpilogueSpec) -> dict:
+    """The sizes, strides and ``alpha`` of a GEMM kernel (MXFP4 and NVFP4)."""
     sig = {"M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_bn": "i32", "stride_om": "i32"}
     if e.gate:
         sig["stride_gm"] = "i32"
@@ -79,7 +78,7 @@ def _scalar_signature(spec: GemmSpec) -> dict:
 def signature(spec: GemmSpec) -> dict:
     """Runtime arguments -> Triton types; a tensor descriptor's block shape is filled in per config."""
     operands = _operand_signature(spec.lowering, spec.tma)
-    return {**operands, **_epilogue_signature(spec.epilogue), **_scalar_signature(spec)}
+    return {**operands, **epilogue_signature(spec.epilogue), **scalar_signature(spec.epilogue)}
 
 
 def constexprs(spec: GemmSpec) -> tuple[str, ...]:
@@ -124,9 +123,9 @@ def emit_rounded_tail(w: SourceWriter, e: EpilogueSpec, out_type: str) -> None:
 def _emit_epilogue_function(w: SourceWriter, spec: GemmSpec, name: str) -> list[str]:
     """A jit helper that finishes and stores one accumulator tile; returns its parameter names."""
     e = spec.epilogue
-    out_type = _OUT_TYPE[e.out_dtype]
-    params = ["acc", "m0", "n0", "a_scale_ptr", "b_scale_ptr"] + list(_epilogue_signature(e))
-    params += [p for p in _scalar_signature(spec) if p not in ("K", "stride_am", "stride_bn")]
+    out_type = ELEMENT_TYPES[e.out_dtype]
+    params = ["acc", "m0", "n0", "a_scale_ptr", "b_scale_ptr"] + list(epilogue_signature(e))
+    params += [p for p in scalar_signature(e) if p not in ("K", "stride_am", "stride_bn")]
     params += ["BLOCK_M: tl.constexpr", "TILE_N: tl.constexpr"]
     w.line("@triton.jit")
     with w.block(f"def {name}({', '.join(params)}):"):
@@ -203,12 +202,43 @@ def _emit_main_loop(w: SourceWriter, lowering: str, tma: bool = False, promote: 
             w.line("a_ptrs += BLOCK_K")
             w.line("b_ptrs += BLOCK_K")
         return
+
+    def product():
+        if lowering == "dot_scaled":
+            w.line('acc = tl.dot_scaled(a, a_scale, "e2m1", b.T, b_scale, "e2m1", acc)')
+        else:
+            w.comment("dequantize both tiles to bf16 in registers (exact: a 2-bit significand times a power of two)")
+            emit_dequantized_tiles(
+                w,
+                GROUP_SIZE,
+                L.emit_e8m0_value,
+                lambda side: f"{side}_bf16 = ({side}_value * {side}_scale_value).to(tl.bfloat16)",
+            )
+            w.line("acc = tl.dot(a_bf16, b_bf16.T, acc)")
+
+    emit_block_scaled_loop(w, GROUP_SIZE, product)
+
+
+def emit_grouped_order(w: SourceWriter) -> None:
+    """``pid_m``, ``pid_n`` of program ``pid`` in grouped order (every GEMM kernel tiles its output so)."""
+    w.comment("grouped order: GROUP_M row tiles share the B tiles they stream through L2")
+    w.line("group_size = GROUP_M * num_pid_n")
+    w.line("first_m = (pid // group_size) * GROUP_M")
+    w.line("group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)")
+    w.line("pid_m = first_m + (pid % group_size) % group_rows")
+    w.line("pid_n = (pid % group_size) // group_rows")
+
+
+def emit_block_scaled_loop(w: SourceWriter, group: int, product) -> None:
+    """The K loop over two block-scaled FP4 operands (MXFP4, NVFP4): E2M1 codes two per byte and one scale byte per
+    ``group`` elements, rows ``rows_a``/``rows_b``; loads each K tile (masked past K unless ``EVEN_K``), then
+    ``product()`` emits its product into ``acc``."""
     w.line("offs_kb = tl.arange(0, BLOCK_K // 2)")
-    w.line(f"offs_ks = tl.arange(0, BLOCK_K // {GROUP_SIZE})")
+    w.line(f"offs_ks = tl.arange(0, BLOCK_K // {group})")
     w.line("a_ptrs = a_ptr + rows_a[:, None] * stride_am + offs_kb[None, :]")
     w.line("b_ptrs = b_ptr + rows_b[:, None] * stride_bn + offs_kb[None, :]")
-    w.line(f"a_scale_ptrs = a_scale_ptr + rows_a[:, None] * (K // {GROUP_SIZE}) + offs_ks[None, :]")
-    w.line(f"b_scale_ptrs = b_scale_ptr + rows_b[:, None] * (K // {GROUP_SIZE}) + offs_ks[None, :]")
+    w.line(f"a_scale_ptrs = a_scale_ptr + rows_a[:, None] * (K // {group}) + offs_ks[None, :]")
+    w.line(f"b_scale_ptrs = b_scale_ptr + rows_b[:, None] * (K // {group}) + offs_ks[None, :]")
     with w.block("for k in range(0, tl.cdiv(K, BLOCK_K)):"):
         with w.block("if EVEN_K:"):
             w.lines_(["a = tl.load(a_ptrs)", "b = tl.load(b_ptrs)"])
@@ -217,26 +247,27 @@ def _emit_main_loop(w: SourceWriter, lowering: str, tma: bool = False, promote: 
             w.line("k_left = K - k * BLOCK_K")
             w.line("a = tl.load(a_ptrs, mask=offs_kb[None, :] < k_left // 2, other=0)")
             w.line("b = tl.load(b_ptrs, mask=offs_kb[None, :] < k_left // 2, other=0)")
-            w.line(f"a_scale = tl.load(a_scale_ptrs, mask=offs_ks[None, :] < k_left // {GROUP_SIZE}, other=0)")
-            w.line(f"b_scale = tl.load(b_scale_ptrs, mask=offs_ks[None, :] < k_left // {GROUP_SIZE}, other=0)")
-        if lowering == "dot_scaled":
-            w.line('acc = tl.dot_scaled(a, a_scale, "e2m1", b.T, b_scale, "e2m1", acc)')
-        else:
-            w.comment("dequantize both tiles to bf16 in registers (exact: a 2-bit significand times a power of two)")
-            for side, rows in (("a", "BLOCK_M"), ("b", "BLOCK_N")):
-                w.line(f"{side}_code = tl.reshape(tl.join({side} & 15, {side} >> 4), [{rows}, BLOCK_K]).to(tl.int32)")
-                L.emit_e2m1_decode(w, f"{side}_code", f"{side}_value")
-                L.emit_e8m0_value(w, f"{side}_scale.to(tl.int32)", f"{side}_scale_value")
-                w.line(
-                    f"{side}_scale_value = tl.reshape(tl.broadcast_to({side}_scale_value[:, :, None], "
-                    f"[{rows}, BLOCK_K // {GROUP_SIZE}, {GROUP_SIZE}]), [{rows}, BLOCK_K])"
-                )
-                w.line(f"{side}_bf16 = ({side}_value * {side}_scale_value).to(tl.bfloat16)")
-            w.line("acc = tl.dot(a_bf16, b_bf16.T, acc)")
+            w.line(f"a_scale = tl.load(a_scale_ptrs, mask=offs_ks[None, :] < k_left // {group}, other=0)")
+            w.line(f"b_scale = tl.load(b_scale_ptrs, mask=offs_ks[None, :] < k_left // {group}, other=0)")
+        product()
         w.line("a_ptrs += BLOCK_K // 2")
         w.line("b_ptrs += BLOCK_K // 2")
-        w.line(f"a_scale_ptrs += BLOCK_K // {GROUP_SIZE}")
-        w.line(f"b_scale_ptrs += BLOCK_K // {GROUP_SIZE}")
+        w.line(f"a_scale_ptrs += BLOCK_K // {group}")
+        w.line(f"b_scale_ptrs += BLOCK_K // {group}")
+
+
+def emit_dequantized_tiles(w: SourceWriter, group: int, emit_scale_value, finish) -> None:
+    """Both K tiles decoded in registers: ``{side}_value`` (E2M1) and ``{side}_scale_value`` (its group's scale byte
+    by ``emit_scale_value``, broadcast over the group), then the line ``finish(side)``."""
+    for side, rows in (("a", "BLOCK_M"), ("b", "BLOCK_N")):
+        w.line(f"{side}_code = tl.reshape(tl.join({side} & 15, {side} >> 4), [{rows}, BLOCK_K]).to(tl.int32)")
+        L.emit_e2m1_decode(w, f"{side}_code", f"{side}_value")
+        emit_scale_value(w, f"{side}_scale.to(tl.int32)", f"{side}_scale_value")
+        w.line(
+            f"{side}_scale_value = tl.reshape(tl.broadcast_to({side}_scale_value[:, :, None], "
+            f"[{rows}, BLOCK_K // {group}, {group}]), [{rows}, BLOCK_K])"
+        )
+        w.line(finish(side))
 
 
 def emit_gemm(spec: GemmSpec) -> KernelSource:
@@ -264,12 +295,7 @@ def emit_gemm(spec: GemmSpec) -> KernelSource:
             loop.__enter__()
         else:
             w.line("pid = tl.program_id(0)")
-        w.comment("grouped order: GROUP_M row tiles share the B tiles they stream through L2")
-        w.line("group_size = GROUP_M * num_pid_n")
-        w.line("first_m = (pid // group_size) * GROUP_M")
-        w.line("group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)")
-        w.line("pid_m = first_m + (pid % group_size) % group_rows")
-        w.line("pid_n = (pid % group_size) // group_rows")
+        emit_grouped_order(w)
         w.line("m0 = pid_m * BLOCK_M")
         w.line("n0 = pid_n * BLOCK_N")
         w.line("offs_m = m0 + tl.arange(0, BLOCK_M)")

@@ -57,10 +57,17 @@ from fp4.core import (
 )
 
 from . import lanes as L
-from .gemm import emit_rounded_tail
-from .quantize import NO_FUSION, UNIFORM_24_BITS
+from .gemm import (
+    emit_block_scaled_loop,
+    emit_dequantized_tiles,
+    emit_grouped_order,
+    emit_rounded_tail,
+    epilogue_signature,
+    scalar_signature,
+)
+from .quantize import NO_FUSION, UNIFORM_24_BITS, row_tile_function, row_tile_kernel
 from .source import KernelSource, SourceWriter, header
-from .spec import DTYPES, EpilogueSpec
+from .spec import DTYPES, ELEMENT_TYPES, POINTER_TYPES, EpilogueSpec
 
 METHODS = ("amax", "rtn", "sr", "rtn_2d", "four_over_six", "eden")
 """``amax``: the first pass of every quantizer; ``rtn``/``sr``: the nvfp4 recipe's 1x16 operands (TE's formulas,
@@ -71,9 +78,6 @@ NVFP4_GEMM_LOWERINGS = ("dot_scaled", "dequant_bf16")
 
 TENSOR_SCALE_NUMERATOR = E4M3_MAX * E2M1_MAX  # 2688: TE's global encode scale is 2688 / amax
 ONE_SIXTH = core.float32(1.0 / E2M1_MAX)
-_TRITON_DTYPE = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
-_OUT_TYPE = {"bf16": "tl.bfloat16", "fp16": "tl.float16", "fp32": "tl.float32"}
-_POINTER = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
 
 
 def _check_choice(what, value, choices):
@@ -248,7 +252,7 @@ def _emit_words_tile(w: SourceWriter, keys: str, first_index: str, rows: str, qu
 def _signature(spec: NVFP4QuantizeSpec) -> dict:
     sig = {}
     if spec.source == "dense":
-        sig["x_ptr"] = _TRITON_DTYPE[spec.input_dtype]
+        sig["x_ptr"] = POINTER_TYPES[spec.input_dtype]
     else:
         sig.update(x_codes_ptr="*u8", x_scales_ptr="*u8", x_decode_ptr="*fp32")
     sig["amax_ptr"] = "*fp32"
@@ -475,10 +479,7 @@ def emit_nvfp4_quantize(spec: NVFP4QuantizeSpec) -> KernelSource:
     w.lines_(header(name, f"NVFP4 {spec.method}: {what}", spec.describe(), NO_FUSION))
     _emit_max_combine(w)
     signature = _signature(spec)
-    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_COLS: tl.constexpr"])
-    w.line("@triton.jit")
-    with w.block(f"def {name}({params}):"):
-        w.line(f'"""NVFP4 {spec.method}: {what}."""')
+    with row_tile_function(w, name, f"NVFP4 {spec.method}: {what}", signature, "BLOCK_COLS"):
         w.line(f"n_out_rows = {'rows' if spec.axis == 'last' else 'cols'}")
         w.line("r0 = tl.program_id(0) * BLOCK_ROWS")
         w.line("c0 = tl.program_id(1) * BLOCK_COLS")
@@ -502,14 +503,7 @@ def emit_nvfp4_quantize(spec: NVFP4QuantizeSpec) -> KernelSource:
             decode = _emit_tensor_scale(w, spec)
             code, scale_byte = _emit_quantize_body(w, spec)
             _emit_store(w, code, scale_byte, decode)
-    return KernelSource(
-        name=name,
-        text=w.text(),
-        spec=spec,
-        signature=signature,
-        constexprs=("BLOCK_ROWS", "BLOCK_COLS"),
-        options=dict(NO_FUSION),
-    )
+    return row_tile_kernel(name, w, spec, signature, "BLOCK_COLS")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -519,24 +513,11 @@ GEMM_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "EVEN_K", "DOT_FP
 
 
 def gemm_signature(spec: NVFP4GemmSpec) -> dict:
-    e = spec.epilogue
-    sig = {
+    operands = {
         "a_ptr": "*u8", "a_scale_ptr": "*u8", "a_decode_ptr": "*fp32",
         "b_ptr": "*u8", "b_scale_ptr": "*u8", "b_decode_ptr": "*fp32",
-        "out_ptr": _POINTER[e.out_dtype],
     }  # fmt: skip
-    if e.bias:
-        sig["bias_ptr"] = "*fp32"
-    if e.gate:
-        sig["gate_ptr"] = _POINTER[e.out_dtype]
-    if e.residual:
-        sig["residual_ptr"] = _POINTER[e.out_dtype]
-    sig.update(M="i32", N="i32", K="i32", stride_am="i32", stride_bn="i32", stride_om="i32")
-    if e.gate:
-        sig["stride_gm"] = "i32"
-    if e.residual:
-        sig["stride_rm"] = "i32"
-    return sig
+    return {**operands, **epilogue_signature(spec.epilogue), **scalar_signature(spec.epilogue)}
 
 
 def _emit_gemm_loop(w: SourceWriter, lowering: str) -> None:
@@ -544,22 +525,8 @@ def _emit_gemm_loop(w: SourceWriter, lowering: str) -> None:
     w.comment("rows past M / N are wrapped (always in bounds) and dropped at the store")
     w.line("rows_a = (offs_m % M).to(tl.int64)")
     w.line("rows_b = (offs_n % N).to(tl.int64)")
-    w.line("offs_kb = tl.arange(0, BLOCK_K // 2)")
-    w.line("offs_ks = tl.arange(0, BLOCK_K // 16)")
-    w.line("a_ptrs = a_ptr + rows_a[:, None] * stride_am + offs_kb[None, :]")
-    w.line("b_ptrs = b_ptr + rows_b[:, None] * stride_bn + offs_kb[None, :]")
-    w.line("a_scale_ptrs = a_scale_ptr + rows_a[:, None] * (K // 16) + offs_ks[None, :]")
-    w.line("b_scale_ptrs = b_scale_ptr + rows_b[:, None] * (K // 16) + offs_ks[None, :]")
-    with w.block("for k in range(0, tl.cdiv(K, BLOCK_K)):"):
-        with w.block("if EVEN_K:"):
-            w.lines_(["a = tl.load(a_ptrs)", "b = tl.load(b_ptrs)"])
-            w.lines_(["a_scale = tl.load(a_scale_ptrs)", "b_scale = tl.load(b_scale_ptrs)"])
-        with w.block("else:"):
-            w.line("k_left = K - k * BLOCK_K")
-            w.line("a = tl.load(a_ptrs, mask=offs_kb[None, :] < k_left // 2, other=0)")
-            w.line("b = tl.load(b_ptrs, mask=offs_kb[None, :] < k_left // 2, other=0)")
-            w.line("a_scale = tl.load(a_scale_ptrs, mask=offs_ks[None, :] < k_left // 16, other=0)")
-            w.line("b_scale = tl.load(b_scale_ptrs, mask=offs_ks[None, :] < k_left // 16, other=0)")
+
+    def product():
         if lowering == "dot_scaled":
             w.comment("block-scaled FP4 MMA: E2M1 codes, one E4M3 scale per 16 (NVFP4)")
             w.line(
@@ -568,28 +535,20 @@ def _emit_gemm_loop(w: SourceWriter, lowering: str) -> None:
             )
         else:
             w.comment("dequantize both tiles in registers: e2m1 * e4m3 is exact in bf16 (and in fp32)")
-            for side, rows in (("a", "BLOCK_M"), ("b", "BLOCK_N")):
-                w.line(f"{side}_code = tl.reshape(tl.join({side} & 15, {side} >> 4), [{rows}, BLOCK_K]).to(tl.int32)")
-                L.emit_e2m1_decode(w, f"{side}_code", f"{side}_value")
-                emit_e4m3_value(w, f"{side}_scale.to(tl.int32)", f"{side}_scale_value")
-                w.line(
-                    f"{side}_scale_value = tl.reshape(tl.broadcast_to({side}_scale_value[:, :, None], "
-                    f"[{rows}, BLOCK_K // 16, 16]), [{rows}, BLOCK_K])"
-                )
-                w.line(f"{side}_block = {side}_value * {side}_scale_value")
+            emit_dequantized_tiles(
+                w, NVFP4_GROUP_SIZE, emit_e4m3_value, lambda side: f"{side}_block = {side}_value * {side}_scale_value"
+            )
             with w.block("if DOT_FP32:"):
                 w.comment("(Triton's interpreter multiplies bf16 wrongly: the CPU tests run the fp32 form)")
                 w.line('acc = tl.dot(a_block, b_block.T, acc, input_precision="ieee")')
             with w.block("else:"):
                 w.line("acc = tl.dot(a_block.to(tl.bfloat16), b_block.to(tl.bfloat16).T, acc)")
-        w.line("a_ptrs += BLOCK_K // 2")
-        w.line("b_ptrs += BLOCK_K // 2")
-        w.line("a_scale_ptrs += BLOCK_K // 16")
-        w.line("b_scale_ptrs += BLOCK_K // 16")
+
+    emit_block_scaled_loop(w, NVFP4_GROUP_SIZE, product)
 
 
 def _emit_gemm_epilogue(w: SourceWriter, e: EpilogueSpec) -> None:
-    out_type = _OUT_TYPE[e.out_dtype]
+    out_type = ELEMENT_TYPES[e.out_dtype]
     w.line("m_ok = offs_m < M")
     w.line("n_ok = offs_n < N")
     w.comment("the tensor scales: alpha = a_decode * b_decode on the fp32 accumulator (the reference's order)")
@@ -616,12 +575,7 @@ def emit_nvfp4_gemm(spec: NVFP4GemmSpec) -> KernelSource:
         w.line("pid = tl.program_id(0)")
         w.line("num_pid_m = tl.cdiv(M, BLOCK_M)")
         w.line("num_pid_n = tl.cdiv(N, BLOCK_N)")
-        w.comment("grouped order: GROUP_M row tiles share the B tiles they stream through L2")
-        w.line("group_size = GROUP_M * num_pid_n")
-        w.line("first_m = (pid // group_size) * GROUP_M")
-        w.line("group_rows = tl.minimum(num_pid_m - first_m, GROUP_M)")
-        w.line("pid_m = first_m + (pid % group_size) % group_rows")
-        w.line("pid_n = (pid % group_size) // group_rows")
+        emit_grouped_order(w)
         w.line("offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)")
         w.line("offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)")
         _emit_gemm_loop(w, spec.lowering)

@@ -33,13 +33,12 @@ from fp4.core import (
 
 from . import lanes as L
 from .source import KernelSource, SourceWriter, header
-from .spec import FoldSpec, QuantizeSpec
+from .spec import POINTER_TYPES, FoldSpec, QuantizeSpec
 
 NO_FUSION = {"enable_fp_fusion": False}
 UNIFORM_24_BITS = 2.0**-24
 _SLICE_BYTES = 16
 _ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-_TRITON_DTYPE = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32", "u8": "*u8"}
 
 
 def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
@@ -265,7 +264,7 @@ def _emit_fold_rows(w: SourceWriter) -> None:
 def _signature(spec: QuantizeSpec) -> dict:
     sig = {}
     if spec.source == "dense":
-        sig["x_ptr"] = _TRITON_DTYPE[spec.input_dtype]
+        sig["x_ptr"] = POINTER_TYPES[spec.input_dtype]
     else:
         sig.update(x_codes_ptr="*u8", x_scales_ptr="*u8")
     sig.update(codes_ptr="*u8", scales_ptr="*u8")
@@ -287,23 +286,25 @@ def _signature(spec: QuantizeSpec) -> dict:
 
 
 @contextlib.contextmanager
-def _row_tile_function(w: SourceWriter, name: str, what: str, signature: dict):
-    """``@triton.jit def name(<signature>, BLOCK_ROWS, BLOCK_GROUPS)`` with its docstring; the body goes inside."""
-    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", "BLOCK_GROUPS: tl.constexpr"])
+def row_tile_function(w: SourceWriter, name: str, what: str, signature: dict, columns: str = "BLOCK_GROUPS"):
+    """``@triton.jit def name(<signature>, BLOCK_ROWS, <columns>)`` with its docstring; the body goes inside.
+
+    Every quantizer kernel (MXFP4 and NVFP4) is tiled by rows and by groups (or columns) of a row."""
+    params = ", ".join(list(signature) + ["BLOCK_ROWS: tl.constexpr", f"{columns}: tl.constexpr"])
     w.line("@triton.jit")
     with w.block(f"def {name}({params}):"):
         w.line(f'"""{what[0].upper() + what[1:]}."""')
         yield
 
 
-def _row_tile_kernel(name: str, w: SourceWriter, spec, signature: dict) -> KernelSource:
-    """The finished source of a kernel tiled by ``BLOCK_ROWS`` x ``BLOCK_GROUPS`` (compiled without FMA fusion)."""
+def row_tile_kernel(name: str, w: SourceWriter, spec, signature: dict, columns: str = "BLOCK_GROUPS") -> KernelSource:
+    """The finished source of a kernel tiled by ``BLOCK_ROWS`` x ``columns`` (compiled without FMA fusion)."""
     return KernelSource(
         name=name,
         text=w.text(),
         spec=spec,
         signature=signature,
-        constexprs=("BLOCK_ROWS", "BLOCK_GROUPS"),
+        constexprs=("BLOCK_ROWS", columns),
         options=dict(NO_FUSION),
     )
 
@@ -321,7 +322,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
     w = SourceWriter()
     w.lines_(header(name, what, spec.describe(), NO_FUSION))
     signature = _signature(spec)
-    with _row_tile_function(w, name, what, signature):
+    with row_tile_function(w, name, what, signature):
         w.line("GROUPS: tl.constexpr = BLOCK_ROWS * BLOCK_GROUPS")
         w.line("pid_row = tl.program_id(0)")
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
@@ -376,7 +377,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             w.comment("the second pass reads back what this program's threads just stored")
             w.line("tl.debug_barrier()")
             _emit_fold_rows(w)
-    return _row_tile_kernel(name, w, spec, signature)
+    return row_tile_kernel(name, w, spec, signature)
 
 
 def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
@@ -394,7 +395,7 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         "rows": "i32",
         "out_width": "i32",
     }
-    with _row_tile_function(w, name, what, signature):
+    with row_tile_function(w, name, what, signature):
         w.line("pid_row = tl.program_id(0)")
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
         w.line("out_rows64 = out_rows.to(tl.int64)")
@@ -412,4 +413,4 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
             )
             _emit_fold_track(w)
         _emit_fold_rows(w)
-    return _row_tile_kernel(name, w, spec, signature)
+    return row_tile_kernel(name, w, spec, signature)

@@ -10,15 +10,13 @@ once, coalesced along ``N``, by enough programs to fill the GPU.
 from __future__ import annotations
 
 from .source import KernelSource, SourceWriter, header
-from .spec import BiasGradSpec
-
-_POINTER = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+from .spec import POINTER_TYPES, BiasGradSpec
 
 
 def emit_bias_grad(spec: BiasGradSpec) -> KernelSource:
     name = spec.kernel_name
     what = "bias gradient: float32 column sums of the output gradient over one chunk of rows"
-    sig = {"grad_ptr": _POINTER[spec.input_dtype], "partial_ptr": "*fp32", "T": "i32", "N": "i32"}
+    sig = {"grad_ptr": POINTER_TYPES[spec.input_dtype], "partial_ptr": "*fp32", "T": "i32", "N": "i32"}
     sig.update(stride_t="i32", rows_per_chunk="i32")
     w = SourceWriter()
     w.lines_(header(name, what, spec.describe(), {}))

@@ -20,6 +20,12 @@ from fp4.core import ACTIVATIONS
 DTYPES = ("bf16", "fp16", "fp32")
 """Element types a dense kernel input or output may have (Triton spelling)."""
 
+POINTER_TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32", "u8": "*u8"}
+"""The Triton pointer type of a tensor of each dtype name (kernel signatures)."""
+
+ELEMENT_TYPES = {"bf16": "tl.bfloat16", "fp16": "tl.float16", "fp32": "tl.float32"}
+"""The Triton element type of each dtype name (casts in kernel bodies)."""
+
 GEMM_LOWERINGS = ("dot_scaled", "fp8_fold", "dequant_bf16")
 """The ``Target.gemm_lowering`` values a GEMM kernel can be emitted for (``reference`` runs no kernel)."""
 
