@@ -225,6 +225,23 @@ def _input_reason(x) -> str | None:
     return None
 
 
+def _dense_quantizer_plan(op, args, seed_at, method, axis="last", hadamard=0, stream=NO_STREAM, sign_stream=NO_STREAM):
+    """The plan of ``fp4::<op>(*args)``, an NVFP4 quantizer of the 2-D tensor ``args[0]`` (checked by the caller)
+    whose seed, where it takes one, is ``args[seed_at]``: the kernels (on a dense copy of an input whose last
+    dimension is strided), or the reference with the reason they cannot run."""
+    x, seed = args[0], None if seed_at is None else args[seed_at]
+    reason = _input_reason(x) or _seed_reason(x, seed)
+    if reason is not None:
+        return _reference_plan(op, reason, getattr(recipe_ops, op).function)
+    copy = x.stride(-1) != 1
+    plan = dense_plan(x.contiguous() if copy else x, method, axis, hadamard, stream, sign_stream)
+
+    def run(x, *rest):
+        return tuple(plan([x.contiguous() if copy else x], None if seed_at is None else rest[seed_at - 1]))
+
+    return run
+
+
 @planned(
     "nvfp4_quantize",
     key=lambda x, transpose, hadamard, seed, stream: (
@@ -242,40 +259,23 @@ def nvfp4_quantize_cuda(x, transpose, hadamard, seed, stream):
     recipe_ops._check_2d(x, "nvfp4_quantize")
     if seed is not None:
         _check_seed(seed)
-    reason = _input_reason(x) or _seed_reason(x, seed)
-    if reason is not None:
-        return _reference_plan("nvfp4_quantize", reason, recipe_ops.nvfp4_quantize.function)
-    copy = x.stride(-1) != 1
-    method = "rtn" if seed is None else "sr"
-    plan = dense_plan(x.contiguous() if copy else x, method, "first" if transpose else "last",
-                      16 if hadamard else 0, stream)  # fmt: skip
-    return lambda x, transpose, hadamard, seed, stream: tuple(plan([x.contiguous() if copy else x], seed))
+    method, axis = "rtn" if seed is None else "sr", "first" if transpose else "last"
+    args = (x, transpose, hadamard, seed, stream)
+    return _dense_quantizer_plan("nvfp4_quantize", args, 3, method, axis, 16 if hadamard else 0, stream)
 
 
 @planned("nvfp4_quantize_2d", key=lambda w: (tensor_key(w), w.device))
 def nvfp4_quantize_2d_cuda(w):
     """The nvfp4 recipe's 16x16-block weight quantizer."""
-    recipe_ops._check_2d(w, "nvfp4_quantize_2d")
-    recipe_ops._check_blocks(w.shape[1], "nvfp4_quantize_2d")
-    reason = _input_reason(w)
-    if reason is not None:
-        return _reference_plan("nvfp4_quantize_2d", reason, recipe_ops.nvfp4_quantize_2d.function)
-    copy = w.stride(-1) != 1
-    plan = dense_plan(w.contiguous() if copy else w, "rtn_2d")
-    return lambda w: tuple(plan([w.contiguous() if copy else w]))
+    recipe_ops._check_2d_blocks(w, "nvfp4_quantize_2d")
+    return _dense_quantizer_plan("nvfp4_quantize_2d", (w,), None, "rtn_2d")
 
 
 @planned("four_over_six_quantize", key=lambda x: (tensor_key(x), x.device))
 def four_over_six_quantize_cuda(x):
     """Quartet II's forward quantizer (four over six) along the last dimension."""
-    recipe_ops._check_2d(x, "four_over_six_quantize")
-    recipe_ops._check_blocks(x.shape[1], "four_over_six_quantize")
-    reason = _input_reason(x)
-    if reason is not None:
-        return _reference_plan("four_over_six_quantize", reason, recipe_ops.four_over_six_quantize.function)
-    copy = x.stride(-1) != 1
-    plan = dense_plan(x.contiguous() if copy else x, "four_over_six")
-    return lambda x: tuple(plan([x.contiguous() if copy else x]))
+    recipe_ops._check_2d_blocks(x, "four_over_six_quantize")
+    return _dense_quantizer_plan("four_over_six_quantize", (x,), None, "four_over_six")
 
 
 @planned(
@@ -294,13 +294,8 @@ def eden_quantize_cuda(x, seed, sign_stream, stream, transpose):
     """Quartet II's backward quantizer: 128-point transform with the step's signs, then MS-EDEN."""
     recipe_ops._check_2d(x, "eden_quantize")
     _check_seed(seed)
-    reason = _input_reason(x) or _seed_reason(x, seed)
-    if reason is not None:
-        return _reference_plan("eden_quantize", reason, recipe_ops.eden_quantize.function)
-    copy = x.stride(-1) != 1
-    plan = dense_plan(x.contiguous() if copy else x, "eden", "first" if transpose else "last", QUARTET2_HADAMARD_SIZE,
-                      stream, sign_stream)  # fmt: skip
-    return lambda x, seed, *_: tuple(plan([x.contiguous() if copy else x], seed))
+    args, axis = (x, seed, sign_stream, stream, transpose), "first" if transpose else "last"
+    return _dense_quantizer_plan("eden_quantize", args, 1, "eden", axis, QUARTET2_HADAMARD_SIZE, stream, sign_stream)
 
 
 @planned(

@@ -54,6 +54,12 @@ def _check_blocks(size, op: str, what: str = "last dimension") -> None:
         raise ValueError(f"fp4::{op}: {what} {size} is not a multiple of {NVFP4_GROUP_SIZE}")
 
 
+def _check_2d_blocks(x: torch.Tensor, op: str) -> None:
+    """A 2-D tensor whose rows are whole 16-blocks (the forward quantizers' input)."""
+    _check_2d(x, op)
+    _check_blocks(x.shape[1], op)
+
+
 def _dense(outputs):
     """Every output dense and row-major whatever the inputs' layout (what the fakes promise)."""
     return tuple(t.contiguous() for t in outputs)
@@ -91,15 +97,13 @@ def _(x, transpose, hadamard, seed, stream):
 
 @fp4_op("fp4::nvfp4_quantize_2d")
 def nvfp4_quantize_2d(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_2d(w, "nvfp4_quantize_2d")
-    _check_blocks(w.shape[1], "nvfp4_quantize_2d")
+    _check_2d_blocks(w, "nvfp4_quantize_2d")
     return _dense(nvfp4.quantize_2d(w))
 
 
 @nvfp4_quantize_2d.register_fake
 def _(w):
-    _check_2d(w, "nvfp4_quantize_2d")
-    _check_blocks(w.shape[1], "nvfp4_quantize_2d")
+    _check_2d_blocks(w, "nvfp4_quantize_2d")
     return _operand_like(w, w.shape[0], w.shape[1])
 
 
@@ -122,15 +126,13 @@ def _(codes, scales):
 
 @fp4_op("fp4::four_over_six_quantize")
 def four_over_six_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_2d(x, "four_over_six_quantize")
-    _check_blocks(x.shape[1], "four_over_six_quantize")
+    _check_2d_blocks(x, "four_over_six_quantize")
     return _dense(quartet2.four_over_six_quantize(x))
 
 
 @four_over_six_quantize.register_fake
 def _(x):
-    _check_2d(x, "four_over_six_quantize")
-    _check_blocks(x.shape[1], "four_over_six_quantize")
+    _check_2d_blocks(x, "four_over_six_quantize")
     return _operand_like(x, x.shape[0], x.shape[1])
 
 
