@@ -12,12 +12,11 @@ in tests/gpu).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
+from in_interpreter import assert_bitwise, report, run_cases
 
 # ----------------------------------------------------------------------------------------------------------------
 # the child process
@@ -181,12 +180,7 @@ def _philox_case(philox, words):
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    completed = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1200, check=False
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_cases(__file__, timeout=1200)
 
 
 BITWISE = [f"quest_{d}_{r}" for d in ("torch.bfloat16", "torch.float32") for r in (True, False)]
@@ -199,8 +193,7 @@ BITWISE += ["fold", "quest_fold", "sr_fold_last", "sr_fold_first", "requantize_f
 
 @pytest.mark.parametrize("case", BITWISE)
 def test_quantizer_bitwise_in_interpreter(interpreted, case):
-    assert case in interpreted, f"case {case} did not run"
-    assert interpreted[case]["mismatches"] == [0] * len(interpreted[case]["mismatches"])
+    assert_bitwise(interpreted, case)
 
 
 GEMMS = [
@@ -222,5 +215,4 @@ def test_bias_grad_in_interpreter(interpreted):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("FP4_CACHE_DIR", os.path.join(__import__("tempfile").mkdtemp(), "fp4-cache"))
-    print(json.dumps(_cases()))
+    report(_cases)

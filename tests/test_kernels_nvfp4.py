@@ -20,12 +20,8 @@ checked on a GPU (tests/gpu/test_recipes_gpu.py) and in the PTX
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+from in_interpreter import assert_bitwise, report, run_cases
 
 SEEDS = (123456789123, 2**62 + 977, 5)
 
@@ -159,12 +155,7 @@ def _cases():
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    completed = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=1800, check=False
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_cases(__file__, timeout=1800)
 
 
 BITWISE = [
@@ -186,8 +177,7 @@ BITWISE += ["reused_eden_quantize_cuda", "reused_eden_requantize_cuda"]
 
 @pytest.mark.parametrize("case", BITWISE)
 def test_bitwise_in_interpreter(interpreted, case):
-    assert case in interpreted, f"case {case} did not run"
-    assert interpreted[case]["mismatches"] == [0] * len(interpreted[case]["mismatches"])
+    assert_bitwise(interpreted, case)
 
 
 GEMMS = [
@@ -211,5 +201,4 @@ def test_fallbacks_say_why(interpreted):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("FP4_CACHE_DIR", os.path.join(__import__("tempfile").mkdtemp(), "fp4-cache"))
-    print(json.dumps(_cases()))
+    report(_cases)
