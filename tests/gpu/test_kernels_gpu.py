@@ -22,17 +22,12 @@ import pytest
 import torch
 from fp4.runtime import fold, launch, ops, reference
 from fp4.runtime.autotune import Config
+from gpu_common import DTYPES, GEMM_RTOL, GPU_MARKS, OUTPUT_ROUNDING
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = GPU_MARKS
 
 fp4 = torch.ops.fp4
-GEMM_RTOL = 1e-5
 FP8_GEMM_RTOL = 1e-4
-OUTPUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def random_activations(rows, cols, dtype, generator):

@@ -19,16 +19,11 @@ import pytest
 import torch
 from fp4.runtime import launch, nvfp4, quartet2
 from fp4.runtime.hadamard import rotate
+from gpu_common import DTYPES, GEMM_RTOL, GPU_MARKS, OUTPUT_ROUNDING, tiny_llama
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = GPU_MARKS
 
 fp4 = torch.ops.fp4
-GEMM_RTOL = 1e-5
-OUTPUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
-DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SHAPES = [(256, 4096), (1000, 96), (37, 4128), (16, 32)]
 
 
@@ -216,13 +211,7 @@ def test_recipe_layer_on_gpu_matches_cpu(recipe, generator):
 
 @pytest.mark.parametrize("recipe", ["quartet2", "nvfp4"])
 def test_recipe_trains_a_llama_with_and_without_cuda_graphs(recipe):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa", use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    model = tiny_llama()
     tokens = torch.randint(0, 512, (4, 128), device="cuda")
 
     def train(options, steps=6):

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from fp4.runtime import plans, reference
+from gpu_common import GPU_MARKS, tiny_llama
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-]
+pytestmark = GPU_MARKS
 
 fp4 = torch.ops.fp4
 
@@ -86,16 +83,6 @@ def test_ops_capture_in_a_cuda_graph_and_replays_draw_new_seeds():
         assert all(torch.equal(a, b) for a, b in zip(got, eager[i + k])), f"replay {i} vs eager step {i + k}"
 
 
-def _tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa", use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
-
-
 def _train(model, options, steps=4):
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="fp4", options=options)
@@ -115,7 +102,7 @@ def _train(model, options, steps=4):
 
 
 def test_backend_with_cuda_graphs_equals_without():
-    model = _tiny_llama()
+    model = tiny_llama()
     plain = _train(copy.deepcopy(model), {})
     graphed = _train(copy.deepcopy(model), {"cudagraphs": True})
     for step, (a, b) in enumerate(zip(plain[0], graphed[0])):
@@ -134,7 +121,7 @@ def test_kernels_compile_ahead_and_the_step_builds_no_plan():
     def plans_built():
         return sum(count for key, count in plans.STATS.items() if key.startswith("built."))
 
-    model = _tiny_llama()
+    model = tiny_llama()
     built_before, warmed_before = plans_built(), warmup.STATS["plans"]
     ahead = _train(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
     built, warmed = plans_built() - built_before, warmup.STATS["plans"] - warmed_before
