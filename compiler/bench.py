@@ -1,6 +1,6 @@
 """``fp4 bench``: time the kernels against cuBLAS and the copy bandwidth, baselines in the same run.
 
-Sections (``--sections gemm,quantize,linear,compiled,model``):
+Sections (``--sections gemm,quantize,linear,compiled,model``, or ``distributed`` on its own):
 
 * ``gemm``: the MXFP4 GEMM at square sizes and Llama-7B/70B linear shapes, against
   bf16 cuBLAS (``torch.matmul``) and FP8 cuBLAS with row-wise scales
@@ -16,6 +16,10 @@ Sections (``--sections gemm,quantize,linear,compiled,model``):
 * ``model``: whole ``LlamaForCausalLM`` training steps (:mod:`fp4.bench_model`): bf16 eager,
   bf16 Inductor, ``backend="fp4"`` with and without CUDA graphs, per configuration
   (``--models``); written to ``bench_model_<card>.json`` as well.
+
+* ``distributed``: DDP and FSDP2 training of ``LlamaForCausalLM`` on N GPUs, fp4 against bf16
+  (:mod:`fp4.bench_distributed`, which has its own options and starts its own ranks):
+  ``fp4 bench --sections distributed --gpus 2 --scaling --check``.
 
 ``--recipes quartet,quartet2,nvfp4`` adds the recipe axis (:mod:`fp4.bench_recipes`): the GEMM
 section times each recipe's GEMM and forward quantizers per shape, the model section runs every
@@ -46,6 +50,16 @@ LLAMA_SHAPES = {
     "llama70b.up_gate": (TOKENS, 28672, 8192),
     "llama70b.down": (TOKENS, 8192, 28672),
 }
+
+
+def utc_date() -> str:
+    """The date and time a benchmark run records."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def card_slug(card: str) -> str:
+    """The card's short name in result file names: ``NVIDIA H100 80GB HBM3`` -> ``h100``."""
+    return card.lower().replace("nvidia", "").strip().split()[0]
 
 
 def _median_ms(fn, warmup_ms=25, rep_ms=100, graph=False) -> float:
@@ -367,7 +381,19 @@ def markdown(info, gemm_rows, quant_rows, linear, compiled=None, models=None, re
     return "\n".join(lines) + "\n"
 
 
+def _section_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--sections", default="gemm,quantize,linear")
+    return parser
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sections, _ = _section_parser().parse_known_args(argv)
+    if "distributed" in sections.sections.split(","):
+        from .bench_distributed import main as bench_distributed
+
+        return bench_distributed(argv)  # its own options; it rejects other sections beside it
     parser = argparse.ArgumentParser(prog="fp4 bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default="gemm,quantize,linear")
     parser.add_argument("--sizes", default=",".join(map(str, SQUARE_SIZES)), help="square GEMM sizes")
@@ -398,9 +424,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = {
         "card": torch.cuda.get_device_name(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_date(),
         "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-        "command": "fp4 bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "fp4 bench " + " ".join(argv),
     }  # fmt: skip
     log_lines = []
 
@@ -440,8 +466,7 @@ def main(argv=None) -> int:
 
         modes = recipe_modes(args.modes.split(","), recipes)
         models = bench_models(args.models.split(","), log, modes=modes, steps=args.steps, on_record=keep)
-        card = info["card"].lower().replace("nvidia", "").strip().split()[0]
-        (out / f"bench_model_{card}.json").write_text(
+        (out / f"bench_model_{card_slug(info['card'])}.json").write_text(
             json.dumps([{"card": info["card"], "date": info["date"], "command": info["command"], **row}
                         for row in models], indent=1)
         )  # fmt: skip

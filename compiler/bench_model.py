@@ -114,7 +114,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         step_ms.append((done - start) * 1e3)
         host_ms.append((issued - start) * 1e3)
     tokens_per_step = shape["batch"] * shape["seq"]
-    steady = step_ms[2:] or step_ms
+    steady = steady_steps(step_ms)
     record = {
         "mode": mode,
         "first_step_ms": step_ms[0],
@@ -122,7 +122,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         "max_step_ms": max(steady),
         "max_over_median": max(steady) / statistics.median(steady),
         "tokens_per_s": tokens_per_step / (statistics.median(steady) * 1e-3),
-        "host_ms_per_step": statistics.median(host_ms[2:] or host_ms),
+        "host_ms_per_step": statistics.median(steady_steps(host_ms)),
         "step_ms": step_ms,
         "losses": losses,
     }
@@ -131,6 +131,12 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
     if profile and cuda:
         record["gpu_ms_per_step"], record["gpu_kernels"] = _gpu_time_of(lambda: step(steps))
     return record
+
+
+def steady_steps(times: list) -> list:
+    """The steps that count in the medians and maxima: from the third on (steps 1 and 2 compile and warm up), the
+    second with two steps, the only one with one."""
+    return times[2:] or times[1:] or times
 
 
 def _release_memory() -> None:
