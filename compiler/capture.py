@@ -438,6 +438,11 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
     def inner_compile(graph, inputs, **kwargs):
         if not kwargs.get("is_backward") and kwargs.get("is_inference", False):
             rewriter.record_forward(graph, training=False)
+        if rewriter.options.launch == "inductor":
+            from .runtime import inductor_launch
+
+            launches = inductor_launch.decompose(graph)  # inductor.<op> / plan.<op>.<reason>
+            rewriter.report.counters.update({f"launch.{key}": count for key, count in launches.items()})
         return compile_fx_inner(graph, inputs, **kwargs)
 
     patches = {"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()}

@@ -31,6 +31,8 @@ from .core import (  # noqa: F401  (the selection and seed policies, re-exported
 FORMATS = ("mxfp4", "nvfp4")
 """The storage formats; each recipe has one (``RECIPE_FORMATS``)."""
 BACKWARD_ROUNDINGS = ("sr", "rtn")
+LAUNCHES = ("plan", "inductor")
+"""How a compiled graph launches the fp4 kernels (option ``launch``)."""
 """Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
 DEFAULT_PIPELINE = (
@@ -93,6 +95,11 @@ class Options:
     ``rank_seeds``         fold the process rank into every drawn layer seed (salt ``rank + 1``), so data-parallel
                            ranks seeded alike draw independent rounding noise; ``"auto"``: under an initialized
                            ``torch.distributed`` process group.  The eager oracle does the same.
+    ``launch``             ``"plan"``: Inductor's code calls each fp4 op, whose CUDA implementation launches the
+                           kernel through its launch plan (:mod:`fp4.runtime.plans`); ``"inductor"``: the ops are
+                           decomposed into their Triton kernel launches (``torch.library.triton_op``), which
+                           Inductor writes into its wrapper code (:mod:`fp4.runtime.inductor_launch`, which lists
+                           what stays on plans and why); needs ``inductor=True``
     """
 
     recipe: str = DEFAULT_RECIPE
@@ -113,6 +120,7 @@ class Options:
     fold_backward: bool = False
     requantize_weights_in_backward: bool | str = AUTO
     rank_seeds: bool | str = AUTO
+    launch: str = "plan"
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -161,6 +169,10 @@ class Options:
                     )
         if self.cudagraphs and not self.inductor:
             raise ValueError("fp4: cudagraphs=True needs inductor=True (Inductor's CUDA-graph trees run the graphs)")
+        if self.launch not in LAUNCHES:
+            raise ValueError(f"fp4 option 'launch' takes one of {LAUNCHES}, got {self.launch!r}")
+        if self.launch == "inductor" and not self.inductor:
+            raise ValueError("fp4: launch='inductor' needs inductor=True (Inductor's code launches the kernels)")
         if self.dump_dir is not None:
             if not isinstance(self.dump_dir, (str, os.PathLike)) or not os.fspath(self.dump_dir):
                 raise ValueError(

@@ -33,6 +33,8 @@ import functools
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from fp4.codegen.lanes import stream_addend
@@ -115,21 +117,31 @@ class _Kernel:
             launch = self.launches[config] = KernelLaunch(self.function, config.kwargs, options, device)
         return launch
 
+    def choose(self, arguments) -> autotune.Config | None:
+        """The chosen configuration; the first call chooses it, timing the candidates on ``arguments()`` (the
+        kernel's argument list, asked for only when the autotuner times).  None while compiling ahead."""
+        if self.chosen is None:
+            run = lambda cfg: self.launch_for(cfg)(self.grid_for(cfg), arguments())
+            warm = lambda cfg: self.launch_for(cfg).warmup(self.grid_for(cfg), arguments())
+            self.chosen = autotune.AUTOTUNER.choose(
+                self.source, self.target, self.shape_bucket, self.candidates, run, warm
+            )  # fmt: skip
+        return self.chosen
+
+    def chosen_launch(self) -> tuple[KernelLaunch, tuple]:
+        """``(launch, grid)`` of the chosen configuration (after :meth:`choose`)."""
+        return self.launch_for(self.chosen), self.grid_for(self.chosen)
+
     def run(self, args: list) -> None:
         if self._launch is None:
             if self.chosen is None:
-                run = lambda cfg: self.launch_for(cfg)(self.grid_for(cfg), args)
-                warm = lambda cfg: self.launch_for(cfg).warmup(self.grid_for(cfg), args)
-                self.chosen = autotune.AUTOTUNER.choose(
-                    self.source, self.target, self.shape_bucket, self.candidates, run, warm
-                )  # fmt: skip
-                if self.chosen is None:  # compiling ahead: the compiles are queued, nothing runs
+                if self.choose(lambda: args) is None:  # compiling ahead: the compiles are queued, nothing runs
                     return
             elif autotune.compiling_ahead():
                 self.launch_for(self.chosen).warmup(self.grid_for(self.chosen), args)
                 return
             COUNTERS[f"plan.{self.chosen.name or self.source.name}"] += 1
-            self._launch = (self.launch_for(self.chosen), self.grid_for(self.chosen))
+            self._launch = self.chosen_launch()
         launch, grid = self._launch
         launch(grid, args)
 
@@ -182,12 +194,18 @@ class QuantizePlan:
                 autotune.bucket(out_rows, width), grid_for, device, interpret, config,
             )  # fmt: skip
 
-    def __call__(self, inputs: list, seed: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def allocate(self) -> list[torch.Tensor]:
         device = self.device
-        outputs = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outputs]
+        return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in self.outputs]
+
+    def arguments(self, inputs: list, outputs: list, seed: torch.Tensor | None) -> list:
+        """The kernel's argument list."""
+        return [*inputs, *outputs, *self.scalars, *([seed] if self.reads_seed else []), *self.addends]
+
+    def __call__(self, inputs: list, seed: torch.Tensor | None = None) -> list[torch.Tensor]:
+        outputs = self.allocate()
         if self.kernel is not None:
-            seeds = [seed] if self.reads_seed else []
-            self.kernel.run([*inputs, *outputs, *self.scalars, *seeds, *self.addends])
+            self.kernel.run(self.arguments(inputs, outputs, seed))
         return outputs
 
 
@@ -240,7 +258,7 @@ def launch_requantize(codes, scales, seed, stream, sign_stream=ops.NO_SIGNS, fol
 
 
 class FoldPlan:
-    """MXFP4 ``[R, K]`` -> ``(E4M3 values [R, K], fp32 row scales [R])`` for one shape."""
+    """MXFP4 ``[R, K]`` -> ``(E4M3 values [R, K], fp32 row scales [R])`` for one shape: ``plan([codes, scales])``."""
 
     def __init__(self, rows, width, device, *, interpret=False, config=None, target=None):
         self.rows, self.width, self.device = rows, width, device
@@ -252,18 +270,25 @@ class FoldPlan:
                 autotune.bucket(rows, width), grid_for, device, interpret, config,
             )  # fmt: skip
 
-    def __call__(self, codes, scales):
+    def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
         values = torch.empty((self.rows, self.width), dtype=fold.FP8_DTYPE, device=self.device)
-        row_scales = torch.empty((self.rows,), dtype=torch.float32, device=self.device)
+        return values, torch.empty((self.rows,), dtype=torch.float32, device=self.device)
+
+    def arguments(self, inputs, outputs, seed=None) -> list:
+        """The kernel's argument list (``inputs``: codes and scales)."""
+        return [*inputs, *outputs, self.rows, self.width]
+
+    def __call__(self, inputs, seed=None):
+        outputs = self.allocate()
         if self.kernel is not None:
-            self.kernel.run([codes, scales, values, row_scales, self.rows, self.width])
-        return values, row_scales
+            self.kernel.run(self.arguments(inputs, outputs))
+        return outputs
 
 
 def launch_fold(codes: torch.Tensor, scales: torch.Tensor, **kwargs):
     """MXFP4 ``[R, K]`` -> ``(E4M3 values [R, K], fp32 row scales [R])`` (:mod:`fp4.runtime.fold`)."""
     codes, scales = codes.contiguous(), scales.contiguous()
-    return FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device, **kwargs)(codes, scales)
+    return FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device, **kwargs)([codes, scales])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -318,7 +343,7 @@ class GemmPlan:
         self.kernels: dict = {}
         self._run = None
 
-    def _kernel(self, config):
+    def kernel_entry(self, config):
         """``(source, launch, grid, constexpr values)`` of a kernel config."""
         entry = self.kernels.get(config)
         if entry is None:
@@ -339,18 +364,18 @@ class GemmPlan:
     def _launch(self, config, operands, epilogue, cublas):
         if config == CUBLAS:
             return cublas()
-        launch, grid, args, out = self._arguments(config, operands, epilogue)
+        launch, grid, args, out = self.arguments(config, operands, epilogue)
         launch(grid, args)
         return out
 
     def _warm(self, config, operands, epilogue):
         if config != CUBLAS:
-            launch, grid, args, _ = self._arguments(config, operands, epilogue)
+            launch, grid, args, _ = self.arguments(config, operands, epilogue)
             launch.warmup(grid, args)
 
-    def _arguments(self, config, operands, epilogue):
+    def arguments(self, config, operands, epilogue):
         """``(launch, grid, argument list, output)`` of a kernel config for these operands."""
-        source, spec, launch, grid, params = self._kernel(config)
+        source, spec, launch, grid, params = self.kernel_entry(config)
         a, a_scale, b, b_scale = operands
         out = torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
         values = epilogue.kernel_values(out)
@@ -363,14 +388,21 @@ class GemmPlan:
             values["b_desc"] = TensorDescriptor.from_tensor(b, [params["BLOCK_N"], params["BLOCK_K"]])
         return launch, grid, [values[name] for name in source.signature], out
 
-    def __call__(self, operands, epilogue: Epilogue, cublas=None):
+    def choose(self, sample) -> autotune.Config | None:
+        """The chosen configuration; the first call chooses it, timing the candidates on ``sample()``, the
+        ``(operands, epilogue, cublas)`` of a call (asked for only when the autotuner times).  None while
+        compiling ahead."""
         if self.chosen is None:
-            run = lambda cfg: self._launch(cfg, operands, epilogue, cublas)
-            warm = lambda cfg: self._warm(cfg, operands, epilogue)
+            run = lambda cfg: self._launch(cfg, *sample())
+            warm = lambda cfg: self._warm(cfg, *sample()[:2])
             self.chosen = autotune.AUTOTUNER.choose(
                 self.primary, self.target, autotune.bucket(self.M, self.N, self.K), self.candidates, run, warm
             )  # fmt: skip
-            if self.chosen is None:  # compiling ahead: the compiles are queued, nothing runs
+        return self.chosen
+
+    def __call__(self, operands, epilogue: Epilogue, cublas=None):
+        if self.chosen is None:
+            if self.choose(lambda: (operands, epilogue, cublas)) is None:  # compiling ahead: compiles queued
                 return torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
         elif self._run is None and autotune.compiling_ahead():
             self._warm(self.chosen, operands, epilogue)
@@ -486,6 +518,68 @@ def planned(op: str, key):
     return wrap
 
 
+class Fallback(NamedTuple):
+    """An op signature the kernels do not cover: why, and the reference implementation that runs instead."""
+
+    reason: str
+    function: Callable
+
+
+class PlanCall:
+    """An op at one call signature, launched by one kernel plan.
+
+    ``inputs(*op_args)`` gives the plan's ``(kernel inputs, seed)`` for the op's
+    arguments (the flattening and copies the kernel needs); ``plan`` is a
+    :class:`QuantizePlan` or :class:`FoldPlan` (``allocate``, ``arguments``,
+    ``kernel``).  :meth:`run` is the plan path's callable; the Inductor launch
+    path (:mod:`fp4.runtime.inductor_launch`) emits the same kernel with the same
+    arguments.
+    """
+
+    def __init__(self, plan, inputs: Callable):
+        self.plan, self.inputs = plan, inputs
+
+    def run(self) -> Callable:
+        plan, inputs = self.plan, self.inputs
+        return lambda *args: tuple(plan(*inputs(*args)))
+
+
+class GemmCall:
+    """A GEMM op at one call signature: ``gemm`` (a :class:`GemmPlan`) and, where the op folds its MXFP4
+    operands itself (FP8 fold lowering), ``folds``: the :class:`FoldPlan` of each operand."""
+
+    def __init__(self, gemm: GemmPlan, folds: tuple | None = None):
+        self.gemm, self.folds = gemm, folds
+
+    def operands(self, a, a_scales, b, b_scales, fold=None) -> tuple:
+        """The GEMM kernel's four operands; ``fold(plan, inputs)`` runs a fold plan (default: the plan itself)."""
+        operands = _contiguous(a, a_scales, b, b_scales)
+        if self.folds is None:
+            return operands
+        if fold is None:
+            return self.folds[0](operands[:2]) + self.folds[1](operands[2:])
+        return fold(self.folds[0], operands[:2]) + fold(self.folds[1], operands[2:])
+
+    def run(self) -> Callable:
+        gemm, operands = self.gemm, self.operands
+        if not gemm.cublas:
+            return lambda a, sa, b, sb, *epilogue_args: gemm(operands(a, sa, b, sb), Epilogue(*epilogue_args))
+
+        def run(a, sa, b, sb, *epilogue_args):
+            epilogue = Epilogue(*epilogue_args)
+            kernel_operands = operands(a, sa, b, sb)
+            return gemm(kernel_operands, epilogue, lambda: cublas_fold_gemm(*kernel_operands, epilogue))
+
+        return run
+
+
+def _plan_of(op: str, call):
+    """The plan path's callable for a :class:`PlanCall`, :class:`GemmCall` or :class:`Fallback`."""
+    if isinstance(call, Fallback):
+        return _reference_plan(op, call.reason, call.function)
+    return call.run()
+
+
 def _reference_plan(op: str, reason: str, function):
     """A plan that runs the reference on the op's arguments, counting the fallback with its reason."""
 
@@ -514,61 +608,107 @@ def _contiguous(*tensors):
     return tuple(t.contiguous() for t in tensors)
 
 
-@planned("quest_quantize", key=lambda x, rotate: (tensor_key(x), x.device, rotate))
-def quest_quantize_cuda(x, rotate):
+def _starts_at(view: torch.Tensor, base: torch.Tensor) -> bool:
+    """Whether ``view`` begins at ``base``'s first element (same memory, same offset; fake tensors too)."""
+    return torch._C._is_alias_of(view, base) and view.storage_offset() == base.storage_offset()
+
+
+def quest_quantize_call(x, rotate) -> PlanCall | Fallback:
     """Forward QuEST quantizer along the last dim (any leading dims)."""
     ops._check_last_dim(x, "quest_quantize")
     if x.dtype not in DTYPE_NAMES:
-        return _reference_plan("quest_quantize", f"input dtype {x.dtype}", reference.quest_quantize)
+        return Fallback(f"input dtype {x.dtype}", reference.quest_quantize)
     lead, k = tuple(x.shape[:-1]), x.shape[-1]
     flat = x.reshape(-1, k)
-    copy = flat.stride(-1) != 1 or flat.data_ptr() != x.data_ptr()
+    copy = flat.stride(-1) != 1 or not _starts_at(flat, x)
     quantize = dense_quantize_plan(flat.contiguous() if copy else flat, "quest", "last", rotate)
     # the outputs are allocated in their final shapes (the kernel sees pointers only): no views per call
     shapes = (lead + (k // 2,), lead + (k // GROUP_SIZE,), lead + (k // 8,))
     quantize.outputs = [(shape, dtype) for shape, (_, dtype) in zip(shapes, quantize.outputs, strict=True)]
     if x.dim() == 2 and not copy:
-        return lambda x, rotate: tuple(quantize([x]))
+        return PlanCall(quantize, lambda x, rotate: ([x], None))
 
-    def run(x, rotate):
+    def inputs(x, rotate):
         flat = x.reshape(-1, k)
-        return tuple(quantize([flat.contiguous() if copy else flat]))
+        return [flat.contiguous() if copy else flat], None
 
-    return run
-
-
-@planned("sr_quantize", key=lambda *args: _SR_KEY(*args))
-def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
-    """Backward rotate (D.H) + absmax + stochastic rounding of a 2-D tensor (transposed output with ``transpose``)."""
-    return _sr_plan("sr_quantize", ops.sr_quantize.function, x, seed, sign_stream, stream, transpose)
+    return PlanCall(quantize, inputs)
 
 
-def _sr_plan(op, reference_function, x, seed, sign_stream, stream, transpose, fold_output=False):
+def sr_quantize_call(x, seed, sign_stream, stream, transpose, fold_output=False) -> PlanCall | Fallback:
+    """Backward rotate (D.H) + absmax + stochastic rounding of a 2-D tensor (transposed output with ``transpose``);
+    ``fold_output``: also the FP8 fold of the result."""
+    op = "sr_quantize_fold" if fold_output else "sr_quantize"
     ops._check_seed(seed)
     if x.dim() != 2:
         raise ValueError(f"fp4::{op} takes a 2-D tensor, got {x.dim()}-D")
     reason = _seed_reason(x, seed) or (f"input dtype {x.dtype}" if x.dtype not in DTYPE_NAMES else None)
     if reason is not None:
-        return _reference_plan(op, reason, reference_function)
+        return Fallback(reason, (fold.sr_quantize_fold if fold_output else ops.sr_quantize).function)
     copy = x.stride(-1) != 1
     axis = "first" if transpose else "last"
     quantize = dense_quantize_plan(x.contiguous() if copy else x, "sr", axis, True, stream, sign_stream, fold_output)
-    return lambda x, seed, *_: tuple(quantize([x.contiguous() if copy else x], seed))
+    return PlanCall(quantize, lambda x, seed, *_: ([x.contiguous() if copy else x], seed))
 
 
-@planned("requantize_sr", key=lambda *args: _REQUANTIZE_KEY(*args))
-def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
-    """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]``, re-quantized with stochastic rounding."""
-    return _requantize_plan("requantize_sr", ops.requantize_sr.function, codes, scales, seed, sign_stream, stream)
-
-
-def _requantize_plan(op, reference_function, codes, scales, seed, sign_stream, stream, fold_output=False):
+def requantize_sr_call(codes, scales, seed, sign_stream, stream, fold_output=False) -> PlanCall | Fallback:
+    """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]``, re-quantized with stochastic rounding;
+    ``fold_output``: also the FP8 fold of the result."""
     ops._check_seed(seed)
     reason = _seed_reason(codes, seed)
     if reason is not None:
-        return _reference_plan(op, reason, reference_function)
+        return Fallback(reason, (fold.requantize_sr_fold if fold_output else ops.requantize_sr).function)
     quantize = requantize_plan(codes.contiguous(), scales.contiguous(), stream, sign_stream, fold_output)
-    return lambda codes, scales, seed, *_: tuple(quantize(list(_contiguous(codes, scales)), seed))
+    return PlanCall(quantize, lambda codes, scales, seed, *_: (list(_contiguous(codes, scales)), seed))
+
+
+def quest_quantize_fold_call(x, rotate) -> PlanCall | Fallback:
+    """``quest_quantize`` plus the FP8 fold of its result, in one kernel."""
+    if x.dim() != 2:
+        raise ValueError(f"fp4::quest_quantize_fold takes a 2-D tensor, got {x.dim()}-D")
+    ops._check_last_dim(x, "quest_quantize_fold")
+    if x.dtype not in DTYPE_NAMES:
+        return Fallback(f"input dtype {x.dtype}", fold.quest_quantize_fold.function)
+    copy = x.stride(-1) != 1
+    quantize = dense_quantize_plan(x.contiguous() if copy else x, "quest", "last", rotate, fold_output=True)
+    return PlanCall(quantize, lambda x, rotate: ([x.contiguous() if copy else x], None))
+
+
+def fold_fp8_call(codes, scales) -> PlanCall:
+    """MXFP4 ``[R, K]`` -> E4M3 values + fp32 row scales."""
+    plan = FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device)
+    return PlanCall(plan, lambda codes, scales: (list(_contiguous(codes, scales)), None))
+
+
+def mxfp4_gemm_call(a, a_scales, b, b_scales, *epilogue_args) -> GemmCall | Fallback:
+    """The MXFP4 GEMM with its epilogue on codes and scales, by the target's lowering."""
+    epilogue = Epilogue(*epilogue_args)
+    ops.check_gemm_operands(a, a_scales, b, b_scales, epilogue.activation)
+    M, N, K = a.shape[0], b.shape[0], a.shape[1] * 2
+    target = device_target(a.device)
+    lowering = lowering_for(target)
+    reason = epilogue.unsupported_reason(M, N) or lowering.unavailable_reason(target)
+    if reason is not None:
+        return Fallback(reason, reference.mxfp4_gemm)
+    if lowering.operands == "fp8_fold":
+        # the GEMM op on codes and scales folds its operands itself (use-fp8-fold saves this on the forward)
+        folds = FoldPlan(M, K, a.device), FoldPlan(N, K, a.device)
+        folded = folds[0].allocate() + folds[1].allocate()  # what the GEMM plan is built for: fresh fold outputs
+        return GemmCall(GemmPlan(lowering, folded, M, N, K, epilogue, a.device), folds)
+    return GemmCall(GemmPlan(lowering, _contiguous(a, a_scales, b, b_scales), M, N, K, epilogue, a.device))
+
+
+def fp8_fold_gemm_call(a, a_row_scales, b, b_row_scales, *epilogue_args) -> GemmCall | Fallback:
+    """The GEMM on FP8-folded operands, by the Triton kernel or cuBLAS (the faster for the shape)."""
+    epilogue = Epilogue(*epilogue_args)
+    M, N, K = a.shape[0], b.shape[0], a.shape[1]
+    reason = epilogue.unsupported_reason(M, N)
+    if reason is None and not device_target(a.device).has_fp8_mma:
+        reason = f"no FP8 tensor cores on {device_target(a.device)}"
+    if reason is not None:
+        return Fallback(reason, fold.fp8_fold_gemm_reference)
+    operands = _contiguous(a, a_row_scales, b, b_row_scales)
+    return GemmCall(GemmPlan(LOWERINGS["fp8_fold"], operands, M, N, K, epilogue, a.device))
 
 
 _SR_KEY = lambda x, seed, sign_stream, stream, transpose: (  # noqa: E731
@@ -579,44 +719,40 @@ _REQUANTIZE_KEY = lambda codes, scales, seed, sign_stream, stream: (  # noqa: E7
 )  # fmt: skip
 
 
+@planned("quest_quantize", key=lambda x, rotate: (tensor_key(x), x.device, rotate))
+def quest_quantize_cuda(x, rotate):
+    """Forward QuEST quantizer along the last dim (any leading dims)."""
+    return _plan_of("quest_quantize", quest_quantize_call(x, rotate))
+
+
+@planned("sr_quantize", key=_SR_KEY)
+def sr_quantize_cuda(x, seed, sign_stream, stream, transpose):
+    """Backward rotate (D.H) + absmax + stochastic rounding of a 2-D tensor (transposed output with ``transpose``)."""
+    return _plan_of("sr_quantize", sr_quantize_call(x, seed, sign_stream, stream, transpose))
+
+
+@planned("requantize_sr", key=_REQUANTIZE_KEY)
+def requantize_sr_cuda(codes, scales, seed, sign_stream, stream):
+    """Saved MXFP4 ``[R, K]`` -> its transpose ``[K, pad(R)]``, re-quantized with stochastic rounding."""
+    return _plan_of("requantize_sr", requantize_sr_call(codes, scales, seed, sign_stream, stream))
+
+
 @planned("sr_quantize_fold", key=_SR_KEY)
 def sr_quantize_fold_cuda(x, seed, sign_stream, stream, transpose):
     """``sr_quantize`` that also writes the FP8 fold of its result (Hopper's backward GEMM operands)."""
-    return _sr_plan("sr_quantize_fold", fold.sr_quantize_fold.function, x, seed, sign_stream, stream, transpose, True)
+    return _plan_of("sr_quantize_fold", sr_quantize_call(x, seed, sign_stream, stream, transpose, True))
 
 
 @planned("requantize_sr_fold", key=_REQUANTIZE_KEY)
 def requantize_sr_fold_cuda(codes, scales, seed, sign_stream, stream):
     """``requantize_sr`` that also writes the FP8 fold of its result."""
-    reference_function = fold.requantize_sr_fold.function
-    return _requantize_plan("requantize_sr_fold", reference_function, codes, scales, seed, sign_stream, stream, True)
+    return _plan_of("requantize_sr_fold", requantize_sr_call(codes, scales, seed, sign_stream, stream, True))
 
 
 @planned("mxfp4_gemm", key=_gemm_key)
 def mxfp4_gemm_cuda(a, a_scales, b, b_scales, *epilogue_args):
     """The MXFP4 GEMM with its epilogue on codes and scales, by the target's lowering."""
-    epilogue = Epilogue(*epilogue_args)
-    ops.check_gemm_operands(a, a_scales, b, b_scales, epilogue.activation)
-    M, N, K = a.shape[0], b.shape[0], a.shape[1] * 2
-    target = device_target(a.device)
-    lowering = lowering_for(target)
-    reason = epilogue.unsupported_reason(M, N) or lowering.unavailable_reason(target)
-    if reason is not None:
-        return _reference_plan("mxfp4_gemm", reason, reference.mxfp4_gemm)
-    if lowering.operands == "fp8_fold":
-        # the GEMM op on codes and scales folds its operands itself (use-fp8-fold saves this on the forward)
-        fold_a, fold_b = FoldPlan(M, K, a.device), FoldPlan(N, K, a.device)
-        folded = fold_a(*_contiguous(a, a_scales)) + fold_b(*_contiguous(b, b_scales))
-        gemm = GemmPlan(lowering, folded, M, N, K, epilogue, a.device)
-
-        def run(a, sa, b, sb, *epilogue_args):
-            epilogue = Epilogue(*epilogue_args)
-            operands = fold_a(*_contiguous(a, sa)) + fold_b(*_contiguous(b, sb))
-            return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
-
-        return run
-    gemm = GemmPlan(lowering, _contiguous(a, a_scales, b, b_scales), M, N, K, epilogue, a.device)
-    return lambda a, sa, b, sb, *epilogue_args: gemm(_contiguous(a, sa, b, sb), Epilogue(*epilogue_args))
+    return _plan_of("mxfp4_gemm", mxfp4_gemm_call(a, a_scales, b, b_scales, *epilogue_args))
 
 
 @planned("bias_grad", key=lambda grad, dtype: (tensor_key(grad), grad.device, dtype))
@@ -635,41 +771,34 @@ def bias_grad_cuda(grad_output, dtype):
 @planned("fold_fp8", key=lambda codes, scales: (tensor_key(codes), tensor_key(scales), codes.device))
 def fold_fp8_cuda(codes, scales):
     """MXFP4 ``[R, K]`` -> E4M3 values + fp32 row scales."""
-    plan = FoldPlan(codes.shape[0], codes.shape[1] * 2, codes.device)
-    return lambda codes, scales: plan(*_contiguous(codes, scales))
+    return _plan_of("fold_fp8", fold_fp8_call(codes, scales))
 
 
 @planned("quest_quantize_fold", key=lambda x, rotate: (tensor_key(x), x.device, rotate))
 def quest_quantize_fold_cuda(x, rotate):
     """``quest_quantize`` plus the FP8 fold of its result, in one kernel."""
-    if x.dim() != 2:
-        raise ValueError(f"fp4::quest_quantize_fold takes a 2-D tensor, got {x.dim()}-D")
-    ops._check_last_dim(x, "quest_quantize_fold")
-    if x.dtype not in DTYPE_NAMES:
-        return _reference_plan("quest_quantize_fold", f"input dtype {x.dtype}", fold.quest_quantize_fold.function)
-    copy = x.stride(-1) != 1
-    quantize = dense_quantize_plan(x.contiguous() if copy else x, "quest", "last", rotate, fold_output=True)
-    return lambda x, rotate: tuple(quantize([x.contiguous() if copy else x]))
+    return _plan_of("quest_quantize_fold", quest_quantize_fold_call(x, rotate))
 
 
 @planned("fp8_fold_gemm", key=_gemm_key)
 def fp8_fold_gemm_cuda(a, a_row_scales, b, b_row_scales, *epilogue_args):
     """The GEMM on FP8-folded operands, by the Triton kernel or cuBLAS (the faster for the shape)."""
-    epilogue = Epilogue(*epilogue_args)
-    M, N, K = a.shape[0], b.shape[0], a.shape[1]
-    reason = epilogue.unsupported_reason(M, N)
-    if reason is None and not device_target(a.device).has_fp8_mma:
-        reason = f"no FP8 tensor cores on {device_target(a.device)}"
-    if reason is not None:
-        return _reference_plan("fp8_fold_gemm", reason, fold.fp8_fold_gemm_reference)
-    gemm = GemmPlan(LOWERINGS["fp8_fold"], _contiguous(a, a_row_scales, b, b_row_scales), M, N, K, epilogue, a.device)
+    return _plan_of("fp8_fold_gemm", fp8_fold_gemm_call(a, a_row_scales, b, b_row_scales, *epilogue_args))
 
-    def run(a, sa, b, sb, *epilogue_args):
-        epilogue = Epilogue(*epilogue_args)
-        operands = _contiguous(a, sa, b, sb)
-        return gemm(operands, epilogue, lambda: cublas_fold_gemm(*operands, epilogue))
 
-    return run
+CALLS = {
+    "fp4::quest_quantize": quest_quantize_call,
+    "fp4::sr_quantize": sr_quantize_call,
+    "fp4::requantize_sr": requantize_sr_call,
+    "fp4::sr_quantize_fold": lambda *args: sr_quantize_call(*args, fold_output=True),
+    "fp4::requantize_sr_fold": lambda *args: requantize_sr_call(*args, fold_output=True),
+    "fp4::quest_quantize_fold": quest_quantize_fold_call,
+    "fp4::fold_fp8": fold_fp8_call,
+    "fp4::mxfp4_gemm": mxfp4_gemm_call,
+    "fp4::fp8_fold_gemm": fp8_fold_gemm_call,
+}
+"""The ops whose CUDA implementation is a :class:`PlanCall` or :class:`GemmCall` per signature, by op: what
+their plans are built from (``bias_grad`` finishes with a torch reduction and is not listed)."""
 
 
 CUDA_IMPLEMENTATIONS = {

@@ -228,7 +228,9 @@ def _tma_usable(a, b) -> bool:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:
         return False
-    return all(t.data_ptr() % 16 == 0 and t.stride(0) % 16 == 0 for t in (a, b))
+    from .plans import aligned
+
+    return all(aligned(t) and t.stride(0) % 16 == 0 for t in (a, b))
 
 
 LOWERINGS: dict[str, GemmLowering] = {

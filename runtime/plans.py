@@ -29,6 +29,7 @@ import threading
 from collections import Counter
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 log = logging.getLogger("fp4.plans")
 
@@ -133,8 +134,14 @@ class KernelLaunch:
 
 
 def aligned(tensor: torch.Tensor | None) -> bool | None:
-    """Whether a tensor argument's address is a multiple of 16 (what Triton specializes pointers on)."""
-    return None if tensor is None else tensor.data_ptr() % 16 == 0
+    """Whether a tensor argument's address is a multiple of 16 (what Triton specializes pointers on).
+
+    A fake tensor has no address: its storage offset decides, storages being allocated 16-byte aligned."""
+    if tensor is None:
+        return None
+    if is_fake(tensor):
+        return tensor.storage_offset() * tensor.element_size() % 16 == 0
+    return tensor.data_ptr() % 16 == 0
 
 
 def tensor_key(tensor: torch.Tensor | None) -> tuple | None:

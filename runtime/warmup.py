@@ -48,15 +48,24 @@ def op_calls(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.Node]]:
     return calls
 
 
+def stand_in(value: torch.Tensor, device) -> torch.Tensor:
+    """An uninitialised tensor on ``device`` with the shape, strides and dtype of ``value`` (a fake tensor, say):
+    what building a plan, compiling its kernels and timing them need (no kernel's speed depends on the data)."""
+    if any(not isinstance(size, int) for size in (*value.shape, *value.stride())):
+        raise TypeError("symbolic sizes")
+    return torch.empty_strided(tuple(value.shape), tuple(value.stride()), dtype=value.dtype, device=device)
+
+
 def _argument(value, device):
     """A node argument as a warm-up value: an uninitialised tensor like a node's fake value, else the constant."""
     if isinstance(value, torch.fx.Node):
         fake = value.meta.get("val")
         if not isinstance(fake, torch.Tensor):
             raise TypeError(f"{value.name} has no tensor value")
-        if any(not isinstance(size, int) for size in (*fake.shape, *fake.stride())):
-            raise TypeError(f"{value.name} has symbolic sizes")
-        return torch.empty_strided(tuple(fake.shape), tuple(fake.stride()), dtype=fake.dtype, device=device)
+        try:
+            return stand_in(fake, device)
+        except TypeError as error:
+            raise TypeError(f"{value.name} has {error}") from None
     if isinstance(value, (list, tuple)):
         return type(value)(_argument(item, device) for item in value)
     return value

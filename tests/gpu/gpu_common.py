@@ -25,3 +25,23 @@ def tiny_llama():
     )  # fmt: skip
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+
+
+def train_steps(model, options, steps=4):
+    """``steps`` AdamW steps of ``model`` compiled with ``backend="fp4"`` and ``options`` on one seeded batch:
+    ``(losses, gradients of the first layer's down projection)``, one per step."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="fp4", options=options)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 512, (4, 128), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    torch.manual_seed(11)
+    losses, grads = [], []
+    for _ in range(steps):
+        torch.compiler.cudagraph_mark_step_begin()
+        loss = compiled(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        grads.append(model.model.layers[0].mlp.down_proj.weight.grad.clone())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach().clone())
+    return losses, grads

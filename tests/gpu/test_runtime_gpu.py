@@ -15,7 +15,7 @@ import copy
 
 import torch
 from fp4.runtime import plans, reference
-from gpu_common import GPU_MARKS, tiny_llama
+from gpu_common import GPU_MARKS, tiny_llama, train_steps
 
 pytestmark = GPU_MARKS
 
@@ -83,28 +83,10 @@ def test_ops_capture_in_a_cuda_graph_and_replays_draw_new_seeds():
         assert all(torch.equal(a, b) for a, b in zip(got, eager[i + k])), f"replay {i} vs eager step {i + k}"
 
 
-def _train(model, options, steps=4):
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="fp4", options=options)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 512, (4, 128), device="cuda", generator=_generator(5))
-    torch.manual_seed(11)
-    losses, grads = [], []
-    for _ in range(steps):
-        torch.compiler.cudagraph_mark_step_begin()
-        loss = compiled(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        grads.append(model.model.layers[0].mlp.down_proj.weight.grad.clone())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach().clone())
-    return losses, grads
-
-
 def test_backend_with_cuda_graphs_equals_without():
     model = tiny_llama()
-    plain = _train(copy.deepcopy(model), {})
-    graphed = _train(copy.deepcopy(model), {"cudagraphs": True})
+    plain = train_steps(copy.deepcopy(model), {})
+    graphed = train_steps(copy.deepcopy(model), {"cudagraphs": True})
     for step, (a, b) in enumerate(zip(plain[0], graphed[0])):
         assert torch.equal(a, b), f"step {step}: loss {a.item()} without graphs, {b.item()} with"
     for step, (a, b) in enumerate(zip(plain[1], graphed[1])):
@@ -123,11 +105,11 @@ def test_kernels_compile_ahead_and_the_step_builds_no_plan():
 
     model = tiny_llama()
     built_before, warmed_before = plans_built(), warmup.STATS["plans"]
-    ahead = _train(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
+    ahead = train_steps(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
     built, warmed = plans_built() - built_before, warmup.STATS["plans"] - warmed_before
     assert warmed > 0 and warmup.STATS["skipped"] == 0
     assert built == warmed, f"the steps built {built - warmed} plans the warm-up did not"
-    plain = _train(copy.deepcopy(model), {"compile_ahead": False}, steps=2)
+    plain = train_steps(copy.deepcopy(model), {"compile_ahead": False}, steps=2)
     for a, b in zip(ahead[0] + ahead[1], plain[0] + plain[1]):
         assert torch.equal(a, b)
 
