@@ -31,13 +31,14 @@ Writes ``bench.json``, ``results.md`` and ``gemm_tflops.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import platform
 import sys
 import time
 from pathlib import Path
+
+from .bench_model import card_slug, utc_date
 
 SQUARE_SIZES = (2048, 4096, 8192, 16384)
 TOKENS = 8192
@@ -50,16 +51,6 @@ LLAMA_SHAPES = {
     "llama70b.up_gate": (TOKENS, 28672, 8192),
     "llama70b.down": (TOKENS, 8192, 28672),
 }
-
-
-def utc_date() -> str:
-    """The date and time a benchmark run records."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def card_slug(card: str) -> str:
-    """The card's short name in result file names: ``NVIDIA H100 80GB HBM3`` -> ``h100``."""
-    return card.lower().replace("nvidia", "").strip().split()[0]
 
 
 def _median_ms(fn, warmup_ms=25, rep_ms=100, graph=False) -> float:

@@ -69,9 +69,8 @@ from pathlib import Path
 
 from fp4.core import DEFAULT_RECIPE
 
-from .bench import card_slug, utc_date
 from .bench_model import CONFIGS as MODEL_CONFIGS
-from .bench_model import FP4_MODES, _release_memory, build_model, steady_steps
+from .bench_model import FP4_MODES, _release_memory, build_model, card_slug, steady_steps, utc_date
 
 CONFIGS = {
     **MODEL_CONFIGS,

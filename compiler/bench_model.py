@@ -22,9 +22,21 @@ more step).  A step is forward, loss, backward, optimizer step and
 
 from __future__ import annotations
 
+import datetime
 import gc
 import statistics
 import time
+
+
+def utc_date() -> str:
+    """The date and time a benchmark run records."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def card_slug(card: str) -> str:
+    """The card's short name in result file names: ``NVIDIA H100 80GB HBM3`` -> ``h100``."""
+    return card.lower().replace("nvidia", "").strip().split()[0]
+
 
 CONFIGS = {
     # name: model shape, batch, sequence length

@@ -33,7 +33,6 @@ FORMATS = ("mxfp4", "nvfp4")
 BACKWARD_ROUNDINGS = ("sr", "rtn")
 LAUNCHES = ("plan", "inductor")
 """How a compiled graph launches the fp4 kernels (option ``launch``)."""
-"""Value of the options decided per graph from how the parameters are managed (FSDP) or the process group."""
 
 DEFAULT_PIPELINE = (
     "quartet-linear",
