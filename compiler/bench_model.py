@@ -117,6 +117,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     step_ms, host_ms, losses = [], [], []
+    before, first_step = _compile_seconds(), {}
     for i in range(steps):
         start = time.perf_counter()
         loss = step(i)
@@ -125,6 +126,8 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         done = time.perf_counter()
         step_ms.append((done - start) * 1e3)
         host_ms.append((issued - start) * 1e3)
+        if i == 0:
+            first_step = _compile_seconds(since=before)
     tokens_per_step = shape["batch"] * shape["seq"]
     steady = steady_steps(step_ms)
     record = {
@@ -137,12 +140,31 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         "host_ms_per_step": statistics.median(steady_steps(host_ms)),
         "step_ms": step_ms,
         "losses": losses,
+        "first_step_seconds": first_step,
     }
     if cuda:
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if profile and cuda:
         record["gpu_ms_per_step"], record["gpu_kernels"] = _gpu_time_of(lambda: step(steps))
     return record
+
+
+def _compile_seconds(since: dict | None = None) -> dict:
+    """Where compile time goes, as wall seconds by what: Dynamo/AOTAutograd/Inductor's own timers
+    (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
+    (:data:`fp4.runtime.autotune.SECONDS`: plan building, the autotuner's compiles and timing, compile-ahead)
+    with ``autotune.buckets``, the number of shape buckets timed; with ``since``, the growth since that snapshot.
+    The timers nest (Inductor's include the kernels compiled ahead beside them), so they do not add up."""
+    from fp4.runtime import autotune
+    from torch._dynamo.utils import compilation_time_metrics
+
+    now = {f"torch.{name}": sum(times) for name, times in compilation_time_metrics.items()}
+    now.update({name: seconds for name, seconds in autotune.SECONDS.items()})
+    now["autotune.buckets"] = len(autotune.AUTOTUNER.timings)
+    if since is None:
+        return now
+    grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}
+    return {name: value for name, value in sorted(grown.items(), key=lambda item: -item[1]) if value > 0}
 
 
 def steady_steps(times: list) -> list:
@@ -207,6 +229,8 @@ def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]
                 f"gpu {record.get('gpu_ms_per_step', float('nan')):7.2f} ms  "
                 f"{record['tokens_per_s']:9.0f} tok/s  peak {record.get('peak_memory_gib', 0):5.1f} GiB"
             )
+            top = list(record.get("first_step_seconds", {}).items())[:6]
+            log(f"{'':12s} first step, seconds by timer: " + ", ".join(f"{k} {v:g}" for k, v in top))
         baseline = records.get("bf16_inductor", {}).get("median_step_ms")
         for record in records.values():
             row = {"config": name, **shape, **record}

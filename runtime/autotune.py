@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +38,12 @@ AUTOTUNE_ENV = "FP4_AUTOTUNE"
 COMPILE_THREADS_ENV = "FP4_COMPILE_THREADS"
 BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40
 """Timing per candidate: a short warm-up, then repetitions for 40 ms (the median is kept)."""
+
+SECONDS: Counter = Counter()
+"""Wall seconds spent getting kernels ready, by what (where a first step's time goes; never on the hot path):
+``autotune.precompile`` compiling a bucket's candidates before timing them, ``autotune.timing`` timing them,
+``plans.build`` a step building plans (both of those included), ``warmup`` the compile-ahead
+threads, ``warmup.wait`` a step waiting for them (:mod:`fp4.runtime.warmup`)."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,10 @@ class Autotuner:
             return chosen
         import triton.testing
 
+        started = time.perf_counter()
         precompile(candidates, compile)
+        compiled = time.perf_counter()
+        SECONDS["autotune.precompile"] += compiled - started
         timings = {}
         for config in candidates:
             try:
@@ -201,6 +212,7 @@ class Autotuner:
                 )
             except Exception as error:  # a config that does not compile or fit is skipped, not fatal
                 log.info("autotune %s %s: %s skipped (%s)", source.name, shape_bucket, config.label(), error)
+        SECONDS["autotune.timing"] += time.perf_counter() - compiled
         if not timings:
             raise RuntimeError(f"no launch configuration of {source.name} ran for shape bucket {shape_bucket}")
         config = min(timings, key=timings.get)

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
+
+from .autotune import SECONDS
 
 log = logging.getLogger("fp4.plans")
 
@@ -159,7 +162,10 @@ class PlanCache(dict):
         self.op = op
 
     def build(self, key, build):
+        started = time.perf_counter()
         plan = self[key] = build()
+        if not getattr(_WARMING, "active", False):  # a warm-up thread's time counts as "warmup"
+            SECONDS["plans.build"] += time.perf_counter() - started
         STATS[f"built.{self.op}"] += 1
         return plan
 
@@ -192,4 +198,6 @@ def wait_for_warmups() -> None:
             thread = WARMUPS.pop(0)
         except IndexError:  # another thread took the last one
             return
+        started = time.perf_counter()
         thread.join()
+        SECONDS["warmup.wait"] += time.perf_counter() - started

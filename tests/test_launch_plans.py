@@ -123,3 +123,56 @@ if __name__ == "__main__":
         traceback.print_exc()
         sys.exit(1)
     print(f"{name} passed")
+
+
+def test_plan_building_time_is_counted_for_steps_not_for_warm_ups():
+    """``autotune.SECONDS["plans.build"]`` grows with the time a step spends building a plan; a warm-up thread's
+    builds count under ``warmup`` instead, and the time a step waits for a warm-up under ``warmup.wait``."""
+    import threading
+    import time
+
+    from fp4.runtime import autotune
+
+    def slow_plan():
+        time.sleep(0.05)
+        return "plan"
+
+    cache = plans.PlanCache("test_op")
+    before = autotune.SECONDS["plans.build"]
+    assert cache.build(("key", 1), slow_plan) == "plan" and cache.get(("key", 1)) == "plan"
+    assert autotune.SECONDS["plans.build"] - before >= 0.05
+
+    def warm():
+        plans.mark_warming()
+        cache.build(("key", 2), slow_plan)
+
+    thread = threading.Thread(target=warm)
+    before, waited = autotune.SECONDS["plans.build"], autotune.SECONDS["warmup.wait"]
+    plans.add_warmup(thread)
+    thread.start()
+    plans.wait_for_warmups()
+    assert cache.get(("key", 2)) == "plan"
+    assert autotune.SECONDS["plans.build"] == before
+    assert autotune.SECONDS["warmup.wait"] > waited
+
+
+def test_first_step_timers_report_growth_by_timer(monkeypatch):
+    """The model benchmark's first-step breakdown: torch's compile timers and fp4's, the growth since a snapshot,
+    largest first, timers that did not grow left out."""
+    from fp4 import bench_model
+    from fp4.runtime import autotune
+    from torch._dynamo import utils
+
+    monkeypatch.setattr(utils, "compilation_time_metrics", {"compile_inner": [1.0]})
+    monkeypatch.setattr(autotune, "SECONDS", type(autotune.SECONDS)({"autotune.timing": 0.5}))
+    monkeypatch.setattr(autotune.AUTOTUNER, "timings", {"a": {}})
+    before = bench_model._compile_seconds()
+    assert before == {"torch.compile_inner": 1.0, "autotune.timing": 0.5, "autotune.buckets": 1}
+    utils.compilation_time_metrics["compile_inner"].append(2.5)
+    utils.compilation_time_metrics["compile_fx"] = [4.0]
+    autotune.SECONDS["autotune.timing"] += 1.25
+    autotune.AUTOTUNER.timings["b"] = {}
+    grown = bench_model._compile_seconds(since=before)
+    assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.timing": 1.25,
+                     "autotune.buckets": 1}  # fmt: skip
+    assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "autotune.buckets"]
