@@ -70,7 +70,16 @@ from pathlib import Path
 from fp4.core import DEFAULT_RECIPE
 
 from .bench_model import CONFIGS as MODEL_CONFIGS
-from .bench_model import FP4_MODES, _release_memory, build_model, card_slug, steady_steps, utc_date
+from .bench_model import (
+    FP4_MODES,
+    _release_memory,
+    build_model,
+    card_slug,
+    failed_row,
+    steady_steps,
+    table_head,
+    utc_date,
+)
 
 CONFIGS = {
     **MODEL_CONFIGS,
@@ -639,19 +648,21 @@ def _check_cell(check) -> str:
     return text if check["passed"] else f"**FAILED** ({text})"
 
 
+COLUMNS = ["config", "GPUs", "mode", "median step ms", "max step ms", "tokens/s per GPU", "× bf16", "scaling vs 1 GPU",
+           "peak GiB per GPU", "all-gathered MiB per step and GPU", "step-1 gradients"]  # fmt: skip
+
+
 def markdown(records: list[dict], info: dict) -> list[str]:
     lines = [
         f"Card: {info['card']}; {info['date']}; torch {info['torch']}; backend {info['backend']}; NVLink multicast "
         "off (" + ", ".join(f"{k}={v}" for k, v in NO_MULTICAST_ENV.items()) + ").",
         f"Command: `{info['command']}`",
         "",
-        "| config | GPUs | mode | median step ms | max step ms | tokens/s per GPU | × bf16 | scaling vs 1 GPU "
-        "| peak GiB per GPU | all-gathered MiB per step and GPU | step-1 gradients |",
-        "|---" * 11 + "|",
+        *table_head(COLUMNS),
     ]
     for r in records:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['gpus']} | {r['mode']} | failed: {r['error'][:100]} |" + " |" * 7)
+            lines.append(failed_row([r["config"], r["gpus"], r["mode"]], r["error"], len(COLUMNS)))
             continue
         gathered = r["all_gather_bytes_per_step"]
         lines.append(

@@ -240,15 +240,25 @@ def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]
     return rows
 
 
+def table_head(columns: list[str]) -> list[str]:
+    """A markdown table's header line and rule."""
+    return ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
+def failed_row(cells: list, error: str, columns: int) -> str:
+    """The row of a mode that failed: the cells that name it, the error, the other columns empty."""
+    return "| " + " | ".join(map(str, cells)) + f" | failed: {error[:100]} |" + " |" * (columns - len(cells) - 1)
+
+
+MODEL_COLUMNS = ["config", "mode", "median step ms", "max step ms (step ≥ 3)", "first step s", "host ms/step",
+                 "GPU ms/step", "tokens/s", "peak GiB", "× bf16 Inductor"]  # fmt: skip
+
+
 def markdown(rows) -> list[str]:
-    lines = [
-        "| config | mode | median step ms | max step ms (step ≥ 3) | first step s | host ms/step | GPU ms/step "
-        "| tokens/s | peak GiB | × bf16 Inductor |",
-        "|---" * 10 + "|",
-    ]
+    lines = table_head(MODEL_COLUMNS)
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | {r['mode']} | failed: {r['error'][:80]} |" + " |" * 7)
+            lines.append(failed_row([r["config"], r["mode"]], r["error"], len(MODEL_COLUMNS)))
             continue
         lines.append(
             f"| {r['config']} | {r['mode']} | {r['median_step_ms']:.2f} | {r['max_step_ms']:.2f} "

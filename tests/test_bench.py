@@ -45,3 +45,14 @@ def test_recipe_axis_expands_the_model_modes_and_reports_the_gemm():
     text = bench.markdown(INFO, [], [], None, recipes=rows)
     assert "| square4096 | 4096×4096×4096 | nvfp4 | dequant_bf16 | 700 | 350 | 0.50 | 0.250 | 0.50 |" in text
     assert "these rows are for numerics, not speed" in text
+
+
+def test_a_failed_mode_keeps_the_table_shape():
+    """A mode that failed is one row with as many cells as the header, naming the mode and the error."""
+    from fp4 import bench_distributed, bench_model
+
+    lines = bench_model.markdown([{"config": "c", "mode": "fp4", "error": "RuntimeError: " + "x" * 300}])
+    assert lines[0].count("|") == lines[-1].count("|") == len(bench_model.MODEL_COLUMNS) + 1
+    assert lines[-1].startswith("| c | fp4 | failed: RuntimeError: x")
+    row = bench_model.failed_row(["c", 2, "ddp_fp4"], "boom", len(bench_distributed.COLUMNS))
+    assert row.count("|") == len(bench_distributed.COLUMNS) + 1 and "| c | 2 | ddp_fp4 | failed: boom |" in row
