@@ -343,8 +343,8 @@ def pack_words(w: SourceWriter, values: list, bits: int, prefix: str) -> list[st
     return names
 
 
-# Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is a
-# high-word and a low-word multiply, and each new counter word one three-way XOR.
+# Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is one
+# widening multiply whose halves are the high and low words, and each new counter word one three-way XOR.
 PHILOX_KEY_A, PHILOX_KEY_B = core.PHILOX_KEY_A, core.PHILOX_KEY_B
 PHILOX_ROUND_A, PHILOX_ROUND_B = core.PHILOX_ROUND_A, core.PHILOX_ROUND_B
 PHILOX_ROUNDS = core.PHILOX_ROUNDS
@@ -419,14 +419,16 @@ def emit_philox(
         k0, k1 = f"{keys}_k0_{r}", f"{keys}_k1_{r}"
         last = r == PHILOX_ROUNDS - 1
         if c[2] is not None:
-            hi_b, lo_b = f"tl.umulhi({c[2]}, {keys}_mb)", f"{c[2]} * {keys}_mb"
+            w.line(f"{out}_pb = {c[2]}.to(tl.uint64) * {keys}_mb.to(tl.uint64)")
+            hi_b, lo_b = f"({out}_pb >> 32).to(tl.uint32)", f"{out}_pb.to(tl.uint32)"
         else:
             hi_b = lo_b = None
         new0 = xor(hi_b, c[1], k0)
         if last and words == 1:
             w.line(f"{out} = {new0}")
             return [out]
-        hi_a, lo_a = f"tl.umulhi({c[0]}, {keys}_ma)", f"{c[0]} * {keys}_ma"
+        w.line(f"{out}_pa = {c[0]}.to(tl.uint64) * {keys}_ma.to(tl.uint64)")
+        hi_a, lo_a = f"({out}_pa >> 32).to(tl.uint32)", f"{out}_pa.to(tl.uint32)"
         names = [f"{out}_w{i}" for i in range(4)] if last else [f"{out}_c{i}" for i in range(4)]
         if lo_b is None and last:
             lo_b = f"tl.zeros_like({c[0]})"
