@@ -41,6 +41,24 @@ _SLICE_BYTES = 16
 _ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
+def _widen(loaded: str, dtype: str, sign_bits: str | None) -> str:
+    """``loaded`` (a ``dtype`` tile) as float32, its sign flipped where ``sign_bits`` (uint32) holds 0x80000000.
+
+    Flipping the sign bit is the reference's multiplication by -1 (exact, -0.0 and
+    infinities included; NaN stays NaN).  A bf16 value widens by a 16-bit shift,
+    so adding the sign bit (mod 2**32, an XOR of bit 31) joins that one operation.
+    """
+    if dtype == "bf16":
+        bits = f"({loaded}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16)"
+        if sign_bits is not None:
+            bits = f"({bits} + {sign_bits})"
+    elif sign_bits is None:
+        return f"{loaded}.to(tl.float32)"
+    else:
+        bits = f"({loaded}.to(tl.float32).to(tl.uint32, bitcast=True) ^ {sign_bits})"
+    return f"{bits}.to(tl.float32, bitcast=True)"
+
+
 def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
     """Load the groups in 16-byte column slices, one [GROUPS, slice] tile each, and split them into lanes.
 
@@ -57,22 +75,28 @@ def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
     names = []
     for first in range(0, GROUP_SIZE, width):
         w.line(f"slice_cols = tile_cols[:, None] + ({first} + tl.arange(0, {width}))[None, :]")
-        w.line(
-            f"x{first:02d} = tl.load(tile_ptrs[:, None] + ({first} + tl.arange(0, {width}))[None, :], "
-            "mask=tile_ok[:, None] & (slice_cols < cols), other=0.0).to(tl.float32)"
+        loaded = (
+            f"tl.load(tile_ptrs[:, None] + ({first} + tl.arange(0, {width}))[None, :], "
+            "mask=tile_ok[:, None] & (slice_cols < cols), other=0.0)"
         )
+        w.line(f"x{first:02d} = {_widen(loaded, spec.input_dtype, None)}")
         if spec.signs:
             w.line(f"x{first:02d} = x{first:02d} * sign_row{first:02d}[None, :]")
         names += L.split_lanes(w, f"x{first:02d}", "GROUPS", "v", list(range(first, first + width)))
     return names
 
 
-def _emit_load_dense_first(w: SourceWriter) -> None:
+def _emit_load_dense_first(w: SourceWriter, spec: QuantizeSpec) -> None:
     w.comment("groups run down the columns: load [32 * BLOCK_GROUPS, BLOCK_ROWS] and transpose in registers")
     w.line("in_rows = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
     w.line("valid = (in_rows[:, None] < rows) & (out_rows[None, :] < cols)")
     w.line("xt = tl.load(x_ptr + in_rows[:, None].to(tl.int64) * stride_x + out_rows[None, :], mask=valid, other=0.0)")
-    w.line("x = tl.reshape(tl.trans(xt.to(tl.float32)), [GROUPS, 32])")
+    signs = None
+    if spec.signs:
+        w.comment("the signs go on before the transpose: element i of a group is row i of its 32 rows here")
+        w.line(f"sign_bits = {_lane_sign_set(_GROUP_ROW_LANES)}.to(tl.uint32) << 31")
+        signs = "sign_bits[:, None]"
+    w.line(f"x = tl.reshape(tl.trans({_widen('xt', spec.input_dtype, signs)}), [GROUPS, 32])")
 
 
 _GROUP_ROW_LANES = "tl.arange(0, BLOCK_GROUPS * 32) % 32"
@@ -355,8 +379,6 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
                 width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
                 for first in range(0, GROUP_SIZE, width):
                     w.line(f"sign_row{first:02d} = {_lane_sign(f'{first} + tl.arange(0, {width})')}")
-            elif spec.source == "dense":
-                w.line(f"sign_row = {_lane_sign('tl.arange(0, 32)')}")
         if spec.fold:
             w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
             w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
@@ -373,9 +395,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             if spec.source == "mxfp4":
                 _emit_load_mxfp4_first(w, spec)
             else:
-                _emit_load_dense_first(w)
-                if spec.signs:
-                    w.line("x = x * sign_row[None, :]")
+                _emit_load_dense_first(w, spec)
             v = L.split_lanes(w, "x", "GROUPS", "v")
         if spec.rotate:
             L.butterfly(w, v)
