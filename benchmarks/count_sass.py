@@ -1,6 +1,9 @@
 """Static SASS size, registers and spills of the rotate + quantize kernels for sm_90a, without a GPU.
 
-    python benchmarks/count_sass.py
+    python benchmarks/count_sass.py [--dump DIR]
+
+``--dump DIR`` also writes each kernel's Triton source, PTX and SASS (``DIR/<kernel>.py``, ``.ptx``,
+``.sass``) and prints its most frequent SASS opcodes.
 
 The QuEST quantizer is also counted for sm_100a and sm_120a, with the integer rounding of the other targets
 and with Blackwell's hardware E2M1 conversion (``QuantizeSpec.hardware_e2m1``).
@@ -16,6 +19,8 @@ PTX 8.7, so the header is lowered to what ``ptxas`` accepts.
 
 from __future__ import annotations
 
+import argparse
+import collections
 import os
 import re
 import subprocess
@@ -68,21 +73,43 @@ def _assemble(ptx: str, directory: str, arch: int = 90) -> tuple[str, str]:
     return run.stderr, cubin
 
 
+def _file_name(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dump", metavar="DIR", help="write each kernel's source, PTX and SASS into DIR")
+    args = parser.parse_args()
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
     print("| kernel | registers | spill bytes | SASS instructions | per element |\n|---|---|---|---|---|")
     cases = {name: (*case, 90) for name, case in CASES.items()} | BLACKWELL_CASES
+    opcodes = {}
     for name, (spec, block_rows, block_groups, arch) in cases.items():
         constexprs = dict(BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
         aligned = ("rows", "cols", "stride_x", "out_width")
-        compiled = compile_ahead_of_time(kernels.quantize_source(spec), arch, constexprs, WARPS, aligned=aligned)
+        source = kernels.quantize_source(spec)
+        compiled = compile_ahead_of_time(source, arch, constexprs, WARPS, aligned=aligned)
         with tempfile.TemporaryDirectory() as directory:
             report, cubin = _assemble(compiled.asm["ptx"], directory, arch)
             sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", cubin], capture_output=True, text=True)
-        count = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass.stdout, flags=re.M))
+        instructions = re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;", sass.stdout, flags=re.M)
+        count = len(instructions)
         registers = re.search(r"Used (\d+) registers", report).group(1)
         spills = sum(int(b) for b in re.findall(r"(\d+) bytes spill", report))
         per_element = count * WARPS * 32 / (block_rows * block_groups * 32)
         print(f"| {name} | {registers} | {spills} | {count} | {per_element:.1f} |")
+        if args.dump:
+            stem = os.path.join(args.dump, _file_name(name))
+            for suffix, text in ((".py", source.text), (".ptx", compiled.asm["ptx"]), (".sass", sass.stdout)):
+                with open(stem + suffix, "w") as stream:
+                    stream.write(text)
+            # the opcode without its predicate guard or modifiers (``@!P0 IMAD.WIDE.U32`` -> ``IMAD``)
+            names = (re.sub(r"^@!?U?P\w+\s+", "", line).split(maxsplit=1)[0].split(".")[0] for line in instructions)
+            opcodes[name] = collections.Counter(names).most_common(12)
+    for name, common in opcodes.items():
+        print(f"\n{name}: " + ", ".join(f"{op} {n}" for op, n in common))
 
 
 if __name__ == "__main__":

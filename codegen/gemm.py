@@ -260,8 +260,7 @@ def emit_dequantized_tiles(w: SourceWriter, group: int, emit_scale_value, finish
     """Both K tiles decoded in registers: ``{side}_value`` (E2M1) and ``{side}_scale_value`` (its group's scale byte
     by ``emit_scale_value``, broadcast over the group), then the line ``finish(side)``."""
     for side, rows in (("a", "BLOCK_M"), ("b", "BLOCK_N")):
-        w.line(f"{side}_code = tl.reshape(tl.join({side} & 15, {side} >> 4), [{rows}, BLOCK_K]).to(tl.int32)")
-        L.emit_e2m1_decode(w, f"{side}_code", f"{side}_value")
+        L.emit_e2m1_decode_bytes(w, side, f"[{rows}, BLOCK_K]", f"{side}_value")
         emit_scale_value(w, f"{side}_scale.to(tl.int32)", f"{side}_scale_value")
         w.line(
             f"{side}_scale_value = tl.reshape(tl.broadcast_to({side}_scale_value[:, :, None], "

@@ -131,43 +131,80 @@ def emit_e8m0_value(w: SourceWriter, scale_byte: str, out: str) -> None:
 
 
 def emit_sign_bit(value: str) -> str:
-    """Bit 3 of the E2M1 code: the float32 sign bit moved down to bit 3."""
-    return f"((({value}).to(tl.int32, bitcast=True) >> 28) & 8)"
+    """Bit 3 of the E2M1 code: 8 where float32 ``value`` has its sign bit set and is not NaN, else 0.
 
-
-def _emit_binade_step(w: SourceWriter, magnitude: str, out: str) -> None:
-    """``out_t = magnitude / step`` and ``out_base``, the code of the grid point 0, 2 or 4 that starts the range.
-
-    The E2M1 grid has step 0.5 below 2, 1 in [2, 4) and 2 from 4 on; in units
-    of the step the grid points are consecutive integers, so rounding onto the
-    grid is rounding ``t`` to an integer and adding the code where the range
-    starts (0, 2 or 4).  Dividing by a power of two is exact.
+    As int32, the negative non-NaN bit patterns are those below -0x7FFFFF (-0.0 is the
+    smallest int32, -inf is -0x800000); negative NaNs lie in [-0x7FFFFF, -1].
     """
-    w.line(f"{out}_lo = {magnitude} < 2.0")
-    w.line(f"{out}_mid = {magnitude} < 4.0")
-    w.line(f"{out}_t = {magnitude} * tl.where({out}_lo, 2.0, tl.where({out}_mid, 1.0, 0.5))")
-    w.line(f"{out}_base = tl.where({out}_lo, 0, tl.where({out}_mid, 2, 4))")
+    return f"tl.where(({value}).to(tl.int32, bitcast=True) < -0x7FFFFF, 8, 0)"
+
+
+def code_parts(code: str) -> tuple[str, str]:
+    """The magnitude (0..7) and sign bit (0 or 8) that :func:`emit_rne_code` and :func:`emit_sr_code` define
+    next to ``code``, their sum (packing them apart lets the compiler add each into the word)."""
+    return f"{code}_mag", f"{code}_sign"
 
 
 ROUND_TO_INTEGER_MAGIC = 1.5 * 2.0**23
 """Adding 1.5 * 2**23 rounds a float32 in [0, 2**22) to an integer (nearest, ties to even): the ulp there is 1."""
 
+_F32_MANTISSA_BITS = 23
+_F32_EXPONENT_MASK = 0x7F800000
+_F32_BIAS = E8M0_BIAS
+"""E8M0 bytes are float32 exponent fields: both biased by 127."""
+_E2M1_MANTISSA_BITS = 1
+_E2M1_SIGN_BIT = 3
+_E2M1_MAX_CODE = len(core.E2M1_GRID) - 1
+_MAGIC_SHIFT = _F32_MANTISSA_BITS - _E2M1_MANTISSA_BITS
+"""2**(p + 22) has ulp 2**(p - 1): the E2M1 step in the binade [2**p, 2**(p + 1)), p >= 0 (0.5 below 1, as at p = 0)."""
+
+RNE_MAGIC_FLOOR_BITS = (_F32_BIAS + _MAGIC_SHIFT) << _F32_MANTISSA_BITS
+"""The float32 bits of 2**22, the smallest magic of :func:`emit_rne_code` (the step 0.5 below 2)."""
+
+UNIFORM_BITS = 24
+"""Stochastic rounding compares the uniform ``(word >> 8) * 2**-24`` of each element's Philox word
+(fp4.runtime.philox.to_uniform24)."""
+
+
+def _emit_signed_code(w: SourceWriter, scaled: str, out: str) -> None:
+    """``out`` = ``out_mag`` plus the sign bit of ``scaled`` (:func:`code_parts`)."""
+    magnitude, sign = code_parts(out)
+    w.line(f"{sign} = {emit_sign_bit(scaled)}")
+    w.line(f"{out} = {magnitude} + {sign}")
+
 
 def emit_rne_code(w: SourceWriter, scaled: str, out: str) -> None:
     """E2M1 code of ``scaled`` rounded to nearest even, saturating at 6, NaN -> 0 (reference formats.encode_e2m1).
 
-    Ties go to the even integer ``t``, which is the even code, as the midpoint
-    table of the reference does; ``t`` is capped at 4 (code 8 > 7 saturates).
+    One float32 addition does the rounding.  For ``m = |scaled|`` in the binade
+    ``[2**p, 2**(p + 1))`` the grid step is ``2**(p - 1)`` (0.5 below 1, as for
+    p = 0), and the magic ``2**(p + 22)`` has exactly that ulp, so ``m + magic``
+    is the magic plus ``k`` steps, ``k`` = m / step rounded to nearest, ties to
+    even.  The magic is m's exponent bits plus 22, at least those of 2**22.  The
+    code is ``k + 2 * p`` (two codes per binade; ``k`` is even where the code
+    is), capped at 7, and ``magic >> 22`` is twice the magic's biased exponent,
+    which supplies the ``2 * p``.
+
+    ``maximum`` returns the number, not NaN (maxnum, as on the GPU), so NaN takes
+    the code of 0; the sign comes from :func:`emit_sign_bit`.  From 2**106 on the
+    magic's exponent leaves the float32 range: its bits are infinity's (the sum
+    is infinite) or wrap to a negative int32 (Triton's integer arithmetic
+    wraps) that loses the ``maximum`` to 2**22; the code saturates either way.
     """
-    m = f"{out}_abs"
-    w.line(f"{m} = tl.abs({scaled})")
-    _emit_binade_step(w, m, out)
-    magic = ROUND_TO_INTEGER_MAGIC
-    magic_bits = 0x4B400000
+    w.comment(f"{out}: nearest even on the E2M1 grid: m plus a magic whose ulp is the grid step, in float32")
+    w.line(f"{out}_m = tl.maximum(tl.abs({scaled}), 0.0)")
     w.line(
-        f"{out}_near = (tl.minimum({out}_t, 4.0) + {magic!r}).to(tl.int32, bitcast=True) - {magic_bits:#x} + {out}_base"
+        f"{out}_magic = tl.maximum(({out}_m.to(tl.int32, bitcast=True) & {_F32_EXPONENT_MASK:#x}) "
+        f"+ {_MAGIC_SHIFT << _F32_MANTISSA_BITS:#x}, {RNE_MAGIC_FLOOR_BITS:#x})"
     )
-    w.line(f"{out} = tl.where({scaled} != {scaled}, 0, tl.minimum({out}_near, 7) | {emit_sign_bit(scaled)})")
+    w.line(f"{out}_sum = ({out}_m + {out}_magic.to(tl.float32, bitcast=True)).to(tl.int32, bitcast=True)")
+    offset = 2 * (_F32_BIAS + _MAGIC_SHIFT)
+    magnitude = code_parts(out)[0]
+    w.line(
+        f"{magnitude} = tl.minimum({out}_sum - {out}_magic + ({out}_magic >> {_MAGIC_SHIFT}) - {offset}, "
+        f"{_E2M1_MAX_CODE})"
+    )
+    _emit_signed_code(w, scaled, out)
 
 
 HARDWARE_E2M1_ASM = " ".join(
@@ -201,48 +238,113 @@ def emit_hardware_rne_words(w: SourceWriter, scaled: list[str], prefix: str) -> 
     return names
 
 
-def emit_sr_code(w: SourceWriter, scaled: str, uniform: str, out: str) -> None:
-    """E2M1 code of ``scaled`` in [-6, 6], rounded up with probability = its position (reference.stochastic_round_e2m1).
+def emit_sr_code(w: SourceWriter, scaled: str, word: str, out: str) -> None:
+    """E2M1 code of ``scaled``, rounded up with probability = its position (reference.stochastic_round_e2m1).
 
-    ``t - floor(t)`` is the reference's exact fractional position between the
-    two neighbouring grid points; it rounds up when ``uniform`` is below it.
+    ``word`` is the element's Philox word (uint32); the reference's uniform is
+    ``U * 2**-24`` with ``U = word >> 8``, and it rounds up when that is below
+    the exact position between the two neighbouring grid points.  The magnitude
+    ``m`` is clamped to [0, 6] first: NaN gives 0 (``maximum`` returns the
+    number), and from 6 on the reference always rounds up to 6, as 6 does.
+
+    From 1 on (binade ``[2**p, 2**(p + 1))``, step ``2**(p - 1)``) the position
+    is m's low 22 mantissa bits over 2**22, so U < position * 2**24 holds exactly
+    when ``mantissa22 + (2**22 - 1 - (U >> 2))`` carries; in [0.5, 1) (step 0.5)
+    it is the 23-bit mantissa against ``U >> 1``.  One uint32 sum gives both
+    carries: ``a + max(a, bits(1.0)) + 2**23 - 1 - (word >> 9)`` for m's bits
+    ``a``, shifted down 23, less 252, is the code (from 1 on the sum is
+    ``2 * a + ...``, which moves the 22-bit carry up to bit 23; below 1 the
+    exponent of 1.0 stands in for the second ``a``).  Below 0.5 (position
+    ``2 * m``, of any length) it rounds up where ``U * 2**-25 < m``, compared
+    exactly in float32; there the integer code is at most that, and from 0.5 on
+    at least 1, so the larger of the two is the code everywhere.
     """
-    m = f"{out}_abs"
-    w.line(f"{m} = tl.abs({scaled})")
-    _emit_binade_step(w, m, out)
-    w.line(f"{out}_floor = tl.floor({out}_t)")
-    w.line(f"{out}_up = ({uniform} < {out}_t - {out}_floor).to(tl.int32)")
-    w.line(f"{out}_code = {out}_floor.to(tl.int32) + {out}_base + {out}_up")
-    w.line(f"{out} = tl.where({scaled} != {scaled}, 0, {out}_code | {emit_sign_bit(scaled)})")
+    one_bits = _F32_BIAS << _F32_MANTISSA_BITS
+    carry = (1 << _F32_MANTISSA_BITS) - 1
+    uniform_shift = 32 - UNIFORM_BITS
+    w.comment(f"{out}: stochastic rounding on the E2M1 grid: integer carries from 0.5 on, a float compare below")
+    w.line(f"{out}_m = tl.minimum(tl.maximum(tl.abs({scaled}), 0.0), {core.E2M1_MAX!r})")
+    w.line(f"{out}_a = {out}_m.to(tl.uint32, bitcast=True)")
+    w.line(
+        f"{out}_sum = {out}_a + tl.maximum({out}_a + {carry:#x}, {one_bits + carry:#x}) "
+        f"- ({word} >> {uniform_shift + 1})"
+    )
+    w.line(f"{out}_low = ({word} >> {uniform_shift}).to(tl.float32) < {out}_m * {2.0 ** (UNIFORM_BITS + 1)!r}")
+    offset = 2 * (_F32_BIAS - 1)
+    w.line(
+        f"{code_parts(out)[0]} = tl.maximum(({out}_sum >> {_F32_MANTISSA_BITS}).to(tl.int32) - {offset}, "
+        f"{out}_low.to(tl.int32))"
+    )
+    _emit_signed_code(w, scaled, out)
+
+
+E2M1_SUBNORMAL_SCALE = 2.0 ** (_F32_BIAS - 1)
+"""An E2M1 code's bits placed at float32 bits 22-24 (and 31) read as its value times 2**-126."""
+
+_E2M1_VALUE_MASK = (7 << _MAGIC_SHIFT) - 0x80000000
+"""Float32 bit 31 and bits 22-24, as an int32 literal."""
+
+
+def e2m1_bits(nibbles: str, high: bool = False) -> str:
+    """Float32 bits of ``value * 2**-126`` for E2M1 codes held in int32 ``nibbles``.
+
+    The magnitude bits (0-2) land in bits 22-24, where exponent 0 makes code 1
+    the subnormal 2**-127 and codes 2..7 the normals 1, 1.5, .., 6 times 2**-126;
+    the sign bit (3) lands in bit 31.  ``high=False``: the code in bits 0-3
+    (higher bits ignored; an arithmetic right shift copies bit 3 through bit 31).
+    ``high=True``: the code in bits 4-7 of a sign-extended byte (bits 8-31 are
+    copies of bit 7, so one left shift puts the sign in bit 31).
+    """
+    top = 31 - _E2M1_SIGN_BIT
+    if high:
+        return f"(({nibbles} << {_MAGIC_SHIFT - 4}) & {_E2M1_VALUE_MASK})"
+    return f"((({nibbles} << {top}) >> {top - _MAGIC_SHIFT}) & {_E2M1_VALUE_MASK})"
 
 
 def emit_e2m1_decode(w: SourceWriter, code: str, out: str) -> None:
-    """Float32 value of E2M1 codes (int32 0..15), negative zero kept (reference formats.decode_e2m1)."""
-    w.line(f"{out}_mag = {code} & 7")
-    w.comment("twice the magnitude: 0, 1, 2, 3, 4, 6, 8, 12")
-    w.line(f"{out}_twice = tl.where({out}_mag < 2, {out}_mag, (2 + ({out}_mag & 1)) << (({out}_mag >> 1) - 1))")
-    w.line(f"{out} = {out}_twice.to(tl.float32) * 0.5")
-    w.line(f"{out} = tl.where(({code} & 8) != 0, -{out}, {out})")
+    """Float32 value of E2M1 codes (int32 0..15), negative zero kept (reference formats.decode_e2m1).
+
+    Built from the bits (:func:`e2m1_bits`) and one exact multiplication by 2**126.
+    """
+    w.line(f"{out} = {e2m1_bits(code)}.to(tl.float32, bitcast=True) * {E2M1_SUBNORMAL_SCALE!r}")
 
 
-def pack_words(w: SourceWriter, values: list[str], bits: int, prefix: str) -> list[str]:
+def emit_e2m1_decode_bytes(w: SourceWriter, packed: str, shape: str, out: str) -> None:
+    """``out`` (float32 ``shape``): the values of the codes in uint8 tile ``packed``, two per byte, low nibble first.
+
+    The bytes are sign-extended to int32, so each nibble's bits take two or three
+    integer operations (:func:`e2m1_bits`) and one exact multiplication by 2**126.
+    """
+    w.line(f"{out}_bytes = {packed}.to(tl.int8, bitcast=True).to(tl.int32)")
+    w.line(
+        f"{out} = tl.reshape(tl.join({e2m1_bits(out + '_bytes')}, {e2m1_bits(out + '_bytes', high=True)}), {shape})"
+        f".to(tl.float32, bitcast=True) * {E2M1_SUBNORMAL_SCALE!r}"
+    )
+
+
+def pack_words(w: SourceWriter, values: list, bits: int, prefix: str) -> list[str]:
     """Little-endian int32 words ``prefix00..`` of ``bits``-wide fields: ``values[k]`` at bit ``bits * k`` of its word.
 
     Codes (4 bits) give the nibble layout of the format (lower index in the low
     nibble of each byte), mask bits (1 bit) the bit layout; storing whole words
-    keeps every store 4-byte wide.
+    keeps every store 4-byte wide.  A field may be a tuple of parts with no bit
+    in common (:func:`code_parts`).  No two fields or parts share a bit, so a
+    word is their sum, which the compiler turns into shift-and-add instructions.
     """
     per_word = 32 // bits
     names = lanes(prefix, len(values) // per_word)
     for word, name in enumerate(names):
         fields = values[word * per_word : (word + 1) * per_word]
-        terms = " | ".join(f"({value} << {bits * k})" if k else value for k, value in enumerate(fields))
-        w.line(f"{name} = {terms}")
+        parts = []
+        for k, field in enumerate(fields):
+            for part in field if isinstance(field, tuple) else (field,):
+                parts.append(f"({part} << {bits * k})" if k else part)
+        w.line(f"{name} = {' + '.join(parts)}")
     return names
 
 
-# Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is a
-# high-word and a low-word multiply, and each new counter word one three-way XOR.
+# Philox 4x32-10 (fp4.runtime.philox), written out in 32-bit words: each 32x32 -> 64-bit product is one
+# widening multiply whose halves are the high and low words, and each new counter word one three-way XOR.
 PHILOX_KEY_A, PHILOX_KEY_B = core.PHILOX_KEY_A, core.PHILOX_KEY_B
 PHILOX_ROUND_A, PHILOX_ROUND_B = core.PHILOX_ROUND_A, core.PHILOX_ROUND_B
 PHILOX_ROUNDS = core.PHILOX_ROUNDS
@@ -317,14 +419,16 @@ def emit_philox(
         k0, k1 = f"{keys}_k0_{r}", f"{keys}_k1_{r}"
         last = r == PHILOX_ROUNDS - 1
         if c[2] is not None:
-            hi_b, lo_b = f"tl.umulhi({c[2]}, {keys}_mb)", f"{c[2]} * {keys}_mb"
+            w.line(f"{out}_pb = {c[2]}.to(tl.uint64) * {keys}_mb.to(tl.uint64)")
+            hi_b, lo_b = f"({out}_pb >> 32).to(tl.uint32)", f"{out}_pb.to(tl.uint32)"
         else:
             hi_b = lo_b = None
         new0 = xor(hi_b, c[1], k0)
         if last and words == 1:
             w.line(f"{out} = {new0}")
             return [out]
-        hi_a, lo_a = f"tl.umulhi({c[0]}, {keys}_ma)", f"{c[0]} * {keys}_ma"
+        w.line(f"{out}_pa = {c[0]}.to(tl.uint64) * {keys}_ma.to(tl.uint64)")
+        hi_a, lo_a = f"({out}_pa >> 32).to(tl.uint32)", f"{out}_pa.to(tl.uint32)"
         names = [f"{out}_w{i}" for i in range(4)] if last else [f"{out}_c{i}" for i in range(4)]
         if lo_b is None and last:
             lo_b = f"tl.zeros_like({c[0]})"

@@ -287,8 +287,7 @@ def _emit_load(w: SourceWriter, spec: NVFP4QuantizeSpec) -> None:
             "in_scale = tl.load(x_scales_ptr + s_rows64 * stride_x_scales + scale_cols[None, :], "
             "mask=s_ok & (scale_cols[None, :] < cols // 16), other=0).to(tl.int32)"
         )
-        w.line("in_code = tl.reshape(tl.join(packed & 15, packed >> 4), [BLOCK_COLS, BLOCK_ROWS]).to(tl.int32)")
-        L.emit_e2m1_decode(w, "in_code", "in_value")
+        L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_COLS, BLOCK_ROWS]", "in_value")
         emit_e4m3_value(w, "in_scale", "in_scale_value")
         w.line(
             "in_scale_value = tl.reshape(tl.broadcast_to(in_scale_value[:, :, None], "
@@ -393,9 +392,8 @@ def _emit_quantize_body(w: SourceWriter, spec: NVFP4QuantizeSpec) -> tuple[str, 
             w.comment("stochastic rounding: element n = row * out_width + col of the padded result")
             w.line("first = out_rows64[:, None] * out_width + (c0 + tl.arange(0, BLOCK_COLS // 4) * 4)[None, :]")
             _emit_words_tile(w, "philox", "first", "BLOCK_ROWS", "BLOCK_COLS // 4", "words")
-            w.line(f"u = tl.reshape((words >> 8).to(tl.float32) * {UNIFORM_24_BITS!r}, [{nb}, 16])")
             w.line(f"scaled = tl.minimum(tl.maximum(scaled, {-E2M1_MAX!r}), {E2M1_MAX!r})")
-            L.emit_sr_code(w, "scaled", "u", "code")
+            L.emit_sr_code(w, "scaled", f"tl.reshape(words, [{nb}, 16])", "code")
         else:
             L.emit_rne_code(w, "scaled", "code")
         return "code", "scale_byte"

@@ -36,9 +36,27 @@ from .source import KernelSource, SourceWriter, header
 from .spec import POINTER_TYPES, FoldSpec, QuantizeSpec
 
 NO_FUSION = {"enable_fp_fusion": False}
-UNIFORM_24_BITS = 2.0**-24
+UNIFORM_24_BITS = 2.0**-L.UNIFORM_BITS
 _SLICE_BYTES = 16
 _ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _widen(loaded: str, dtype: str, sign_bits: str | None) -> str:
+    """``loaded`` (a ``dtype`` tile) as float32, its sign flipped where ``sign_bits`` (uint32) holds 0x80000000.
+
+    Flipping the sign bit is the reference's multiplication by -1 (exact, -0.0 and
+    infinities included; NaN stays NaN).  A bf16 value widens by a 16-bit shift,
+    so adding the sign bit (mod 2**32, an XOR of bit 31) joins that one operation.
+    """
+    if dtype == "bf16":
+        bits = f"({loaded}.to(tl.uint16, bitcast=True).to(tl.uint32) << 16)"
+        if sign_bits is not None:
+            bits = f"({bits} + {sign_bits})"
+    elif sign_bits is None:
+        return f"{loaded}.to(tl.float32)"
+    else:
+        bits = f"({loaded}.to(tl.float32).to(tl.uint32, bitcast=True) ^ {sign_bits})"
+    return f"{bits}.to(tl.float32, bitcast=True)"
 
 
 def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
@@ -57,25 +75,45 @@ def _emit_load_dense_last(w: SourceWriter, spec: QuantizeSpec) -> list[str]:
     names = []
     for first in range(0, GROUP_SIZE, width):
         w.line(f"slice_cols = tile_cols[:, None] + ({first} + tl.arange(0, {width}))[None, :]")
-        w.line(
-            f"x{first:02d} = tl.load(tile_ptrs[:, None] + ({first} + tl.arange(0, {width}))[None, :], "
-            "mask=tile_ok[:, None] & (slice_cols < cols), other=0.0).to(tl.float32)"
+        loaded = (
+            f"tl.load(tile_ptrs[:, None] + ({first} + tl.arange(0, {width}))[None, :], "
+            "mask=tile_ok[:, None] & (slice_cols < cols), other=0.0)"
         )
+        w.line(f"x{first:02d} = {_widen(loaded, spec.input_dtype, None)}")
         if spec.signs:
             w.line(f"x{first:02d} = x{first:02d} * sign_row{first:02d}[None, :]")
         names += L.split_lanes(w, f"x{first:02d}", "GROUPS", "v", list(range(first, first + width)))
     return names
 
 
-def _emit_load_dense_first(w: SourceWriter) -> None:
+def _emit_load_dense_first(w: SourceWriter, spec: QuantizeSpec) -> None:
     w.comment("groups run down the columns: load [32 * BLOCK_GROUPS, BLOCK_ROWS] and transpose in registers")
     w.line("in_rows = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
     w.line("valid = (in_rows[:, None] < rows) & (out_rows[None, :] < cols)")
     w.line("xt = tl.load(x_ptr + in_rows[:, None].to(tl.int64) * stride_x + out_rows[None, :], mask=valid, other=0.0)")
-    w.line("x = tl.reshape(tl.trans(xt.to(tl.float32)), [GROUPS, 32])")
+    signs = None
+    if spec.signs:
+        w.comment("the signs go on before the transpose: element i of a group is row i of its 32 rows here")
+        w.line(f"sign_bits = {_lane_sign_set(_GROUP_ROW_LANES)}.to(tl.uint32) << 31")
+        signs = "sign_bits[:, None]"
+    w.line(f"x = tl.reshape(tl.trans({_widen('xt', spec.input_dtype, signs)}), [GROUPS, 32])")
 
 
-def _emit_load_mxfp4_first(w: SourceWriter) -> None:
+_GROUP_ROW_LANES = "tl.arange(0, BLOCK_GROUPS * 32) % 32"
+"""The lane (element of its group) of each row of a tile whose groups run down 32 rows."""
+
+
+def _lane_sign_set(lanes: str) -> str:
+    """1 where the rotation sign of lane(s) ``lanes`` is -1 (bit ``lane`` of ``sign_mask``), else 0."""
+    return f"((sign_mask >> ({lanes})) & 1)"
+
+
+def _lane_sign(lanes: str) -> str:
+    """The rotation sign (-1.0 or 1.0) of lane(s) ``lanes``."""
+    return f"tl.where({_lane_sign_set(lanes)} != 0, -1.0, 1.0)"
+
+
+def _emit_load_mxfp4_first(w: SourceWriter, spec: QuantizeSpec) -> None:
     w.comment("dequantize the saved operand [rows, cols] tile (codes * 2**(scale - 127), exact), then transpose")
     w.line("in_rows = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
     w.line("in_rows64 = in_rows[:, None].to(tl.int64)")
@@ -90,9 +128,11 @@ def _emit_load_mxfp4_first(w: SourceWriter) -> None:
         "in_scale = tl.load(x_scales_ptr + in_rows64 * stride_x_scales + scale_cols[None, :], "
         "mask=row_ok & (scale_cols[None, :] < cols // 32), other=0).to(tl.int32)"
     )
-    w.line("in_code = tl.reshape(tl.join(packed & 15, packed >> 4), [BLOCK_GROUPS * 32, BLOCK_ROWS]).to(tl.int32)")
-    L.emit_e2m1_decode(w, "in_code", "in_value")
+    L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_GROUPS * 32, BLOCK_ROWS]", "in_value")
     L.emit_e8m0_value(w, "in_scale", "in_scale_value")
+    if spec.signs:
+        w.comment("the rotation's sign of element i of a group (row i of its 32 rows here) rides on the scale")
+        w.line(f"in_scale_value = in_scale_value * {_lane_sign(_GROUP_ROW_LANES)}[:, None]")
     w.line(
         "in_scale_value = tl.reshape(tl.broadcast_to(in_scale_value[:, :, None], "
         "[BLOCK_GROUPS * 32, BLOCK_ROWS // 32, 32]), [BLOCK_GROUPS * 32, BLOCK_ROWS])"
@@ -135,7 +175,7 @@ def _emit_quest(w: SourceWriter, v: list[str], hardware_e2m1: bool = False) -> t
         w.line(f"{keep} = (tl.abs({value}) < {E2M1_MAX!r}).to(tl.int32)")
     if hardware_e2m1:
         return L.emit_hardware_rne_words(w, v, "code_word"), keeps
-    return L.pack_words(w, codes, 4, "code_word"), keeps
+    return L.pack_words(w, [L.code_parts(code) for code in codes], 4, "code_word"), keeps
 
 
 def _emit_absmax(w: SourceWriter, v: list[str]) -> None:
@@ -174,11 +214,11 @@ def _emit_sr(w: SourceWriter, v: list[str], wide_offsets: bool) -> list[str]:
         for k, word in enumerate(words):
             i = 4 * call + k
             w.line(f"{v[i]} = ({v[i]} * 3.0) * inv_scale")
-            w.line(f"u{i:02d} = ({word} >> 8).to(tl.float32) * {UNIFORM_24_BITS!r}")
-            L.emit_sr_code(w, v[i], f"u{i:02d}", codes[i])
+            L.emit_sr_code(w, v[i], word, codes[i])
         if call % 2:
             w.comment("pack the eight codes done so far into their word (fewer values live at once)")
-            (word_name,) = L.pack_words(w, codes[4 * call - 4 : 4 * call + 4], 4, f"code_word{call // 2}_")
+            done = [L.code_parts(code) for code in codes[4 * call - 4 : 4 * call + 4]]
+            (word_name,) = L.pack_words(w, done, 4, f"code_word{call // 2}_")
             packed.append(word_name)
     return packed
 
@@ -234,10 +274,7 @@ def _emit_fold_rows(w: SourceWriter) -> None:
             "packed = tl.load(codes_ptr + out_rows64[:, None] * (out_width // 2) + byte_cols[None, :], "
             "mask=row_ok & (byte_cols[None, :] < out_width // 2), other=0)"
         )
-        w.line(
-            "fold_code = tl.reshape(tl.join(packed & 15, packed >> 4), [BLOCK_ROWS, BLOCK_GROUPS * 32]).to(tl.int32)"
-        )
-        L.emit_e2m1_decode(w, "fold_code", "fold_value")
+        L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_ROWS, BLOCK_GROUPS * 32]", "fold_value")
         w.line(
             "fold_byte = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
             "mask=row_ok & group_ok, other=0).to(tl.int32)"
@@ -341,10 +378,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             if spec.source == "dense" and spec.axis == "last":
                 width = _SLICE_BYTES // _ITEM_BYTES[spec.input_dtype]
                 for first in range(0, GROUP_SIZE, width):
-                    bits = f"(sign_mask >> ({first} + tl.arange(0, {width})))"
-                    w.line(f"sign_row{first:02d} = tl.where(({bits} & 1) != 0, -1.0, 1.0)")
-            else:
-                w.line("sign_row = tl.where(((sign_mask >> tl.arange(0, 32)) & 1) != 0, -1.0, 1.0)")
+                    w.line(f"sign_row{first:02d} = {_lane_sign(f'{first} + tl.arange(0, {width})')}")
         if spec.fold:
             w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
             w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
@@ -358,11 +392,10 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
         if (spec.source, spec.axis) == ("dense", "last"):
             v = _emit_load_dense_last(w, spec)
         else:
-            {("dense", "first"): _emit_load_dense_first, ("mxfp4", "first"): _emit_load_mxfp4_first}[
-                (spec.source, spec.axis)
-            ](w)
-            if spec.signs:
-                w.line("x = x * sign_row[None, :]")
+            if spec.source == "mxfp4":
+                _emit_load_mxfp4_first(w, spec)
+            else:
+                _emit_load_dense_first(w, spec)
             v = L.split_lanes(w, "x", "GROUPS", "v")
         if spec.rotate:
             L.butterfly(w, v)

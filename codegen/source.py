@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 from dataclasses import dataclass, field
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 """Bumped when the generated code changes for the same spec (part of every cache key)."""
 
 
