@@ -47,8 +47,7 @@ Inductor's code):
   way only where that default is off: set ``TRITON_DEFAULT_FP_FUSION=0`` before
   the process starts (Inductor's compile workers take the environment they were
   started with).  The setting changes the default for kernels that do not choose;
-  Inductor's own kernels and the fp4 plans choose, and Triton 3.10 makes "off"
-  the default.
+  Inductor's own kernels and the fp4 plans choose.
 
 ``bias_grad`` (its plan ends with a torch reduction that Inductor would reorder)
 and the NVFP4 recipes' ops are not covered.
