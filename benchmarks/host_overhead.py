@@ -162,7 +162,6 @@ def launch_cases(tokens=None):
     wc, ws, _ = fp4.quest_quantize(w, True)
     xf, wf = fp4.quest_quantize_fold(x, True), fp4.quest_quantize_fold(w, True)
     epilogue = (1.0, None, "none", None, None, None, False, torch.bfloat16)
-    # Philox streams whose addends Inductor passes intact (the others keep their plans: fp4.runtime.inductor_launch)
     cases = {
         "quest_quantize": (lambda x: fp4.quest_quantize(x, True), (x,)),
         "quest_quantize_fold": (lambda x: fp4.quest_quantize_fold(x, True), (x,)),

@@ -366,18 +366,28 @@ def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
         w.line(f"{prefix}_k1_{r} = {prefix}_k1_0 + tl.full([], {(r * PHILOX_KEY_B) & _MASK32:#x}, tl.uint32)")
 
 
-def stream_addend(stream: int) -> int:
-    """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as a signed 64-bit kernel argument (its two's complement)."""
+def stream_addend(stream: int) -> list[int]:
+    """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as two kernel arguments, its low and high 32-bit words.
+
+    Both are non-negative and below 2**32, so every launcher types them alike: Triton's as int32 or int64 by
+    value, and Inductor's, which takes any integer up to int32's maximum as int32 (a negative 64-bit value
+    there would be cut to 32 bits)."""
     addend = ((stream + 1) * core.STREAM_MULTIPLIER) % (1 << 64)
-    return addend - (1 << 64) if addend >= 1 << 63 else addend
+    return [addend & 0xFFFFFFFF, addend >> 32]
+
+
+def addend_parameters(name: str) -> dict:
+    """The kernel parameters :func:`stream_addend` fills, for a signature: ``<name>_lo``, ``<name>_hi``."""
+    return {f"{name}_lo": "i64", f"{name}_hi": "i64"}
 
 
 def emit_stream_seed(w: SourceWriter, layer_seed: str, addend: str, out: str) -> None:
-    """``out`` (uint64 scalar) = ``stream_seed(layer seed, stream)`` for ``addend = stream_addend(stream)``.
+    """``out`` (uint64 scalar) = ``stream_seed(layer seed, stream)`` for the words ``addend_lo``, ``addend_hi`` of
+    :func:`stream_addend`.
 
     The layer seed is read on the device, so the host never looks at it (CUDA-graph replays draw new seeds).
     """
-    w.line(f"{out} = {layer_seed} + {addend}.to(tl.uint64, bitcast=True)")
+    w.line(f"{out} = {layer_seed} + (({addend}_hi.to(tl.uint64) << 32) | {addend}_lo.to(tl.uint64))")
     w.line(f"{out} = {out} ^ ({out} >> 29)")
     w.comment("seeds are below 2**63 (they travel as int64)")
     w.line(f"{out} = ({out} << 1) >> 1")

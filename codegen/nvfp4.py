@@ -265,9 +265,9 @@ def _signature(spec: NVFP4QuantizeSpec) -> dict:
     if spec.uses_seed:
         sig["seed_ptr"] = "*i64"
     if spec.method in ("sr", "eden"):
-        sig["stream_addend"] = "i64"
+        sig.update(L.addend_parameters("stream_addend"))
     if spec.hadamard == 128:
-        sig["sign_addend"] = "i64"
+        sig.update(L.addend_parameters("sign_addend"))
     return sig
 
 

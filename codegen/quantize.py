@@ -316,9 +316,9 @@ def _signature(spec: QuantizeSpec) -> dict:
     if spec.uses_philox:
         sig["seed_ptr"] = "*i64"
     if spec.method == "sr":
-        sig["stream_addend"] = "i64"
+        sig.update(L.addend_parameters("stream_addend"))
     if spec.signs:
-        sig["sign_addend"] = "i64"
+        sig.update(L.addend_parameters("sign_addend"))
     return sig
 
 

@@ -33,10 +33,10 @@ Inductor's code):
 * symbolic sizes (a plan is built for concrete sizes);
 * an integer kernel argument below int32's minimum: Inductor types an integer
   argument of a user kernel as int32 whenever it is at most int32's maximum,
-  where Triton's own launch takes it as int64.  Half of the Philox streams'
-  addends are such values (``fp4.codegen.lanes.stream_addend``), so half of the
-  stochastic-rounding calls keep their plans until the kernels take the
-  addends in a form Inductor types as int64;
+  where Triton's own launch takes it as int64.  No fp4 kernel takes such an
+  argument (the Philox streams' 64-bit addends travel as two non-negative
+  32-bit words, ``fp4.codegen.lanes.stream_addend``); the check guards a kernel
+  that would;
 * a GEMM the autotuner gave to cuBLAS (no Triton kernel to emit) or to a
   variant reading TMA tensor descriptors (``wrap_triton`` outside Dynamo passes
   no descriptor metadata, so a descriptor cannot be traced);
@@ -249,8 +249,8 @@ def _arguments_reason(launch, arguments) -> str | None:
     """Why a kernel's argument list would not reach the kernel intact from Inductor's code (None when it does).
 
     Inductor types an integer argument of a user kernel as int32 whenever it is at most int32's maximum, with no
-    lower bound, where Triton's launcher takes it as int64: an argument below int32's minimum (a Philox stream's
-    addend, half of which are negative 64-bit values) would be cut to 32 bits."""
+    lower bound, where Triton's launcher takes it as int64: an argument below int32's minimum would be cut to 32
+    bits."""
     for name, value in zip(launch.function.arg_names, arguments):
         if isinstance(value, int) and not isinstance(value, bool) and value < INT32_MIN:
             return f"its integer argument {name}={value} is below int32's minimum, and Inductor would pass it as int32"

@@ -176,8 +176,8 @@ class QuantizePlan:
         self.outputs = _quantize_output_shapes(spec, out_rows, width)
         self.scalars = [rows, cols, *strides, width]
         self.reads_seed = spec.uses_philox
-        self.addends = [stream_addend(stream)] if spec.method == "sr" else []
-        self.addends += [stream_addend(sign_stream)] if spec.signs else []
+        self.addends = stream_addend(stream) if spec.method == "sr" else []
+        self.addends += stream_addend(sign_stream) if spec.signs else []
         self.kernel = None
         if out_rows and width:
             groups = width // GROUP_SIZE

@@ -104,8 +104,8 @@ class NVFP4QuantizePlan:
         self.scalars = [rows, cols, *strides, width]
         self.reads_seed = spec.uses_seed
         self.amax_reads_seed = spec.hadamard == 128  # the signs of the transform
-        self.addends = [stream_addend(stream)] if spec.method in ("sr", "eden") else []
-        self.sign_addends = [stream_addend(sign_stream)] if spec.hadamard == 128 else []
+        self.addends = stream_addend(stream) if spec.method in ("sr", "eden") else []
+        self.sign_addends = stream_addend(sign_stream) if spec.hadamard == 128 else []
         target = target or device_target(device)
 
         def grid_for(cfg):

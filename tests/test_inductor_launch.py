@@ -106,7 +106,7 @@ def test_quantizers_and_gemm_trace_into_the_plans_kernel_launches(on_target):
         wc, ws, _ = fp4.quest_quantize(w, True)
         xc, xs = xc.flatten(0, 1), xs.flatten(0, 1)
         y = fp4.mxfp4_gemm(xc, xs, wc, ws, 0.5, None, "none", None, None, None, False, torch.bfloat16)
-        gc, gs = fp4.sr_quantize(grad, seed, 1, 4, True)  # streams whose addends are not below int32's minimum
+        gc, gs = fp4.sr_quantize(grad, seed, 1, 2, True)  # stream 2: its addend's 64-bit value is negative
         rc, rs = fp4.requantize_sr(wc, ws, seed, 1, 3)
         return y, xm, gc, gs, rc, rs
 
@@ -148,7 +148,9 @@ def test_quantizers_and_gemm_trace_into_the_plans_kernel_launches(on_target):
     # transposed outputs: [384, pad(256)] of the gradient, [512, pad(384)] of the weight; 64 x 2 groups a program
     for (name, grid, kwargs, _), spec, want in zip(launches[3:], specs[3:], ((6, 4, 1), (8, 6, 1)), strict=True):
         assert name == kernels.quantize_source(spec).name and tuple(grid[0]) == want
-        assert {"seed_ptr", "stream_addend", "sign_addend"} <= set(kwargs)
+        assert {"seed_ptr", "stream_addend_lo", "stream_addend_hi", "sign_addend_lo", "sign_addend_hi"} <= set(kwargs)
+        # the 64-bit addends travel as non-negative 32-bit words, which Inductor passes intact
+        assert all(0 <= kwargs[k] < 2**32 for k in kwargs if "_addend_" in k)
     # the stochastic-rounding launches read the layer's seed tensor (on the device) themselves
     seed = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.meta["val"].dtype == torch.int64)
     assert [kwargs["seed_ptr"] for _, _, kwargs, _ in launches[3:]] == [seed, seed]
@@ -188,13 +190,17 @@ def test_signatures_the_kernels_do_not_cover_stay_fp4_ops_with_their_reason(on_t
     counts = inductor_launch.decompose(gm)
     assert counts == {"plan.quest_quantize.the plan runs the reference (input dtype torch.float64)": 1}
     assert _fp4_ops(gm) == ["quest_quantize"]
-    # Inductor would pass a Philox stream's addend below int32's minimum (stream 2's) as int32
-    gm = _graph(
-        mode, lambda x, seed: fp4.sr_quantize(x, seed, 1, 2, False), ((64, 128), torch.bfloat16), ((), torch.int64)
+
+    # Inductor would pass an integer argument below int32's minimum as int32: a launch with one stays on its plan
+    class Kernel:
+        class function:
+            arg_names = ["x_ptr", "rows", "offset"]
+
+    reason = inductor_launch._arguments_reason(Kernel, [None, 64, -(2**40)])
+    assert reason == (
+        f"its integer argument offset={-(2**40)} is below int32's minimum, and Inductor would pass it as int32"
     )
-    (reason,) = inductor_launch.decompose(gm)
-    assert reason.startswith("plan.sr_quantize.its integer argument stream_addend=")
-    assert _fp4_ops(gm) == ["sr_quantize"]
+    assert inductor_launch._arguments_reason(Kernel, [None, 64, 2**40]) is None
     # Inductor compiles a user kernel with Triton's default FP contraction; the plans compile without it
     monkeypatch.setenv(inductor_launch.FP_FUSION_ENV, "1")
     gm = _graph(mode, lambda x: fp4.quest_quantize(x, True), ((64, 128), torch.bfloat16))

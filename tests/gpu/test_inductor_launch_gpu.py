@@ -3,8 +3,7 @@
 * Each op compiled with ``launch="inductor"`` gives the outputs of the same op
   compiled with ``launch="plan"``, bit for bit; the quantizers and fold
   kernels launch from Inductor's wrapper code, and where an op keeps its plan
-  (a TMA or cuBLAS GEMM on Hopper, a Philox addend Inductor would cut to 32
-  bits) the reason is counted.
+  (a TMA or cuBLAS GEMM on Hopper) the reason is counted.
 * The ``fp4_triton`` twins called eagerly give the fp4 ops' bits.
 * A compiled Llama trains step for step to the same losses and gradients.
 
@@ -69,7 +68,7 @@ def test_ops_launched_from_inductor_give_the_plans_bits():
     xc, xs, xm = fp4.quest_quantize(flat, True)
     xf, wf = fp4.quest_quantize_fold(flat, True), fp4.quest_quantize_fold(w, True)
     bias = torch.randn(384, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(2))
-    cases = {  # stream pairs whose Philox addends Inductor passes intact, except the last SR case
+    cases = {
         "quest_quantize": (lambda x: fp4.quest_quantize(x, True), (x,)),
         "quest_quantize_fold": (lambda x: fp4.quest_quantize_fold(x, True), (flat,)),
         "sr_quantize": (lambda dy, seed: fp4.sr_quantize(dy, seed, 1, 4, False), (dy, seed)),
@@ -84,7 +83,7 @@ def test_ops_launched_from_inductor_give_the_plans_bits():
             (xc, xs, wc, ws),
         ),
         "fp8_fold_gemm": (lambda *operands: fp4.fp8_fold_gemm(*operands, *EPILOGUE), (xf[3], xf[4], wf[3], wf[4])),
-        "sr_quantize, a negative addend": (lambda dy, seed: fp4.sr_quantize(dy, seed, 0, 2, False), (dy, seed)),
+        "sr_quantize, stream 2": (lambda dy, seed: fp4.sr_quantize(dy, seed, 0, 2, False), (dy, seed)),
     }
     kept = {}
     for name, (op, inputs) in cases.items():
@@ -98,8 +97,7 @@ def test_ops_launched_from_inductor_give_the_plans_bits():
         if not any(key.startswith("inductor.") for key in counted):
             kept[name] = sorted(counted)
     gemms = {"mxfp4_gemm", "mxfp4_gemm bias gelu", "fp8_fold_gemm"}
-    assert set(kept) - gemms == {"sr_quantize, a negative addend"}, kept
-    assert "below int32's minimum" in kept["sr_quantize, a negative addend"][0]
+    assert set(kept) <= gemms, kept  # stream 2's addend is negative as a 64-bit value: its words pass intact
     for name in set(kept) & gemms:  # Hopper: the autotuner's choice is a TMA variant or cuBLAS
         assert all("TMA tensor descriptors" in key or "cuBLAS" in key for key in kept[name]), kept[name]
 
