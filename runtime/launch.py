@@ -477,9 +477,10 @@ class BiasGradPlan:
             )  # fmt: skip
 
     def __call__(self, grad):
-        partial = torch.zeros((self.chunks, self.N), dtype=torch.float32, device=self.device)
-        if self.kernel is not None:
-            self.kernel.run([grad, partial, *self.scalars])
+        if self.kernel is None:  # no rows or no columns: the sums are zeros
+            return torch.zeros((self.N,), dtype=self.dtype, device=self.device)
+        partial = torch.empty((self.chunks, self.N), dtype=torch.float32, device=self.device)  # every chunk stores
+        self.kernel.run([grad, partial, *self.scalars])
         return partial.sum(0).to(self.dtype)
 
 

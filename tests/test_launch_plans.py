@@ -176,3 +176,11 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.timing": 1.25,
                      "autotune.buckets": 1}  # fmt: skip
     assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "autotune.buckets"]
+
+
+def test_bias_grad_of_no_rows_is_zeros():
+    """A ``[0, N]`` gradient launches nothing and sums to zeros in the requested dtype."""
+    plan = launch.BiasGradPlan(0, 8, 8, torch.bfloat16, torch.bfloat16, torch.device("cpu"), interpret=True)
+    assert plan.kernel is None
+    got = plan(torch.empty((0, 8), dtype=torch.bfloat16))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, torch.zeros(8, dtype=torch.bfloat16))
