@@ -1,5 +1,6 @@
 # RUN: fp4-opt %s -p quartet-linear | filecheck %s
 # RUN: not fp4-opt %s -p "quartet-linear{rotate=false}" 2>&1 | filecheck %s --check-prefix=NOROT
+# RUN: not fp4-opt %s -p "quartet-linear{recipe=nvfp4}" 2>&1 | filecheck %s --check-prefix=RECIPE
 
 # Pass: quartet-linear (passes/quartet_linear.py), on a weight FSDP2 gathered as MXFP4
 # (fp4.distributed.enable_fp4_all_gather): the graph receives the weight's QuEST codes, scales and clip
@@ -19,6 +20,8 @@
 # CHECK-NOT:     aten.mm
 # The rotation of the gathered codes must be the layer's: otherwise the graph is refused, with the reason.
 # NOROT: weight gathered as MXFP4 with rotate=True, the layer runs rotate=False
+# MXFP4 codes are the quartet recipe's quantization: an NVFP4 recipe does not take them, and says so.
+# RECIPE: gathered_weight: weight gathered as MXFP4 (FP4 all-gather), the layer runs recipe 'nvfp4'
 def fp4_gathered(codes: "u8[32, 32]", scales: "u8[32, 2]", mask: "u8[32, 8]", x: "bf16[16, 64]", tangents_1: "bf16[16, 32]"):
     gathered_weight: "bf16[32, 64]" = torch.ops.fp4.gathered_weight.default(codes, scales, mask, True, torch.bfloat16)
     t: "bf16[64, 32]" = torch.ops.aten.t.default(gathered_weight)

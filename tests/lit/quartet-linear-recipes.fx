@@ -170,6 +170,35 @@ def back_to_back_2d(
     t_9: "bf16[32, 64]" = torch.ops.aten.t.default(t_8)
     return [addmm_1, t_9, view_1, mm_2, t_5, view]
 
+# GPT-2's Conv1D under a recipe: addmm(b, x, w) with w [K, N]. The layer's [N, K] weight is t(w), inserted right
+# before the weight's quantizer (after x's), and its weight-grad GEMM comes out transposed, as w's gradient.
+# NV-LABEL: def conv1d_transposed_weight(
+# NV:         torch.ops.fp4.nvfp4_quantize.default(view, False, False, None, 0)
+# NV:         [[W:\b\w+]]: "bf16[32, 64]" = torch.ops.aten.permute.default(primals_1, [1, 0])
+# NV-NEXT:    torch.ops.fp4.nvfp4_quantize_2d.default([[W]])
+# NV:         [[DW:\b\w+]]: "bf16[32, 64]" = torch.ops.prims.convert_element_type.default(
+# NV-NEXT:    [[DWT:\b\w+]]: "bf16[64, 32]" = torch.ops.aten.permute.default([[DW]], [1, 0])
+# NV-NOT:     aten.mm
+# NV:         return [{{\w+}}, [[DWT]], {{\w+}}, {{\w+}}]
+def conv1d_transposed_weight(
+    primals_1: "bf16[64, 32]",
+    primals_2: "bf16[32]",
+    primals_3: "bf16[2, 8, 64]",
+    tangents_1: "bf16[2, 8, 32]",
+):
+    view: "bf16[16, 64]" = torch.ops.aten.view.default(primals_3, [16, 64])
+    addmm: "bf16[16, 32]" = torch.ops.aten.addmm.default(primals_2, view, primals_1)
+    view_1: "bf16[2, 8, 32]" = torch.ops.aten.view.default(addmm, [2, 8, 32])
+    view_2: "bf16[16, 32]" = torch.ops.aten.view.default(tangents_1, [16, 32])
+    t: "bf16[32, 64]" = torch.ops.aten.t.default(primals_1)
+    mm: "bf16[16, 64]" = torch.ops.aten.mm.default(view_2, t)
+    t_1: "bf16[64, 16]" = torch.ops.aten.t.default(view)
+    mm_1: "bf16[64, 32]" = torch.ops.aten.mm.default(t_1, view_2)
+    sum_1: "bf16[1, 32]" = torch.ops.aten.sum.dim_IntList(view_2, [0], True)
+    view_3: "bf16[32]" = torch.ops.aten.view.default(sum_1, [32])
+    view_4: "bf16[2, 8, 64]" = torch.ops.aten.view.default(mm, [2, 8, 64])
+    return [view_1, mm_1, view_3, view_4]
+
 # A forward-only graph (inference): no seeds, and the weight-gradient operand X^T of the nvfp4 recipe is not computed.
 # NV-LABEL: def forward_only(
 # NV-NOT:     draw_seeds
