@@ -15,6 +15,7 @@ import copy
 
 import pytest
 import torch
+from fp4 import bench_launch
 from fp4.codegen.spec import QuantizeSpec
 from fp4.core import Target
 from fp4.options import Options
@@ -248,3 +249,25 @@ def test_the_backend_option_decomposes_each_compiled_graph():
     kept = {key.split(".")[2] for key in counters if key.startswith("launch.plan.") and "tensors on ['cpu']" in key}
     assert {"quest_quantize", "sr_quantize", "requantize_sr", "mxfp4_gemm"} <= kept, sorted(counters)
     assert not any(key.startswith("launch.") for key in results["plan"][1])
+
+
+def test_the_launch_comparison_calls_only_ops_with_twins_and_compares_bits():
+    """The op table shared by ``host_overhead.py --compare-launch`` and the GPU tests (``fp4.bench_launch``)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 64, dtype=torch.bfloat16, generator=generator)
+    w = torch.randn(96, 64, dtype=torch.bfloat16, generator=generator)
+    dy = torch.randn(64, 96, dtype=torch.bfloat16, generator=generator)
+    bias = torch.randn(96, dtype=torch.bfloat16, generator=generator)
+    seed = fp4.draw_seeds(1, x.device)[0]
+    cases = bench_launch.launch_cases(x, w, dy, seed, bias)
+    assert set(bench_launch.LAUNCH_OPS) <= set(cases)
+    for name, (function, inputs) in cases.items():
+        called = _fp4_ops(make_fx(function)(*inputs))
+        assert called == [name.split()[0]], name
+        assert f"fp4::{called[0]}" in inductor_launch.FP4_OPS, name
+        assert bench_launch.outputs_differ(function(*inputs), function(*inputs)) is None, name  # the reference
+    codes, scales, mask = cases["quest_quantize"][0](x)
+    assert bench_launch.outputs_differ((codes, scales), (codes, scales, mask)) == "2 outputs against 3"
+    assert bench_launch.outputs_differ(codes, codes ^ 1) == "output 0: values differ"
+    flat = codes.flatten(0, 1)
+    assert bench_launch.outputs_differ(flat, flat.t()).startswith("output 0: (64, 32) torch.uint8 against (32, 64)")

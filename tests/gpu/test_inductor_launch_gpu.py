@@ -18,6 +18,7 @@ import copy
 import os
 
 import torch
+from fp4.bench_launch import launch_cases, outputs_differ
 from fp4.runtime import inductor_launch
 from gpu_common import GPU_MARKS, tiny_llama, train_steps
 
@@ -26,7 +27,6 @@ os.environ.setdefault(inductor_launch.FP_FUSION_ENV, "0")
 pytestmark = GPU_MARKS
 
 fp4 = torch.ops.fp4
-EPILOGUE = (1.0, None, "none", None, None, None, False, torch.bfloat16)
 
 
 def _data():
@@ -38,20 +38,9 @@ def _data():
     return x, w, dy, seed
 
 
-def _flat(value):
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _flat(item)]
-    return [value]
-
-
 def _assert_bitwise(got, want, what):
-    got, want = _flat(got), _flat(want)
-    assert len(got) == len(want), what
-    for g, w in zip(got, want, strict=True):
-        assert g.shape == w.shape and g.dtype == w.dtype, what
-        if g.element_size() == 1:  # fp8 has no equality kernel
-            g, w = g.view(torch.uint8), w.view(torch.uint8)
-        assert torch.equal(g, w), f"{what}: outputs differ"
+    difference = outputs_differ(got, want)
+    assert difference is None, f"{what}: {difference}"
 
 
 def _compiled_twice(op, launch):
@@ -63,28 +52,8 @@ def _compiled_twice(op, launch):
 
 def test_ops_launched_from_inductor_give_the_plans_bits():
     x, w, dy, seed = _data()
-    flat = x.flatten(0, 1)
-    wc, ws, _ = fp4.quest_quantize(w, True)
-    xc, xs, xm = fp4.quest_quantize(flat, True)
-    xf, wf = fp4.quest_quantize_fold(flat, True), fp4.quest_quantize_fold(w, True)
     bias = torch.randn(384, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(2))
-    cases = {
-        "quest_quantize": (lambda x: fp4.quest_quantize(x, True), (x,)),
-        "quest_quantize_fold": (lambda x: fp4.quest_quantize_fold(x, True), (flat,)),
-        "sr_quantize": (lambda dy, seed: fp4.sr_quantize(dy, seed, 1, 4, False), (dy, seed)),
-        "sr_quantize transposed": (lambda dy, seed: fp4.sr_quantize(dy, seed, 1, 4, True), (dy, seed)),
-        "sr_quantize_fold": (lambda dy, seed: fp4.sr_quantize_fold(dy, seed, 1, 4, True), (dy, seed)),
-        "requantize_sr": (lambda c, s, seed: fp4.requantize_sr(c, s, seed, 1, 3), (wc, ws, seed)),
-        "requantize_sr_fold": (lambda c, s, seed: fp4.requantize_sr_fold(c, s, seed, 1, 3), (wc, ws, seed)),
-        "fold_fp8": (lambda c, s: fp4.fold_fp8(c, s), (wc, ws)),
-        "mxfp4_gemm": (lambda *operands: fp4.mxfp4_gemm(*operands, *EPILOGUE), (xc, xs, wc, ws)),
-        "mxfp4_gemm bias gelu": (
-            lambda *operands: fp4.mxfp4_gemm(*operands, 0.5, bias, "gelu", None, None, None, False, torch.bfloat16),
-            (xc, xs, wc, ws),
-        ),
-        "fp8_fold_gemm": (lambda *operands: fp4.fp8_fold_gemm(*operands, *EPILOGUE), (xf[3], xf[4], wf[3], wf[4])),
-        "sr_quantize, stream 2": (lambda dy, seed: fp4.sr_quantize(dy, seed, 0, 2, False), (dy, seed)),
-    }
+    cases = launch_cases(x, w, dy, seed, bias)
     kept = {}
     for name, (op, inputs) in cases.items():
         plan = _compiled_twice(op, "plan")(*inputs)
@@ -96,7 +65,7 @@ def test_ops_launched_from_inductor_give_the_plans_bits():
         _assert_bitwise(plan[0], op(*inputs), f"{name} (compiled plan against eager)")
         if not any(key.startswith("inductor.") for key in counted):
             kept[name] = sorted(counted)
-    gemms = {"mxfp4_gemm", "mxfp4_gemm bias gelu", "fp8_fold_gemm"}
+    gemms = {"mxfp4_gemm", "mxfp4_gemm (bias, gelu)", "fp8_fold_gemm"}
     assert set(kept) <= gemms, kept  # stream 2's addend is negative as a 64-bit value: its words pass intact
     for name in set(kept) & gemms:  # Hopper: the autotuner's choice is a TMA variant or cuBLAS
         assert all("TMA tensor descriptors" in key or "cuBLAS" in key for key in kept[name]), kept[name]
