@@ -18,13 +18,27 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import sys
 import traceback
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 WORLD_SIZE = 2
+
+DISTRIBUTED_MARKS = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
+    pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous is POSIX-only here"),
+]
+"""A test module's ``pytestmark`` where its ranks rendezvous through a file and talk through gloo."""
+
+BLOCK_LAYERS = [
+    "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+]  # fmt: skip
+"""The linear layers of one :func:`tiny_llama` block, by name within the block."""
 
 
 def tiny_llama(dtype=torch.float32):

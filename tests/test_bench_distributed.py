@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
-import torch.distributed as dist
+from distributed_harness import DISTRIBUTED_MARKS
 from fp4 import bench_distributed
 from fp4.bench_distributed import CHECK_BOUND, CONFIGS, NO_MULTICAST_ENV, RECORD_FIELDS, parse_mode
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
-    pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous is POSIX-only here"),
-]
+pytestmark = DISTRIBUTED_MARKS
 
 MODES = ["ddp_bf16", "ddp_fp4", "fsdp_bf16", "fsdp_fp4", "fsdp_fp4_all_gather"]  # the default ones
 RANKS = 2

@@ -19,12 +19,12 @@ started once for the whole module (tests/distributed_harness.py):
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 from distributed_harness import (
+    DISTRIBUTED_MARKS,
     WORLD_SIZE,
     assert_matches_oracle,
     averaged_oracle_gradients,
@@ -37,10 +37,7 @@ from distributed_harness import (
     train_against_oracle,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
-    pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous is POSIX-only here"),
-]
+pytestmark = DISTRIBUTED_MARKS
 
 # Several buckets at test size: DDP and DDPOptimizer both size the first bucket by this constant, and a
 # model with two real 25 MB buckets is too slow for the CPU suite.

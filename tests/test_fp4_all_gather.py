@@ -16,13 +16,12 @@ MXFP4 gather and checked against the parameter sizes.
 
 from __future__ import annotations
 
-import sys
-
 import fp4.runtime  # noqa: F401  (torch.ops.fp4)
 import pytest
 import torch
-import torch.distributed as dist
 from distributed_harness import (
+    BLOCK_LAYERS,
+    DISTRIBUTED_MARKS,
     WORLD_SIZE,
     assert_matches_oracle,
     check,
@@ -33,15 +32,8 @@ from distributed_harness import (
     train_against_oracle,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
-    pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous is POSIX-only here"),
-]
+pytestmark = DISTRIBUTED_MARKS
 
-BLOCK_LAYERS = [
-    "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-]  # fmt: skip
 FP4_BYTES_PER_ELEMENT = 21 / 32  # codes 1/2 + scales 1/32 + clip mask 1/8
 
 

@@ -16,12 +16,11 @@ are started once for the whole module.
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
 from distributed_harness import (
+    BLOCK_LAYERS,
+    DISTRIBUTED_MARKS,
     assert_matches_oracle,
     check,
     oracle_of,
@@ -31,16 +30,9 @@ from distributed_harness import (
     train_against_oracle,
 )
 
-pytestmark = [
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed/gloo"),
-    pytest.mark.skipif(sys.platform == "win32", reason="file:// rendezvous is POSIX-only here"),
-]
+pytestmark = DISTRIBUTED_MARKS
 
 LINEARS_PER_BLOCK = 7
-BLOCK_LAYERS = [
-    "attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-]  # fmt: skip
 SEED_BYTES = 8  # one int64 seed per layer
 
 
