@@ -1,32 +1,66 @@
 #!/usr/bin/env bash
-# One GPU session's checks and timings, results under $1 (default gpu-results):
-#   the GPU tests, host time per op, and the whole-model benchmark for the given configurations and modes.
-#   bash benchmarks/gpu_session.sh OUT [models] [modes]
-# Environment: SKIP_TESTS=1, SKIP_HOST=1, GPU_TEST_TIMEOUT (s), BENCH_TIMEOUT (s), STEPS.
+# One GPU session's checks and timings, in the order given, within one time budget; results under OUT.
+#   bash benchmarks/gpu_session.sh OUT STEP [STEP ...]
+# Steps:
+#   tests[=PATHS]          the GPU tests (default tests/gpu; FP4_AUTOTUNE=0, in parallel where pytest-xdist is)
+#   host                   host time per fp4 op call        (python benchmarks/host_overhead.py)
+#   launch                 plan launches against Inductor's (python benchmarks/host_overhead.py --compare-launch)
+#   model=MODELS:MODES     whole-model training steps       (fp4 bench --sections model --models ... --modes ...)
+#   kernels[=SECTIONS]     kernel benchmarks, default quantize,linear (fp4 bench --sections ...)
+#   study=PACK             the accuracy study on a packed corpus (benchmarks/run_study.sh; PRESET, PRECISIONS,
+#                          STUDY_ARGS: more fp4 study arguments)
+# Environment: LIMIT (seconds for the whole session, default 570: each step gets what is left, less 10 s),
+#   STEPS (training steps per model mode, default 6).
+# Example: bash benchmarks/gpu_session.sh gpu-results tests model=llama1b-8l:bf16_inductor,fp4_cudagraphs launch
 set -u
-out=${1:-gpu-results}
-models=${2:-llama1b-8l,small-6l}
-modes=${3:-bf16_inductor,fp4_cudagraphs,fp4_cudagraphs_fold_backward,fp4_cudagraphs_compile_ahead}
+out=${1:?usage: bash benchmarks/gpu_session.sh OUT STEP [STEP ...]}
+shift
+limit=${LIMIT:-570}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -m pip install --no-deps --no-build-isolation -q -e . >/tmp/fp4-install.log 2>&1 || cat /tmp/fp4-install.log
-if [ -d .whl ]; then  # carried wheels (pytest-xdist)
+if [ -d .whl ]; then  # carried wheels
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fp4-site .whl/*.whl && export PYTHONPATH=/tmp/fp4-site
 fi
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/card.txt"
-if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  workers=$(python3 -c "import importlib.util as u; print('-n 14' if u.find_spec('xdist') else '')")
-  FP4_AUTOTUNE=0 timeout "${GPU_TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/gpu -q -rfE -p no:cacheprovider \
-    $workers --durations=10 >"$out/gpu_tests.txt" 2>&1
-  echo "gpu tests exit $?" | tee -a "$out/gpu_tests.txt"
-  tail -n 30 "$out/gpu_tests.txt"
-fi
-if [ "${SKIP_HOST:-0}" != 1 ]; then
-  timeout 90 python3 benchmarks/host_overhead.py --out "$out/host_overhead.json" >>"$out/card.txt" 2>&1
-  echo "host overhead exit $?"; tail -n 22 "$out/card.txt"
-fi
-timeout "${BENCH_TIMEOUT:-400}" python3 -m fp4.bench --sections model --models "$models" --modes "$modes" \
-  --steps "${STEPS:-6}" --out "$out/bench" >"$out/bench.log" 2>&1
-echo "bench exit $?"
-grep -E "median|failed" "$out/bench.log" | tail -n 20
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  date -u +"%Y-%m-%d %H:%M UTC"; } | tee "$out/card.txt"
+
+left() { echo $(( limit - SECONDS - 10 )); }
+
+for step in "$@"; do
+  name=${step%%=*}; arg=${step#*=}; [ "$arg" = "$step" ] && arg=""
+  budget=$(left)
+  if [ "$budget" -le 0 ]; then echo "$step: no time left"; continue; fi
+  echo "== $step (${budget} s left)"
+  case $name in
+    tests)
+      workers=$(python3 -c "import importlib.util as u; print('-n 15' if u.find_spec('xdist') else '')")
+      # shellcheck disable=SC2086  # paths and worker flags split on purpose
+      FP4_AUTOTUNE=0 timeout "$budget" python3 -m pytest -m gpu ${arg:-tests/gpu} -q -rfE -p no:cacheprovider \
+        -p no:benchmark $workers --junitxml="$out/gpu_tests.xml" --durations=10 >"$out/gpu_tests.txt" 2>&1
+      echo "exit $? at ${SECONDS} s" | tee -a "$out/gpu_tests.txt"
+      tail -n 25 "$out/gpu_tests.txt" ;;
+    host)
+      timeout "$budget" python3 benchmarks/host_overhead.py --out "$out/host_overhead.json" >"$out/host.txt" 2>&1
+      echo "exit $?"; tail -n 16 "$out/host.txt" ;;
+    launch)
+      timeout "$budget" python3 benchmarks/host_overhead.py --compare-launch --out "$out/host_launch.json" \
+        >"$out/launch.txt" 2>&1
+      echo "exit $?"; tail -n 12 "$out/launch.txt" ;;
+    model)
+      timeout "$budget" python3 -m fp4.bench --sections model --models "${arg%%:*}" --modes "${arg#*:}" \
+        --steps "${STEPS:-6}" --out "$out/model" >"$out/model.txt" 2>&1
+      echo "exit $?"; rm -f "$out/model/bench.json"; grep -E "median|failed" "$out/model.txt" | tail -n 20 ;;
+    kernels)
+      timeout "$budget" python3 -m fp4.bench --sections "${arg:-quantize,linear}" --out "$out/kernels" \
+        >"$out/kernels.txt" 2>&1
+      echo "exit $?"; cat "$out/kernels/"*.md 2>/dev/null || tail -n 40 "$out/kernels.txt" ;;
+    study)
+      # shellcheck disable=SC2086  # STUDY_ARGS splits on purpose
+      timeout "$budget" bash benchmarks/run_study.sh "$arg" "$out/study" ${STUDY_ARGS:-} >/dev/null 2>&1
+      echo "exit $?"; rm -f "$out/study/install.log"; tail -n 30 "$out/study/study.log" ;;
+    *)
+      echo "unknown step $step (tests, host, launch, model=MODELS:MODES, kernels, study=PACK)"; exit 2 ;;
+  esac
+done
