@@ -44,7 +44,7 @@ class QuartetLinearFunction(torch.autograd.Function):
         ctx.layout = [(name, len(saved[name])) for name in names]
         ctx.recipe = recipe
         ctx.shapes = (x.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -102,8 +102,15 @@ def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto", recipe="q
     if bias is not None and x.dim() > 2 and not x.is_contiguous():
         # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
         # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
-        return QuartetLinearFunction.apply(x, weight, None, seed, recipe) + bias
-    return QuartetLinearFunction.apply(x, weight, bias, seed, recipe)
+        return _apply_2d(x, weight, None, seed, recipe) + bias
+    return _apply_2d(x, weight, bias, seed, recipe)
+
+
+def _apply_2d(x, weight, bias, seed, recipe):
+    """:class:`QuartetLinearFunction` on ``x`` as rows, its result given ``x``'s leading dims outside it: the
+    function's output is then no view made inside it, so the model may update it in place (``y += h``)."""
+    y = QuartetLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, seed, recipe)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _autocast(tensor, dtype):
@@ -137,11 +144,14 @@ class QuartetLinear(torch.nn.Linear):
 
 
 class _RoutedMatmuls:
-    """While a module runs, sends its ``F.linear``/``torch.addmm`` calls on given weights to :func:`quartet_linear`.
+    """While a module runs, sends its matmuls on given weights to :func:`quartet_linear`.
 
-    For the modules a swap cannot cover: Linear subclasses (their own
-    ``forward`` may do more than ``F.linear``), GPT-2's ``Conv1D``
-    (``torch.addmm(b, x, w)`` with ``w`` [K, N]) and ``nn.MultiheadAttention``,
+    ``F.linear(x, w)``, ``torch.addmm(b, x, w)`` (``w`` [K, N]) and ``x @ w.T`` /
+    ``torch.matmul(x, w.T)`` (``w`` [N, K]; or ``x @ w`` with ``w`` [K, N]), as
+    the backend rewrites each of them.  For the modules a swap cannot cover:
+    Linear subclasses (their own ``forward`` may do more than ``F.linear``, or
+    multiply by the transposed weight itself, as Falcon's ``FalconLinear``), GPT-2's ``Conv1D``
+    and ``nn.MultiheadAttention``,
     whose functional forward calls ``F.linear`` on its projection weights
     itself (looked up in ``torch.nn.functional`` at call time, which is why
     this replaces the two functions there, for the duration of the call, rather
@@ -166,15 +176,33 @@ class _RoutedMatmuls:
             return quartet_linear(x, weight.t(), bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_addmm(bias, x, weight, **kwargs)
 
+    def matmul(self, x, other):
+        """``x @ w.T`` for a routed ``w`` [N, K] (the transposed view of it), or ``x @ w`` for a ``w`` [K, N]."""
+        base = other._base if isinstance(other, torch.Tensor) else None
+        if (
+            base is not None
+            and self.weights.get(id(base)) == "linear"
+            and other.shape == base.shape[::-1]
+            and other.stride() == base.stride()[::-1]
+            and other.storage_offset() == base.storage_offset()
+        ):
+            return quartet_linear(x, base, None, rank_seeds=self.rank_seeds, recipe=self.recipe)
+        if isinstance(other, torch.Tensor) and self.weights.get(id(other)) == "conv1d":
+            return quartet_linear(x, other.t(), None, rank_seeds=self.rank_seeds, recipe=self.recipe)
+        return self.original_matmul(x, other)
+
     def __enter__(self):
         functional = torch.nn.functional
-        self.saved.append((functional.linear, torch.addmm))
-        self.original_linear, self.original_addmm = self.saved[-1]
+        self.saved.append((functional.linear, torch.addmm, torch.matmul, torch.Tensor.__matmul__))
+        self.original_linear, self.original_addmm, self.original_matmul, _ = self.saved[-1]
         functional.linear, torch.addmm = self.linear, self.addmm
+        torch.matmul = self.matmul
+        torch.Tensor.__matmul__ = lambda x, other: self.matmul(x, other)  # a function, so that it binds ``x``
         return self
 
     def __exit__(self, *exc):
-        torch.nn.functional.linear, torch.addmm = self.saved.pop()
+        functional = torch.nn.functional
+        functional.linear, torch.addmm, torch.matmul, torch.Tensor.__matmul__ = self.saved.pop()
         return False
 
 

@@ -294,3 +294,51 @@ def test_oracle_covers_linear_subclasses_and_multihead_attention():
         "attn.out_proj": "rewritten",
     }
     assert "weight_grad" in report.layers[0].missing  # the frozen base weight
+
+
+class TransposedWeightLinear(nn.Linear):
+    """A Linear subclass that multiplies by its transposed weight itself, as Falcon's ``FalconLinear`` does."""
+
+    def forward(self, x):
+        y = x @ self.weight.T
+        return y if self.bias is None else y + self.bias
+
+
+class InPlaceResidual(nn.Module):
+    """Falcon's parallel block in miniature: one layer's output updated in place by another's, then a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = TransposedWeightLinear(64, 128)
+        self.down = TransposedWeightLinear(128, 64, bias=False)
+        self.side = nn.Linear(64, 64)
+
+    def forward(self, x):
+        y = self.down(F.gelu(self.up(x)))
+        y += self.side(x)
+        return y + x
+
+
+def test_transposed_weight_matmuls_and_in_place_updates_match_the_oracle_bitwise():
+    torch.manual_seed(0)
+    model = InPlaceResidual()
+    nn.init.normal_(model.up.bias)
+    oracle, compiled, backend = compare_with_oracle(model.to(torch.bfloat16), _inputs())
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    assert _rows(report) == {"up": "rewritten", "down": "rewritten", "side": "rewritten"}
+
+
+def test_falcon_layers_match_the_oracle_bitwise():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.FalconConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    torch.manual_seed(0)
+    model = transformers.FalconForCausalLM(config).to(torch.bfloat16).eval()  # eval: no dropout
+    oracle, compiled, backend = compare_with_oracle(model, lambda: (torch.randint(0, 256, (2, 16)),))
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    rows = _rows(report)
+    layers = ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+    rewritten = [name for name, status in rows.items() if status == "rewritten"]
+    assert rewritten == [f"transformer.h.{i}.{layer}" for i in range(2) for layer in layers]
+    assert rows["lm_head"].startswith("excluded by pattern")
