@@ -28,6 +28,13 @@ VIEW_OPS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default, 
 CAST_OPS = (prims.convert_element_type.default, aten._to_copy.default)
 MATMUL_OPS = (aten.mm.default, aten.addmm.default)
 """The GEMMs a linear layer lowers to in a captured graph."""
+BATCHED_MATMUL_OPS = {aten.bmm.default: 1, aten.baddbmm.default: 2, aten._grouped_mm.default: 1}
+"""Batched and grouped GEMMs (mixture-of-experts layers), by the position of their right-hand operand."""
+# Ops that pick a weight out of a stack of them (an expert's) on its way to a batched GEMM.
+WEIGHT_PICK_OPS = (
+    aten.index.Tensor, aten.index_select.default, aten.select.int, aten.slice.Tensor, aten.expand.default,
+    aten.transpose.int, aten.permute.default, aten.t.default, aten.clone.default,
+)  # fmt: skip
 
 # Meta keys an activation-checkpoint region puts on its forward nodes (``torch.utils.checkpoint``, HF
 # ``gradient_checkpointing_enable``): the policy the partitioner honours (``CheckpointPolicy``) and the region.

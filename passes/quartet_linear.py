@@ -96,10 +96,12 @@ from torch.utils.checkpoint import CheckpointPolicy
 
 from .epilogue import GEMM_SIGNATURES, unfused_gemm
 from .fx_tools import (
+    BATCHED_MATMUL_OPS,
     CAST_OPS,
     GATHER_OPS,
     MATMUL_OPS,
     VIEW_OPS,
+    WEIGHT_PICK_OPS,
     Builder,
     aten,
     is_joint,
@@ -192,6 +194,11 @@ class QuartetLinear(GraphPass):
         heads = _OutputHeads(graph)
         matches = []
         for node in graph.nodes:
+            if node.op == "call_function" and node.target in BATCHED_MATMUL_OPS and node not in backward:
+                layer = _batched_weight_layer(node, input_names)
+                if layer is not None:
+                    layers.append(layer)
+                continue
             if node.op != "call_function" or node.target not in MATMUL_OPS:
                 continue
             if node in backward:
@@ -656,6 +663,33 @@ class _OutputHeads:
             if user.op == "output" and width and width[0] in self.vocab_sizes:
                 return f"its output is a graph output over the vocabulary ({width[0]})"
         return None
+
+
+def _batched_weight_layer(node: torch.fx.Node, input_names: dict) -> LinearLayer | None:
+    """A batched or grouped GEMM on parameters (mixture-of-experts weights), listed as skipped; None for one on
+    activations only (attention's ``bmm``)."""
+    rhs = node.args[BATCHED_MATMUL_OPS[node.target]]
+    parameters, frontier, seen = [], [rhs], set()
+    while frontier:  # the parameters the right-hand operand is picked from (through views, indexing, casts)
+        current = frontier.pop()
+        if current in seen or not isinstance(current, torch.fx.Node):
+            continue
+        seen.add(current)
+        if current.op == "placeholder" and current.name in input_names:
+            parameters.append(input_names[current.name])
+        elif current.op == "call_function" and current.target in VIEW_OPS + CAST_OPS + WEIGHT_PICK_OPS:
+            frontier.append(current.args[0])
+    if not parameters:
+        return None
+    module = module_of(node)
+    weight_shape = shape(rhs)
+    layer = LinearLayer(
+        layer_name(module[0] if module else None, parameters[0]), module[1] if module else "?", node.name,
+        int(weight_shape[-2]), int(weight_shape[-1]), False,
+    )  # fmt: skip
+    op = getattr(node.target, "__name__", str(node.target))
+    return _skip(layer, f"batched GEMM ({op}) on stacked weights (mixture-of-experts): fp4 rewrites 2-D linear "
+                        "layers only; stays in the model dtype")  # fmt: skip
 
 
 def _parameters_behind(node: torch.fx.Node, input_names: dict) -> list[str]:

@@ -214,6 +214,8 @@ def _is_conv1d(module) -> bool:
 def linear_layers(model: torch.nn.Module):
     """Every linear layer the backend sees in a graph, as ``(layer name, module, weight, kind)``.
 
+    ``nn.Linear`` and its subclasses, ``nn.MultiheadAttention``'s projections, GPT-2's ``Conv1D``, and any
+    other module's own 2-D ``weight`` (a router calling ``F.linear`` on it), embeddings aside.
     ``kind`` is ``"linear"`` (``weight`` [N, K]) or ``"conv1d"`` (``weight`` [K, N]);
     the names are :func:`fp4.options.layer_name`'s, as the backend reports them.
     """
@@ -232,6 +234,16 @@ def linear_layers(model: torch.nn.Module):
             yield layer_name(name, _param(name, "weight")), module, module.weight, "linear"
         elif _is_conv1d(module):
             yield layer_name(name, _param(name, "weight")), module, module.weight, "conv1d"
+        elif _has_matrix_weight(module):
+            yield layer_name(name, _param(name, "weight")), module, module.weight, "linear"
+
+
+def _has_matrix_weight(module) -> bool:
+    """A module of another kind holding a 2-D ``weight`` of its own, which its ``forward`` may pass to
+    ``F.linear`` or multiply by (a mixture-of-experts router); an embedding's is looked up, not multiplied."""
+    weight = module._parameters.get("weight")
+    embedding = isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+    return weight is not None and weight.dim() == 2 and not embedding
 
 
 def _param(module: str, attribute: str) -> str:
@@ -271,8 +283,9 @@ def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Mo
     dtype, in module order (the order ``named_modules`` lists them, which is
     their forward order in Hugging Face models and ``fp4.models``; the backend
     counts in forward order).  A plain ``nn.Linear`` is swapped for a
-    :class:`QuartetLinear`; Linear subclasses, ``Conv1D`` and
-    ``nn.MultiheadAttention`` keep their module and have their matmuls routed
+    :class:`QuartetLinear`; Linear subclasses, ``Conv1D``,
+    ``nn.MultiheadAttention`` and other modules with a 2-D weight of their own
+    (:func:`linear_layers`) keep their module and have their matmuls routed
     through :func:`quartet_linear` during their forward.  ``overrides`` are
     options too (``quartetize(model, rank_seeds=False)``, ``recipe="nvfp4"``).
     """

@@ -342,3 +342,52 @@ def test_falcon_layers_match_the_oracle_bitwise():
     rewritten = [name for name, status in rows.items() if status == "rewritten"]
     assert rewritten == [f"transformer.h.{i}.{layer}" for i in range(2) for layer in layers]
     assert rows["lm_head"].startswith("excluded by pattern")
+
+
+def test_mixture_of_experts_router_is_rewritten_and_expert_stacks_are_listed_bitwise():
+    """Mixtral: the router (a module calling ``F.linear`` on its own weight) runs in FP4 in the backend and the
+    oracle alike; the experts' grouped GEMMs on 3-D weight stacks are in the report, skipped with the reason."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(
+        vocab_size=256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.MixtralForCausalLM(config).to(torch.bfloat16).eval()
+    oracle, compiled, backend = compare_with_oracle(model, lambda: (torch.randint(0, 256, (2, 16)),))
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    rows = _rows(report)
+    assert rows["model.layers.0.mlp.gate"] == "rewritten"
+    for stack in ("gate_up_proj", "down_proj"):
+        reason = rows[f"model.layers.0.mlp.experts.{stack}"]
+        assert reason.startswith("batched GEMM (") and "stacked weights" in reason, reason
+    assert [name for name, status in rows.items() if status == "rewritten"] == [
+        *(f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"),
+        "model.layers.0.mlp.gate",
+    ]
+
+
+def test_attention_bmm_on_activations_is_not_a_layer():
+    """A batched GEMM of activations (attention scores) is not listed; one on a parameter stack is."""
+
+    class Scores(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = nn.Linear(64, 64)
+            self.stack = nn.Parameter(torch.randn(2, 64, 32))
+
+        def forward(self, x):
+            q = self.q(x)
+            scores = torch.bmm(q, q.transpose(1, 2))
+            return torch.bmm(scores.softmax(-1), q), torch.bmm(x, self.stack)
+
+    torch.manual_seed(0)
+    backend = configure(inductor=False)
+    compiled = torch.compile(Scores().to(torch.bfloat16), backend=backend)
+    outputs = compiled(torch.randn(2, 16, 64, dtype=torch.bfloat16))
+    sum(o.float().sum() for o in outputs).backward()
+    (report,) = backend.reports
+    rows = _rows(report)
+    assert rows.keys() == {"q", "stack"}
+    assert rows["q"] == "rewritten" and rows["stack"].startswith("batched GEMM (bmm.default)")
