@@ -2,7 +2,8 @@
 # One GPU session's checks and timings, in the order given, within one time budget; results under OUT.
 #   bash benchmarks/gpu_session.sh OUT STEP [STEP ...]
 # Steps:
-#   tests[=PATHS]          the GPU tests (default tests/gpu; FP4_AUTOTUNE=0, in parallel where pytest-xdist is)
+#   tests[=PATHS]          the GPU tests (comma-separated paths, default tests/gpu; FP4_AUTOTUNE=0, in parallel
+#                          where pytest-xdist is)
 #   host                   host time per fp4 op call        (python benchmarks/host_overhead.py)
 #   launch                 plan launches against Inductor's (python benchmarks/host_overhead.py --compare-launch)
 #   model=MODELS:MODES     whole-model training steps       (fp4 bench --sections model --models ... --modes ...)
@@ -30,6 +31,7 @@ left() { echo $(( limit - SECONDS - 10 )); }
 
 for step in "$@"; do
   name=${step%%=*}; arg=${step#*=}; [ "$arg" = "$step" ] && arg=""
+  [ "$name" = tests ] && arg=${arg:-tests/gpu}
   budget=$(left)
   if [ "$budget" -le 0 ]; then echo "$step: no time left"; continue; fi
   echo "== $step (${budget} s left)"
@@ -37,7 +39,7 @@ for step in "$@"; do
     tests)
       workers=$(python3 -c "import importlib.util as u; print('-n 15' if u.find_spec('xdist') else '')")
       # shellcheck disable=SC2086  # paths and worker flags split on purpose
-      FP4_AUTOTUNE=0 timeout "$budget" python3 -m pytest -m gpu ${arg:-tests/gpu} -q -rfE -p no:cacheprovider \
+      FP4_AUTOTUNE=0 timeout "$budget" python3 -m pytest -m gpu ${arg//,/ } -q -rfE -p no:cacheprovider \
         -p no:benchmark $workers --junitxml="$out/gpu_tests.xml" --durations=10 >"$out/gpu_tests.txt" 2>&1
       echo "exit $? at ${SECONDS} s" | tee -a "$out/gpu_tests.txt"
       tail -n 25 "$out/gpu_tests.txt" ;;

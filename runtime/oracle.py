@@ -44,7 +44,9 @@ class QuartetLinearFunction(torch.autograd.Function):
         ctx.layout = [(name, len(saved[name])) for name in names]
         ctx.recipe = recipe
         ctx.shapes = (x.shape, x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0])
+        # a copy, not a view of ``y``: the model may update the output in place (Falcon's ``y += h``), which
+        # autograd forbids on a view made inside a custom Function
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], weight.shape[0]).clone()
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -102,15 +104,8 @@ def quartet_linear(x, weight, bias=None, seed=None, rank_seeds="auto", recipe="q
     if bias is not None and x.dim() > 2 and not x.is_contiguous():
         # F.linear adds the bias in the GEMM only for 2-D or contiguous input; otherwise it is a matmul and
         # an add (nn.MultiheadAttention's in-projection of a batch_first input), and so is the graph.
-        return _apply_2d(x, weight, None, seed, recipe) + bias
-    return _apply_2d(x, weight, bias, seed, recipe)
-
-
-def _apply_2d(x, weight, bias, seed, recipe):
-    """:class:`QuartetLinearFunction` on ``x`` as rows, its result given ``x``'s leading dims outside it: the
-    function's output is then no view made inside it, so the model may update it in place (``y += h``)."""
-    y = QuartetLinearFunction.apply(x.reshape(-1, x.shape[-1]), weight, bias, seed, recipe)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+        return QuartetLinearFunction.apply(x, weight, None, seed, recipe) + bias
+    return QuartetLinearFunction.apply(x, weight, bias, seed, recipe)
 
 
 def _autocast(tensor, dtype):
