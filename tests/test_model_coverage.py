@@ -31,6 +31,16 @@ def _rows(report) -> dict[str, str]:
     return {layer.name: layer.status if layer.status == "rewritten" else layer.reason for layer in report.layers}
 
 
+def _hugging_face(model_class: str, config_class: str, vocab: int, **config):
+    """A small Hugging Face model in bf16 (eval mode: no dropout) and its oracle, one step on random tokens:
+    ``(oracle results, compiled results, backend)``."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=vocab, **config)
+    model = getattr(transformers, model_class)(config).to(torch.bfloat16).eval()
+    return compare_with_oracle(model, lambda: (torch.randint(0, vocab, (2, 16)),))
+
+
 # ----------------------------------------------------------------------------
 # GPT-2: Conv1D
 
@@ -330,11 +340,9 @@ def test_transposed_weight_matmuls_and_in_place_updates_match_the_oracle_bitwise
 
 
 def test_falcon_layers_match_the_oracle_bitwise():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.FalconConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    torch.manual_seed(0)
-    model = transformers.FalconForCausalLM(config).to(torch.bfloat16).eval()  # eval: no dropout
-    oracle, compiled, backend = compare_with_oracle(model, lambda: (torch.randint(0, 256, (2, 16)),))
+    oracle, compiled, backend = _hugging_face(
+        "FalconForCausalLM", "FalconConfig", 256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     rows = _rows(report)
@@ -347,14 +355,10 @@ def test_falcon_layers_match_the_oracle_bitwise():
 def test_mixture_of_experts_router_is_rewritten_and_expert_stacks_are_listed_bitwise():
     """Mixtral: the router (a module calling ``F.linear`` on its own weight) runs in FP4 in the backend and the
     oracle alike; the experts' grouped GEMMs on 3-D weight stacks are in the report, skipped with the reason."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.MixtralConfig(
-        vocab_size=256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
+    oracle, compiled, backend = _hugging_face(
+        "MixtralForCausalLM", "MixtralConfig", 256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
     )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.MixtralForCausalLM(config).to(torch.bfloat16).eval()
-    oracle, compiled, backend = compare_with_oracle(model, lambda: (torch.randint(0, 256, (2, 16)),))
     assert_bitwise(oracle, compiled)
     (report,) = backend.reports
     rows = _rows(report)
