@@ -138,14 +138,24 @@ class QuartetLinear(torch.nn.Linear):
         return super().extra_repr() + ("" if self.recipe == "quartet" else f", recipe={self.recipe!r}")
 
 
+def _leaf_of(grad_fn):
+    """The parameter a one-step cast's autograd node leads to (``weight.to(dtype)``), or None."""
+    if type(grad_fn).__name__ != "ToCopyBackward0":
+        return None
+    node = grad_fn.next_functions[0][0]
+    return getattr(node, "variable", None)
+
+
 class _RoutedMatmuls:
     """While a module runs, sends its matmuls on given weights to :func:`quartet_linear`.
 
     ``F.linear(x, w)``, ``torch.addmm(b, x, w)`` (``w`` [K, N]) and ``x @ w.T`` /
     ``torch.matmul(x, w.T)`` (``w`` [N, K]; or ``x @ w`` with ``w`` [K, N]), as
-    the backend rewrites each of them.  For the modules a swap cannot cover:
-    Linear subclasses (their own ``forward`` may do more than ``F.linear``, or
-    multiply by the transposed weight itself, as Falcon's ``FalconLinear``), GPT-2's ``Conv1D``
+    the backend rewrites each of them, also on a copy of the weight cast in the
+    forward.  For the modules a swap cannot cover: Linear subclasses (their own
+    ``forward`` may do more than ``F.linear``, or multiply by the transposed
+    weight itself, as Falcon's ``FalconLinear``), GPT-2's ``Conv1D``, modules
+    with a 2-D weight of their own (a mixture-of-experts router)
     and ``nn.MultiheadAttention``,
     whose functional forward calls ``F.linear`` on its projection weights
     itself (looked up in ``torch.nn.functional`` at call time, which is why
@@ -156,18 +166,30 @@ class _RoutedMatmuls:
     """
 
     def __init__(self, weights, rank_seeds="auto", recipe="quartet"):
-        self.weights = weights  # id(weight) -> "linear" ([N, K] weight) or "conv1d" ([K, N] weight)
+        self.weights = weights  # id(weight) -> ("linear" ([N, K] weight) or "conv1d" ([K, N] weight), weight)
         self.rank_seeds = rank_seeds
         self.recipe = recipe
         self.saved = []
 
+    def _kind(self, tensor) -> str | None:
+        """The kind of a routed weight, or of a copy of one cast to another dtype in the forward (DeepSeek-V3's
+        router multiplies in float32: the graph traces that cast back to the parameter, so the backend rewrites
+        it); None for any other tensor."""
+        entry = self.weights.get(id(tensor))
+        if entry is not None:
+            return entry[0]
+        leaf = _leaf_of(tensor.grad_fn) if isinstance(tensor, torch.Tensor) and tensor.grad_fn is not None else None
+        if leaf is None:
+            return None
+        return next((kind for kind, weight in self.weights.values() if weight is leaf), None)
+
     def linear(self, x, weight, bias=None):
-        if self.weights.get(id(weight)) == "linear":
+        if self._kind(weight) == "linear":
             return quartet_linear(x, weight, bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_linear(x, weight, bias)
 
     def addmm(self, bias, x, weight, **kwargs):
-        if self.weights.get(id(weight)) == "conv1d" and not kwargs and x.dim() == 2:
+        if self._kind(weight) == "conv1d" and not kwargs and x.dim() == 2:
             return quartet_linear(x, weight.t(), bias, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_addmm(bias, x, weight, **kwargs)
 
@@ -176,13 +198,13 @@ class _RoutedMatmuls:
         base = other._base if isinstance(other, torch.Tensor) else None
         if (
             base is not None
-            and self.weights.get(id(base)) == "linear"
+            and self._kind(base) == "linear"
             and other.shape == base.shape[::-1]
             and other.stride() == base.stride()[::-1]
             and other.storage_offset() == base.storage_offset()
         ):
             return quartet_linear(x, base, None, rank_seeds=self.rank_seeds, recipe=self.recipe)
-        if isinstance(other, torch.Tensor) and self.weights.get(id(other)) == "conv1d":
+        if isinstance(other, torch.Tensor) and self._kind(other) == "conv1d":
             return quartet_linear(x, other.t(), None, rank_seeds=self.rank_seeds, recipe=self.recipe)
         return self.original_matmul(x, other)
 
@@ -302,7 +324,7 @@ def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Mo
         if type(module) is torch.nn.Linear:
             swaps.append(name)
         else:
-            routed.setdefault(module, {})[id(weight)] = kind
+            routed.setdefault(module, {})[id(weight)] = (kind, weight)
     for name in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

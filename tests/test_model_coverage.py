@@ -395,3 +395,32 @@ def test_attention_bmm_on_activations_is_not_a_layer():
     rows = _rows(report)
     assert rows.keys() == {"q", "stack"}
     assert rows["q"] == "rewritten" and rows["stack"].startswith("batched GEMM (bmm.default)")
+
+
+def test_a_router_multiplying_in_float32_matches_the_oracle_bitwise():
+    """DeepSeek-V3's router: ``F.linear(x.float(), self.weight.float())`` in a bf16 model. The graph traces the
+    cast weight back to the parameter and rewrites the layer; the oracle follows the cast to the same parameter."""
+
+    class Router(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(32, 64) / 8)
+
+        def forward(self, x):
+            return F.linear(x.float(), self.weight.float()).sigmoid()
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = nn.Linear(64, 64)
+            self.gate = Router()
+
+        def forward(self, x):
+            h = self.up(x)
+            return h * self.gate(h).mean(-1, keepdim=True)
+
+    torch.manual_seed(0)
+    oracle, compiled, backend = compare_with_oracle(Model().to(torch.bfloat16), _inputs())
+    assert_bitwise(oracle, compiled)
+    (report,) = backend.reports
+    assert _rows(report) == {"up": "rewritten", "gate": "rewritten"}
