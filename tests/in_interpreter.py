@@ -32,6 +32,15 @@ def report(cases) -> None:
     print(json.dumps(cases()))
 
 
+def interpreted_kernel(name: str, text: str):
+    """The ``@triton.jit`` function ``name`` of generated module ``text``, run by the interpreter; loaded through
+    the kernel cache (``fp4.runtime.cache``), as the runtime loads its kernels."""
+    from fp4.codegen.source import KernelSource
+    from fp4.runtime.cache import default_cache
+
+    return default_cache().load(KernelSource(name, text, spec=None), "interpreter", interpret=True)
+
+
 def assert_bitwise(results: dict, case: str) -> None:
     """Every output of ``case`` equal to the reference's (``record`` wrote the mismatch count of each)."""
     assert case in results, f"case {case} did not run"

@@ -12,11 +12,8 @@ in tests/gpu).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-from in_interpreter import assert_bitwise, report, run_cases
+from in_interpreter import assert_bitwise, interpreted_kernel, report, run_cases
 
 # ----------------------------------------------------------------------------------------------------------------
 # the child process
@@ -141,9 +138,6 @@ def _cases():
 
 
 def _philox_case(philox, words):
-    import importlib.util
-    import tempfile
-
     import torch
     from fp4.codegen import lanes
     from fp4.codegen.source import SourceWriter, header
@@ -159,17 +153,10 @@ def _philox_case(philox, words):
         )
         for k, name in enumerate(names):
             w.line(f"tl.store(out_ptr + tl.arange(0, BLOCK) * {words} + {k}, {name}.to(tl.int64) & 0xFFFFFFFF)")
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "philox_words.py")
-        with open(path, "w") as stream:
-            stream.write(w.text())
-        spec = importlib.util.spec_from_file_location(f"philox_words_case{words}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[f"philox_words_case{words}"] = module
-        spec.loader.exec_module(module)
-        out = torch.empty(64 * words, dtype=torch.int64)
-        seed, base = (1 << 62) + 12345, (5 << 32) + 77
-        module.philox_words[(1,)](out, seed, base, BLOCK=64)
+    philox_words = interpreted_kernel("philox_words", w.text())
+    out = torch.empty(64 * words, dtype=torch.int64)
+    seed, base = (1 << 62) + 12345, (5 << 32) + 77
+    philox_words[(1,)](out, seed, base, BLOCK=64)
     want = philox.randint4x(seed, base + torch.arange(64))[:, :words].flatten()
     return {"mismatches": [int((out != want).sum())]}
 

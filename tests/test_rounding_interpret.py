@@ -14,11 +14,8 @@ every byte.  The last cases run whole kernels on inputs with such values.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-from in_interpreter import assert_bitwise, report, run_cases
+from in_interpreter import assert_bitwise, interpreted_kernel, report, run_cases
 
 # ----------------------------------------------------------------------------------------------------------------
 # the child process
@@ -27,9 +24,6 @@ from in_interpreter import assert_bitwise, report, run_cases
 def _elementwise_kernel(name: str, emit, dtype: str = "tl.float32", width: int = 1):
     """A kernel ``name(x_ptr, word_ptr, out_ptr, BLOCK)``: ``emit(w)`` computes ``result`` (``width`` per element)
     from ``x`` (``dtype``) and ``word`` (uint32), one element of each per offset."""
-    import importlib.util
-    import tempfile
-
     from fp4.codegen.source import SourceWriter, header
 
     w = SourceWriter()
@@ -41,15 +35,7 @@ def _elementwise_kernel(name: str, emit, dtype: str = "tl.float32", width: int =
         w.line("word = tl.load(word_ptr + offsets).to(tl.uint32, bitcast=True)")
         emit(w)
         w.line(f"tl.store(out_ptr + tl.program_id(0) * BLOCK * {width} + tl.arange(0, BLOCK * {width}), result)")
-    directory = tempfile.mkdtemp()
-    path = os.path.join(directory, f"{name}.py")
-    with open(path, "w") as stream:
-        stream.write(w.text())
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return getattr(module, name)
+    return interpreted_kernel(name, w.text())
 
 
 def _cases():
