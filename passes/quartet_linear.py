@@ -143,6 +143,14 @@ class LinearLayer:
     input_key: tuple = ()  # identifies the input tensor (layers reading the same x share it)
     input_bytes: int = 0  # bytes of the input x [T, K] in the model dtype (symbolic T at its hint)
 
+    @classmethod
+    def at(cls, gemm: torch.fx.Node, weight: str, in_features, out_features, has_bias: bool) -> LinearLayer:
+        """The row of the layer whose forward GEMM is ``gemm``, named after the module it runs in and ``weight``
+        (the weight parameter's name, :func:`fp4.core.layer_name`)."""
+        module = module_of(gemm)
+        name = layer_name(module[0] if module else None, weight)
+        return cls(name, module[1] if module else "?", gemm.name, int(in_features), int(out_features), has_bias)
+
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
@@ -215,29 +223,25 @@ class QuartetLinear(GraphPass):
                 continue
             fp4_gathered = _is_fp4_gathered(weight)
             source, passed, why = (weight, [], "") if fp4_gathered else trace_weight(weight)
-            module = module_of(node)
             if source is None:
                 # A weight computed in the graph is listed, not rewritten, when it is one: computed from
                 # parameters (w * mask, a merged adapter), all-gathered, or the weight of an nn.Linear.
                 parameters = _parameters_behind(weight, input_names)
                 gathered = _after_gather(weight)
+                module = module_of(node)
                 if parameters or gathered or (transposed and module is not None and module[1] == "Linear"):
-                    layer = LinearLayer(
-                        layer_name(module[0] if module else None, parameters[0] if parameters else weight.name),
-                        module[1] if module else "?", node.name, int(shape(weight)[-1 if transposed else 0]),
-                        int(shape(weight)[0 if transposed else -1]), bias is not None,
-                    )  # fmt: skip
+                    weight_name = parameters[0] if parameters else weight.name
+                    layer = LinearLayer.at(node, weight_name, *_features(weight, transposed), bias is not None)
                     op = getattr(weight.target, "__name__", str(weight.target))
                     reason = f"weight is computed ({op}) from parameters, not a parameter itself" if parameters else why
                     layers.append(_skip(layer, reason))
                 continue  # otherwise an activation matmul (attention scores), left alone
-            out_features, in_features = shape(weight) if transposed else reversed(shape(weight))
-            name = layer_name(module[0] if module else None, input_names.get(source.name) or source.name)
-            module_type = module[1] if module else "?"
-            layer = LinearLayer(name, module_type, node.name, int(in_features), int(out_features), bias is not None)
+            in_features, out_features = _features(weight, transposed)
+            layer = LinearLayer.at(node, input_names.get(source.name) or source.name, in_features, out_features,
+                                   bias is not None)  # fmt: skip
             layer.input_key, layer.input_bytes = _value_key(x), tensor_bytes(value(x))
             layers.append(layer)
-            reason = skip_reason(options, name, layer.in_features, value(x).dtype, heads.evidence(node, weight))
+            reason = skip_reason(options, layer.name, layer.in_features, value(x).dtype, heads.evidence(node, weight))
             if bias is not None and shape(bias) != (out_features,):
                 _skip(layer, f"addmm bias has shape {shape(bias)}, not [{out_features}]")
             elif reason:
@@ -665,6 +669,13 @@ class _OutputHeads:
         return None
 
 
+def _features(weight: torch.fx.Node, transposed: bool) -> tuple[int, int]:
+    """``(in_features, out_features)`` of a layer's 2-D weight: [N, K] where the GEMM takes it transposed
+    (``nn.Linear``), [K, N] where it takes it as it is (GPT-2's ``Conv1D``)."""
+    rows, columns = shape(weight)
+    return (columns, rows) if transposed else (rows, columns)
+
+
 def _batched_weight_layer(node: torch.fx.Node, input_names: dict) -> LinearLayer | None:
     """A batched or grouped GEMM on parameters (mixture-of-experts weights), listed as skipped; None for one on
     activations only (attention's ``bmm``)."""
@@ -681,12 +692,7 @@ def _batched_weight_layer(node: torch.fx.Node, input_names: dict) -> LinearLayer
             frontier.append(current.args[0])
     if not parameters:
         return None
-    module = module_of(node)
-    weight_shape = shape(rhs)
-    layer = LinearLayer(
-        layer_name(module[0] if module else None, parameters[0]), module[1] if module else "?", node.name,
-        int(weight_shape[-2]), int(weight_shape[-1]), False,
-    )  # fmt: skip
+    layer = LinearLayer.at(node, parameters[0], shape(rhs)[-2], shape(rhs)[-1], False)
     op = getattr(node.target, "__name__", str(node.target))
     return _skip(layer, f"batched GEMM ({op}) on stacked weights (mixture-of-experts): fp4 rewrites 2-D linear "
                         "layers only; stays in the model dtype")  # fmt: skip
