@@ -147,6 +147,8 @@ def code_parts(code: str) -> tuple[str, str]:
 
 ROUND_TO_INTEGER_MAGIC = 1.5 * 2.0**23
 """Adding 1.5 * 2**23 rounds a float32 in [0, 2**22) to an integer (nearest, ties to even): the ulp there is 1."""
+ROUND_TO_INTEGER_MAGIC_BITS = 0x4B400000
+"""The float32 bits of :data:`ROUND_TO_INTEGER_MAGIC`: the sum's bits less these are the integer."""
 
 _F32_MANTISSA_BITS = 23
 _F32_EXPONENT_MASK = 0x7F800000

@@ -187,7 +187,7 @@ def emit_e4m3_byte(w: SourceWriter, value: str, out: str) -> None:
     w.line(f"{out}_bits = {out}_v.to(tl.int32, bitcast=True)")
     w.line(f"{out}_round = {out}_bits + 0x7FFFF + (({out}_bits >> 20) & 1)")
     w.line(f"{out}_normal = ((({out}_round >> 23) - 120) << 3) | (({out}_round >> 20) & 7)")
-    magic, magic_bits = L.ROUND_TO_INTEGER_MAGIC, 0x4B400000
+    magic, magic_bits = L.ROUND_TO_INTEGER_MAGIC, L.ROUND_TO_INTEGER_MAGIC_BITS
     w.line(f"{out}_sub = (({out}_v * 512.0) + {magic!r}).to(tl.int32, bitcast=True) - {magic_bits:#x}")
     w.line(f"{out} = tl.where({out}_v < {2.0**-6!r}, {out}_sub, {out}_normal)")
     w.line(f"{out} = tl.where({value} != {value}, 0x7F, {out})")

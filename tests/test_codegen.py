@@ -372,3 +372,11 @@ def test_lowering_objects_per_target():
     cpu = lowering_for(Target("cpu"))
     assert not cpu.has_kernel and "no GEMM kernel" in cpu.unavailable_reason(Target("cpu"))
     assert lowering_for(Target.parse("sm_90")).operands == "fp8_fold"
+
+
+def test_rounding_magics_are_the_float32_bits_they_name():
+    from fp4.codegen import lanes
+
+    magic = torch.tensor([lanes.ROUND_TO_INTEGER_MAGIC], dtype=torch.float32)
+    assert magic.view(torch.int32).item() == lanes.ROUND_TO_INTEGER_MAGIC_BITS
+    assert torch.tensor([2.0**22]).view(torch.int32).item() == lanes.RNE_MAGIC_FLOOR_BITS
