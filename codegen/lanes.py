@@ -369,13 +369,18 @@ def emit_philox_keys(w: SourceWriter, seed: str, prefix: str) -> None:
 
 
 def stream_addend(stream: int) -> list[int]:
-    """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as two kernel arguments, its low and high 32-bit words.
+    """``(stream + 1) * STREAM_MULTIPLIER mod 2**64`` as two kernel arguments, its low and high 32-bit words,
+    each as a signed (two's-complement) int32 value.
 
-    Both are non-negative and below 2**32, so every launcher types them alike: Triton's as int32 or int64 by
-    value, and Inductor's, which takes any integer up to int32's maximum as int32 (a negative 64-bit value
-    there would be cut to 32 bits)."""
+    Every launcher types an integer in int32's range alike (Triton's by value, Inductor's as int32 wherever it
+    fits), and Inductor cannot type a constant integer argument above int32's maximum at all (torch 2.11), so
+    no word goes past it; the kernel keeps each word's low 32 bits (:func:`emit_stream_seed`)."""
     addend = ((stream + 1) * core.STREAM_MULTIPLIER) % (1 << 64)
-    return [addend & 0xFFFFFFFF, addend >> 32]
+    return [_signed32(addend & 0xFFFFFFFF), _signed32(addend >> 32)]
+
+
+def _signed32(word: int) -> int:
+    return word - (1 << 32) if word >= 1 << 31 else word
 
 
 def addend_parameters(name: str) -> dict:
@@ -385,11 +390,13 @@ def addend_parameters(name: str) -> dict:
 
 def emit_stream_seed(w: SourceWriter, layer_seed: str, addend: str, out: str) -> None:
     """``out`` (uint64 scalar) = ``stream_seed(layer seed, stream)`` for the words ``addend_lo``, ``addend_hi`` of
-    :func:`stream_addend`.
+    :func:`stream_addend` (typed int32 or int64 by the launcher: only their low 32 bits count).
 
     The layer seed is read on the device, so the host never looks at it (CUDA-graph replays draw new seeds).
     """
-    w.line(f"{out} = {layer_seed} + (({addend}_hi.to(tl.uint64) << 32) | {addend}_lo.to(tl.uint64))")
+    # tl.cast, not .to: a launcher may pass a word as a constant (Inductor's analysis of a kernel's writes does)
+    lo, hi = (f"(tl.cast({addend}_{part}, tl.int64) & 0xFFFFFFFF).to(tl.uint64)" for part in ("lo", "hi"))
+    w.line(f"{out} = {layer_seed} + (({hi} << 32) | {lo})")
     w.line(f"{out} = {out} ^ ({out} >> 29)")
     w.comment("seeds are below 2**63 (they travel as int64)")
     w.line(f"{out} = ({out} << 1) >> 1")

@@ -367,19 +367,23 @@ def _emit_block_scale_quartet2(w: SourceWriter, base: str, out: str) -> None:
 
 
 def _emit_quantize_body(w: SourceWriter, spec: NVFP4QuantizeSpec) -> tuple[str, str]:
-    """Codes ``code [NB, 16]`` and scale bytes ``scale_byte [NB]`` of the tile's 16-blocks (returns their names)."""
+    """Codes and scale bytes of the tile's blocks (returns their names).
+
+    Codes are ``[NB, 16]`` per 16-block (``[BLOCK_ROWS // 16, 16, BLOCK_COLS // 16, 16]`` for ``rtn_2d``), scale
+    bytes ``[NB]`` (``[BLOCK_ROWS // 16, BLOCK_COLS // 16]``, one per 16 x 16 tile, for ``rtn_2d``); both reshape
+    row-major to the tile.
+    """
     nb = "BLOCK_ROWS * BLOCK_COLS // 16"
-    w.line(f"xb = tl.reshape(x, [{nb}, 16])")
     if spec.method == "rtn_2d":
-        w.comment("one amax per 16 x 16 tile, shared by its 16 rows")
-        w.line(
-            "tiles = tl.reshape(tl.permute(tl.reshape(tl.abs(x), [BLOCK_ROWS // 16, 16, BLOCK_COLS // 16, 16]), "
-            "[0, 2, 1, 3]), [BLOCK_ROWS // 16 * (BLOCK_COLS // 16), 256])"
-        )
-        w.line("tile_amax = tl.reshape(tl.reduce(tiles, 1, _max_nan), [BLOCK_ROWS // 16, 1, BLOCK_COLS // 16])")
-        w.line(f"block_amax = tl.reshape(tl.broadcast_to(tile_amax, [BLOCK_ROWS // 16, 16, BLOCK_COLS // 16]), [{nb}])")
+        w.comment("16 x 16 tiles as [tile row, row, tile column, column]: one amax per tile, shared by its 16 rows")
+        w.comment("(reductions and broadcasts only: no permute, no reshape of a broadcast value)")
+        w.line("xb = tl.reshape(x, [BLOCK_ROWS // 16, 16, BLOCK_COLS // 16, 16])")
+        w.line("block_amax = tl.reduce(tl.reduce(tl.abs(xb), 3, _max_nan), 1, _max_nan)")
+        per_element = "[:, None, :, None]"
     else:
+        w.line(f"xb = tl.reshape(x, [{nb}, 16])")
         w.line("block_amax = tl.reduce(tl.abs(xb), 1, _max_nan)")
+        per_element = "[:, None]"
     if spec.method in ("rtn", "sr", "rtn_2d"):
         w.comment("TE: block scale e4m3(min(block_amax * (encode * 1/6), 448)); elements x * min(1/(s * decode), max)")
         w.line(f"block_scale = block_amax * (encode * {ONE_SIXTH!r})")
@@ -387,7 +391,7 @@ def _emit_quantize_body(w: SourceWriter, spec: NVFP4QuantizeSpec) -> tuple[str, 
         emit_e4m3_value(w, "scale_byte", "scale_value")
         w.line("element_scale = tl.div_rn(1.0, scale_value * decode)")
         w.line(f"element_scale = tl.where(element_scale > {FLOAT32_MAX!r}, {FLOAT32_MAX!r}, element_scale)")
-        w.line("scaled = xb * element_scale[:, None]")
+        w.line(f"scaled = xb * element_scale{per_element}")
         if spec.method == "sr":
             w.comment("stochastic rounding: element n = row * out_width + col of the padded result")
             w.line("first = out_rows64[:, None] * out_width + (c0 + tl.arange(0, BLOCK_COLS // 4) * 4)[None, :]")
@@ -446,7 +450,7 @@ def _emit_quantize_body(w: SourceWriter, spec: NVFP4QuantizeSpec) -> tuple[str, 
     return "code", "scale_byte"
 
 
-def _emit_store(w: SourceWriter, code: str, scale_byte: str, decode: str) -> None:
+def _emit_store(w: SourceWriter, spec: NVFP4QuantizeSpec, code: str, scale_byte: str, decode: str) -> None:
     w.comment("codes [out_rows, out_width / 2] (low nibble first), scale bytes [out_rows, out_width / 16]")
     w.line(f"pairs = tl.reshape({code}, [BLOCK_ROWS, BLOCK_COLS // 2, 2])")
     w.line("low, high = tl.split(pairs)")
@@ -457,11 +461,20 @@ def _emit_store(w: SourceWriter, code: str, scale_byte: str, decode: str) -> Non
         "(low | (high << 4)).to(tl.uint8), mask=row_ok & (byte_cols[None, :] < out_width // 2))"
     )
     w.line("scale_cols = c0 // 16 + tl.arange(0, BLOCK_COLS // 16)")
-    w.line(
-        "tl.store(scales_ptr + out_rows64[:, None] * (out_width // 16) + scale_cols[None, :], "
-        f"tl.reshape({scale_byte}, [BLOCK_ROWS, BLOCK_COLS // 16]).to(tl.uint8), "
-        "mask=row_ok & (scale_cols[None, :] < out_width // 16))"
-    )
+    if spec.method == "rtn_2d":
+        w.comment("a tile's byte goes to each of its 16 rows: the store broadcasts it over [tile row, row, column]")
+        w.line("tile_rows = tl.reshape(out_rows, [BLOCK_ROWS // 16, 16])[:, :, None]")
+        w.line(
+            "tl.store(scales_ptr + tile_rows.to(tl.int64) * (out_width // 16) + scale_cols[None, None, :], "
+            f"{scale_byte}[:, None, :].to(tl.uint8), "
+            "mask=(tile_rows < n_out_rows) & (scale_cols[None, None, :] < out_width // 16))"
+        )
+    else:
+        w.line(
+            "tl.store(scales_ptr + out_rows64[:, None] * (out_width // 16) + scale_cols[None, :], "
+            f"tl.reshape({scale_byte}, [BLOCK_ROWS, BLOCK_COLS // 16]).to(tl.uint8), "
+            "mask=row_ok & (scale_cols[None, :] < out_width // 16))"
+        )
     with w.block("if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):"):
         w.line(f"tl.store(decode_ptr, {decode})")
 
@@ -500,7 +513,7 @@ def emit_nvfp4_quantize(spec: NVFP4QuantizeSpec) -> KernelSource:
         else:
             decode = _emit_tensor_scale(w, spec)
             code, scale_byte = _emit_quantize_body(w, spec)
-            _emit_store(w, code, scale_byte, decode)
+            _emit_store(w, spec, code, scale_byte, decode)
     return row_tile_kernel(name, w, spec, signature, "BLOCK_COLS")
 
 

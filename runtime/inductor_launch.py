@@ -31,12 +31,12 @@ Inductor's code):
 * tensors off CUDA devices, or a signature the plan runs the reference for
   (a dtype the kernels do not cover, a seed on another device);
 * symbolic sizes (a plan is built for concrete sizes);
-* an integer kernel argument below int32's minimum: Inductor types an integer
-  argument of a user kernel as int32 whenever it is at most int32's maximum,
-  where Triton's own launch takes it as int64.  No fp4 kernel takes such an
-  argument (the Philox streams' 64-bit addends travel as two non-negative
-  32-bit words, ``fp4.codegen.lanes.stream_addend``); the check guards a kernel
-  that would;
+* an integer kernel argument outside int32's range: Inductor types an integer
+  argument of a user kernel as int32 whenever it is at most int32's maximum
+  (where Triton's own launch may take it as int64), and fails on a constant
+  above it.  No fp4 kernel takes such an argument (the Philox streams' 64-bit
+  addends travel as two signed 32-bit words, ``fp4.codegen.lanes.stream_addend``);
+  the check guards a kernel that would;
 * a GEMM the autotuner gave to cuBLAS (no Triton kernel to emit) or to a
   variant reading TMA tensor descriptors (``wrap_triton`` outside Dynamo passes
   no descriptor metadata, so a descriptor cannot be traced);
@@ -242,7 +242,7 @@ def _options_reason(launch) -> str | None:
     return None
 
 
-INT32_MIN = torch.iinfo(torch.int32).min
+INT32 = torch.iinfo(torch.int32)
 
 
 def _arguments_reason(launch, arguments) -> str | None:
@@ -250,10 +250,10 @@ def _arguments_reason(launch, arguments) -> str | None:
 
     Inductor types an integer argument of a user kernel as int32 whenever it is at most int32's maximum, with no
     lower bound, where Triton's launcher takes it as int64: an argument below int32's minimum would be cut to 32
-    bits."""
+    bits; and it fails to compile a graph whose constant argument is above int32's maximum (torch 2.11)."""
     for name, value in zip(launch.function.arg_names, arguments):
-        if isinstance(value, int) and not isinstance(value, bool) and value < INT32_MIN:
-            return f"its integer argument {name}={value} is below int32's minimum, and Inductor would pass it as int32"
+        if isinstance(value, int) and not isinstance(value, bool) and not INT32.min <= value <= INT32.max:
+            return f"its integer argument {name}={value} is outside int32's range, which Inductor does not pass intact"
     return None
 
 

@@ -201,9 +201,10 @@ class Fp8FoldLowering(GemmLowering):
     def configs(self, spec):
         split = 2 if spec.epilogue.inverse_rotate else 1
         if spec.promote:
-            # the fp32 add after every K tile waits for the MMA: 128 x 128 tiles keep both sums in registers,
-            # and BLOCK_K = 256 halves the waits
-            tiles = [(128, 128, 256, 8, 3), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3)]
+            # the fp32 add after every K tile waits for the MMA: 128 x 128 tiles keep both sums in registers.
+            # BLOCK_K stays at 128: promoting every 256 halves the waits but doubled the error against float64
+            # (2.4e-5 vs cuBLAS's 1.0e-5 at K = 1024, H100), and the accuracy must not depend on the tile chosen
+            tiles = [(128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 128, 8, 3)]
         else:
             tiles = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 4, 4)]
         return [_tile(*tile, split) for tile in tiles]

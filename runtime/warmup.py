@@ -50,11 +50,16 @@ def op_calls(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.Node]]:
 
 
 def stand_in(value: torch.Tensor, device) -> torch.Tensor:
-    """An uninitialised tensor on ``device`` with the shape, strides and dtype of ``value`` (a fake tensor, say):
-    what building a plan, compiling its kernels and timing them need (no kernel's speed depends on the data)."""
-    if any(not isinstance(size, int) for size in (*value.shape, *value.stride())):
+    """An uninitialised tensor on ``device`` with the shape, strides, dtype and storage offset of ``value`` (a fake
+    tensor, say): what building a plan, compiling its kernels and timing them need (no kernel's speed depends on
+    the data).  The offset matters: a plan's key holds whether each pointer is 16-byte aligned (Triton
+    specializes on it), and a graph passes views such as one layer's seed out of the step's seed vector."""
+    offset = value.storage_offset()
+    if any(not isinstance(size, int) for size in (*value.shape, *value.stride(), offset)):
         raise TypeError("symbolic sizes")
-    return torch.empty_strided(tuple(value.shape), tuple(value.stride()), dtype=value.dtype, device=device)
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(value.shape, value.stride()))
+    storage = torch.empty((offset + extent if value.numel() else offset,), dtype=value.dtype, device=device)
+    return storage.as_strided(tuple(value.shape), tuple(value.stride()), offset)
 
 
 def _argument(value, device):

@@ -16,8 +16,9 @@ import copy
 import pytest
 import torch
 from fp4 import bench_launch
+from fp4.codegen.lanes import stream_addend
 from fp4.codegen.spec import QuantizeSpec
-from fp4.core import Target
+from fp4.core import STREAM_MULTIPLIER, Target
 from fp4.options import Options
 from fp4.runtime import inductor_launch, kernels, launch
 from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_functional
@@ -150,8 +151,8 @@ def test_quantizers_and_gemm_trace_into_the_plans_kernel_launches(on_target):
     for (name, grid, kwargs, _), spec, want in zip(launches[3:], specs[3:], ((6, 4, 1), (8, 6, 1)), strict=True):
         assert name == kernels.quantize_source(spec).name and tuple(grid[0]) == want
         assert {"seed_ptr", "stream_addend_lo", "stream_addend_hi", "sign_addend_lo", "sign_addend_hi"} <= set(kwargs)
-        # the 64-bit addends travel as non-negative 32-bit words, which Inductor passes intact
-        assert all(0 <= kwargs[k] < 2**32 for k in kwargs if "_addend_" in k)
+        # the 64-bit addends travel as signed 32-bit words, which Inductor passes intact
+        assert all(-(2**31) <= kwargs[k] < 2**31 for k in kwargs if "_addend_" in k)
     # the stochastic-rounding launches read the layer's seed tensor (on the device) themselves
     seed = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.meta["val"].dtype == torch.int64)
     assert [kwargs["seed_ptr"] for _, _, kwargs, _ in launches[3:]] == [seed, seed]
@@ -192,16 +193,23 @@ def test_signatures_the_kernels_do_not_cover_stay_fp4_ops_with_their_reason(on_t
     assert counts == {"plan.quest_quantize.the plan runs the reference (input dtype torch.float64)": 1}
     assert _fp4_ops(gm) == ["quest_quantize"]
 
-    # Inductor would pass an integer argument below int32's minimum as int32: a launch with one stays on its plan
+    # Inductor would cut an integer argument below int32's minimum to int32, and fails on a constant above its
+    # maximum: a launch with either stays on its plan
     class Kernel:
         class function:
             arg_names = ["x_ptr", "rows", "offset"]
 
-    reason = inductor_launch._arguments_reason(Kernel, [None, 64, -(2**40)])
-    assert reason == (
-        f"its integer argument offset={-(2**40)} is below int32's minimum, and Inductor would pass it as int32"
-    )
-    assert inductor_launch._arguments_reason(Kernel, [None, 64, 2**40]) is None
+    for value in (-(2**40), 2**31):
+        assert inductor_launch._arguments_reason(Kernel, [None, 64, value]) == (
+            f"its integer argument offset={value} is outside int32's range, which Inductor does not pass intact"
+        )
+    assert inductor_launch._arguments_reason(Kernel, [None, 64, -(2**31)]) is None
+    assert inductor_launch._arguments_reason(Kernel, [None, 64, 2**31 - 1]) is None
+    # the Philox streams' addends are in range for every stream
+    for stream in (0, 1, 5, 2**20):
+        words = stream_addend(stream)
+        assert all(-(2**31) <= word < 2**31 for word in words)
+        assert ((words[1] & 0xFFFFFFFF) << 32 | (words[0] & 0xFFFFFFFF)) == (stream + 1) * STREAM_MULTIPLIER % 2**64
     # Inductor compiles a user kernel with Triton's default FP contraction; the plans compile without it
     monkeypatch.setenv(inductor_launch.FP_FUSION_ENV, "1")
     gm = _graph(mode, lambda x: fp4.quest_quantize(x, True), ((64, 128), torch.bfloat16))

@@ -156,6 +156,29 @@ def test_plan_building_time_is_counted_for_steps_not_for_warm_ups():
     assert autotune.SECONDS["warmup.wait"] > waited
 
 
+def test_warm_up_stand_ins_have_the_keys_of_the_step_arguments():
+    """A warm-up builds each plan from stand-ins of the graph's fake tensors; the step then looks the plan up with
+    the real arguments, so a stand-in must give the same key: shape, strides, dtype and 16-byte alignment (a layer's
+    seed is a view into the step's seed vector, at an offset of 8 bytes times its index)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fp4.runtime import warmup
+
+    real_seeds = torch.zeros(7, dtype=torch.int64)
+    real_rows = torch.zeros(6, 48, dtype=torch.bfloat16)
+    with FakeTensorMode() as mode:
+        seeds = mode.from_tensor(real_seeds)
+        rows = mode.from_tensor(real_rows)
+        fakes = [seeds[index] for index in range(7)] + [rows[1:], rows[:, 16:], rows.t(), rows[2:2]]
+    reals = [real_seeds[index] for index in range(7)] + [real_rows[1:], real_rows[:, 16:], real_rows.t(),
+                                                          real_rows[2:2]]  # fmt: skip
+    for fake, real in zip(fakes, reals):
+        made = warmup.stand_in(fake, "cpu")
+        assert plans.tensor_key(made) == plans.tensor_key(real), (plans.tensor_key(made), plans.tensor_key(real))
+        assert made.storage_offset() == fake.storage_offset()
+    assert {plans.tensor_key(warmup.stand_in(seed, "cpu"))[-1] for seed in fakes[:7]} == {True, False}
+
+
 def test_first_step_timers_report_growth_by_timer(monkeypatch):
     """The model benchmark's first-step breakdown: torch's compile timers and fp4's, the growth since a snapshot,
     largest first, timers that did not grow left out."""

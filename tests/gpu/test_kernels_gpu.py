@@ -390,10 +390,22 @@ def test_backend_decoder_block_matches_cpu(generator):
 
     def run(device, seed):
         torch._dynamo.reset()
-        with torch.library._scoped_library("fp4", "IMPL") as library:
-            # the CPU run draws its layer seeds from the CUDA generator, so both devices get the same seeds
-            library.impl("draw_seeds", lambda n, device, salt=0: ops.draw_seeds_eager(n, "cuda", salt).cpu(), "CPU")
-            return run_with_seeds(device, seed)
+        # the CPU run draws its layer seeds from the CUDA generator, so both devices get the same seeds (the op's
+        # implementation calls ops.draw_seeds_eager; an override of the op's CPU kernel would not reach a
+        # compiled graph's call)
+        eager = ops.draw_seeds_eager
+        drawn = []
+
+        def from_cuda(n, device="cpu", salt=0):
+            seeds = eager(n, "cuda", salt)
+            drawn.append(seeds)
+            return seeds.to(device)
+
+        ops.draw_seeds_eager = from_cuda
+        try:
+            return run_with_seeds(device, seed), drawn
+        finally:
+            ops.draw_seeds_eager = eager
 
     def run_with_seeds(device, seed):
         model = __import__("copy").deepcopy(block).to(device)
@@ -405,7 +417,9 @@ def test_backend_decoder_block_matches_cpu(generator):
         grads = [p.grad.detach().cpu().double() for p in model.parameters()]
         return [y.detach().cpu().double(), xs.grad.cpu().double()] + grads
 
-    cpu, cpu_other_seed, gpu = run("cpu", 1), run("cpu", 2), run("cuda", 1)
+    (cpu, cpu_seeds), (cpu_other_seed, _), (gpu, gpu_seeds) = run("cpu", 1), run("cpu", 2), run("cuda", 1)
+    assert cpu_seeds and len(cpu_seeds) == len(gpu_seeds)  # both runs drew their seeds through the override
+    assert all(torch.equal(a, b) for a, b in zip(cpu_seeds, gpu_seeds))
     for index, (c, c2, g) in enumerate(zip(cpu, cpu_other_seed, gpu)):
         scale = c.norm().clamp_min(1e-30)
         error, noise = ((c - g).norm() / scale).item(), ((c - c2).norm() / scale).item()
