@@ -443,6 +443,11 @@ def gaps(result: dict) -> dict:
     }
 
 
+def nonfinite_step(run: dict) -> int | None:
+    """The first training step whose loss is not finite (NaN or infinite), or None."""
+    return next((point[0] for point in run["train_curve"] if not math.isfinite(point[2])), None)
+
+
 def markdown(result: dict) -> str:
     cfg, data, sizes, gap = result["config"], result["data"], result["sizes"], gaps(result)
     corpus = data["corpus"]
@@ -472,9 +477,11 @@ def markdown(result: dict) -> str:
     ]  # fmt: skip
     for run in result["runs"]:
         size = sizes[run["size"]]
-        g = gap[(run["size"], run["precision"])]
-        gap_text = "" if g is None or run["precision"] == "bf16" else f"{g:+.2f} %"
+        g, diverged = gap[(run["size"], run["precision"])], nonfinite_step(run)
+        gap_text = "" if g is None or run["precision"] == "bf16" or not math.isfinite(g) else f"{g:+.2f} %"
         loss = "failed" if run["error"] else f"{run['heldout_loss']:.4f}"
+        if diverged is not None and not run["error"]:
+            loss = f"{loss} (training loss not finite from step {diverged})"
         lines.append(
             f"| {run['size']} ({size['layers']} layers, width {size['dim']}, {size['heads']} heads) "
             f"| {size['non_embedding_params'] / 1e6:.2f}M | {size['tokens_per_param']:.1f} | {run['precision']} "
@@ -497,6 +504,11 @@ def markdown(result: dict) -> str:
     failed = [r for r in result["runs"] if r["error"]]
     for run in failed:
         lines.append(f"\n{run['size']} {run['precision']} failed: {run['error']}")
+    for run in result["runs"]:
+        step = None if run["error"] else nonfinite_step(run)
+        if step is not None:
+            lines.append(f"\n{run['size']} {run['precision']}: the training loss is not finite from step {step} of "
+                         f"{run['steps']} on; its held-out loss and gap are not a measure of accuracy.")
     return "\n".join(lines) + "\n"
 
 

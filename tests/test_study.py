@@ -233,6 +233,16 @@ def test_quick_study_writes_sane_outputs(tmp_path):
     for size in ("quick-a", "quick-b"):
         first = [runs[(size, p)]["train_curve"][0][2] for p in ("bf16", "fp4")]
         assert abs(first[0] - first[1]) < 0.05, first
+    # A run whose training loss went non-finite says so, from which step, and shows no gap.
+    broken = json.loads(json.dumps(data))
+    run = next(r for r in broken["runs"] if (r["size"], r["precision"]) == ("quick-a", "fp4"))
+    for point in run["train_curve"][3:]:
+        point[2] = float("nan")
+    run["heldout_loss"] = float("nan")
+    table = study.markdown(broken)
+    row = next(line for line in table.splitlines() if line.startswith("| quick-a ") and "| fp4 |" in line)
+    assert "nan (training loss not finite from step 4)" in row and "%" not in row
+    assert f"quick-a fp4: the training loss is not finite from step 4 of {run['steps']} on" in table
 
 
 def test_excerpt_is_package_data():
