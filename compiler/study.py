@@ -288,6 +288,11 @@ def train_one(
             timed_start, eval_seconds = time.perf_counter(), 0.0
         if step in eval_steps:
             _sync(device)
+            if not bool(torch.isfinite(losses[: step + 1]).all()):  # a diverged run: stop, keep its curve
+                out(f"  {size.name:>8} {precision.label:<12} step {step + 1:>6}/{steps}  training loss not finite: "
+                    "stopped")  # fmt: skip
+                heldout_curve.append((step + 1, (step + 1) * batch_tokens, float("nan")))
+                break
             eval_start = time.perf_counter()
             heldout = evaluate(compiled, data["valid"], data["heldout"], seq, device)
             _sync(device)
@@ -297,11 +302,12 @@ def train_one(
                 f"held-out {heldout:.4f}  ({time.perf_counter() - start:.0f}s)")  # fmt: skip
     _sync(device)
     end = time.perf_counter()
-    timed_steps = steps - skip
+    done = step + 1  # fewer than steps where a diverged run stopped
+    timed_steps = max(0, done - skip)
     timed = end - timed_start - eval_seconds
-    train_curve = [(i + 1, (i + 1) * batch_tokens, v) for i, v in enumerate(losses.tolist())]
+    train_curve = [(i + 1, (i + 1) * batch_tokens, v) for i, v in enumerate(losses[:done].tolist())]
     return RunResult(
-        size=size.name, precision=precision.label, steps=steps, train_tokens=steps * batch_tokens,
+        size=size.name, precision=precision.label, steps=steps, train_tokens=done * batch_tokens,
         heldout_loss=heldout_curve[-1][2], tokens_per_second=timed_steps * batch_tokens / timed if timed > 0 else 0.0,
         compile_seconds=compile_seconds, total_seconds=end - start, train_curve=train_curve,
         heldout_curve=heldout_curve,
@@ -507,8 +513,10 @@ def markdown(result: dict) -> str:
     for run in result["runs"]:
         step = None if run["error"] else nonfinite_step(run)
         if step is not None:
-            lines.append(f"\n{run['size']} {run['precision']}: the training loss is not finite from step {step} of "
-                         f"{run['steps']} on; its held-out loss and gap are not a measure of accuracy.")
+            lines.append(
+                f"\n{run['size']} {run['precision']}: the training loss is not finite from step {step} of "
+                f"{run['steps']} on; its held-out loss and gap are not a measure of accuracy."
+            )
     return "\n".join(lines) + "\n"
 
 

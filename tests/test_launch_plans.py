@@ -160,9 +160,8 @@ def test_warm_up_stand_ins_have_the_keys_of_the_step_arguments():
     """A warm-up builds each plan from stand-ins of the graph's fake tensors; the step then looks the plan up with
     the real arguments, so a stand-in must give the same key: shape, strides, dtype and 16-byte alignment (a layer's
     seed is a view into the step's seed vector, at an offset of 8 bytes times its index)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     from fp4.runtime import warmup
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     real_seeds = torch.zeros(7, dtype=torch.int64)
     real_rows = torch.zeros(6, 48, dtype=torch.bfloat16)

@@ -245,6 +245,28 @@ def test_quick_study_writes_sane_outputs(tmp_path):
     assert f"quick-a fp4: the training loss is not finite from step 4 of {run['steps']} on" in table
 
 
+def test_a_diverging_run_stops_at_its_next_evaluation_and_says_so(tmp_path):
+    """A learning rate that overflows the weights: each run stops at the first held-out evaluation after its
+    training loss went non-finite (no GPU time spent on NaN), keeps its curve so far, and the table says so."""
+    pytest.importorskip("tokenizers")
+    out = tmp_path / "diverged"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "examples", "study.py"), "--quick", "--lr", "1e30", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    table = (out / "results.md").read_text()
+    for run in data["runs"]:
+        first = study.nonfinite_step(run)
+        assert first is not None and run["error"] is None
+        evaluations = sorted({max(0, round(run["steps"] * k / 2) - 1) for k in (1, 2)})  # the quick preset's two
+        stopped = next(e + 1 for e in evaluations if e + 1 >= first)
+        assert len(run["train_curve"]) == stopped < run["steps"] and run["train_tokens"] == stopped * 4 * 32
+        assert math.isnan(run["heldout_loss"]) and run["heldout_curve"][-1][0] == stopped
+        assert f"{run['size']} {run['precision']}: the training loss is not finite from step {first}" in table
+
+
 def test_excerpt_is_package_data():
     """A wheel carries the excerpt: every file of it matches a package-data pattern of pyproject.toml."""
     import ast
