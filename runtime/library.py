@@ -20,11 +20,20 @@ an op's output.
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 from collections.abc import Callable, Sequence
 
 import torch
 
 NAMESPACE = "fp4"
+
+CHECK_FINITE_ENV = "FP4_CHECK_FINITE"
+"""Set to ``1`` before ``fp4`` is imported: every fp4 op call (reference and device kernels alike) checks its
+floating-point outputs and raises ``FloatingPointError`` naming the op when one holds a NaN or an infinity while
+its floating-point inputs (tensors and numbers) held none: the op that made the first one.  Each check waits for
+the op's kernels (a device sync per call); calls inside CUDA-graph capture are not checked (docs/backend.md)."""
 
 LIBRARY = torch.library.Library(NAMESPACE, "DEF")
 _CUDA_REGISTERED: set[str] = set()
@@ -39,7 +48,7 @@ class Fp4Op:
             raise ValueError(f"fp4 ops are named '{NAMESPACE}::<name>', got {qualname!r}")
         schema = torch.library.infer_schema(function, mutates_args=())
         LIBRARY.define(name + schema, tags=tuple(tags))
-        LIBRARY.impl(name, function, "CompositeExplicitAutograd")
+        LIBRARY.impl(name, checked_if_asked(qualname, function), "CompositeExplicitAutograd")
         self.qualname, self.name, self.function = qualname, name, function
         self.__doc__ = function.__doc__
         self._opoverload = getattr(getattr(torch.ops, NAMESPACE), name).default
@@ -65,8 +74,47 @@ def register_cuda(qualname: str, function: Callable) -> None:
     name = qualname.partition("::")[2]
     if name in _CUDA_REGISTERED:
         return
-    LIBRARY.impl(name, function, "CUDA")
+    LIBRARY.impl(name, checked_if_asked(qualname, function), "CUDA")
     _CUDA_REGISTERED.add(name)
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    if isinstance(values, torch.Tensor):
+        return [values]
+    if isinstance(values, (list, tuple)):
+        return [t for value in values for t in _tensors(value)]
+    return []
+
+
+def _not_finite(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and tensor.numel() > 0 and not bool(torch.isfinite(tensor).all())
+
+
+def checked_if_asked(qualname: str, function: Callable) -> Callable:
+    """``function`` itself, or with :data:`CHECK_FINITE_ENV` set, ``function`` followed by the finiteness check."""
+    if os.environ.get(CHECK_FINITE_ENV, "0") != "1":
+        return function
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        out = function(*args, **kwargs)
+        outputs = _tensors(out)
+        if any(t.is_cuda for t in outputs) and torch.cuda.is_current_stream_capturing():
+            return out
+        bad = [index for index, tensor in enumerate(outputs) if _not_finite(tensor)]
+        inputs = _tensors(list(args) + list(kwargs.values()))
+        numbers = [a for a in list(args) + list(kwargs.values()) if isinstance(a, float)]
+        finite_inputs = not any(_not_finite(tensor) for tensor in inputs) and all(map(math.isfinite, numbers))
+        if bad and finite_inputs:
+            shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
+            scalars = [a for a in list(args) + list(kwargs.values()) if not isinstance(a, (torch.Tensor, list, tuple))]
+            raise FloatingPointError(
+                f"{qualname} returned non-finite values (output {', '.join(map(str, bad))}) from finite inputs: "
+                f"tensors {shapes}; other arguments {scalars} ({CHECK_FINITE_ENV}=1)"
+            )
+        return out
+
+    return checked
 
 
 def has_cuda_kernel(qualname: str) -> bool:
