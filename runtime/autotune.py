@@ -186,7 +186,9 @@ class Autotuner:
         Inside :class:`compile_ahead` it only queues those compiles and returns None (nothing chosen yet).
         """
         key = (source.digest, str(target), shape_bucket)
-        chosen = self._chosen.get(key) or self._known(source, target, shape_bucket, candidates)
+        chosen = self._chosen.get(key)
+        if chosen not in candidates:  # a choice is always one of this call's candidates
+            chosen = self._known(source, target, shape_bucket, candidates)
         if compiling_ahead():
             for config in [chosen] if chosen is not None else candidates:
                 if compile is not None:

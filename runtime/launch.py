@@ -99,11 +99,15 @@ class _Kernel:
     the interpreter); every later call launches the chosen configuration.
     """
 
-    def __init__(self, source, target, candidates, shape_bucket, grid_for, device, interpret=False, config=None):
+    def __init__(self, source, target, candidates, shape_bucket, grid_for, device, interpret=False, config=None,
+                 plan_constexprs=None):  # fmt: skip
         # Triton runs kernels on CPU tensors only in its interpreter (how the CPU tests run these plans)
         interpret = interpret or device.type != "cuda"
         self.source, self.target, self.device, self.interpret = source, target, device, interpret
         self.candidates, self.shape_bucket, self.grid_for = candidates, shape_bucket, grid_for
+        # constexprs that follow from this plan's sizes (EVEN_K), given per configuration: they are not part of
+        # a configuration, whose choice the autotuner shares across every plan of the same shape bucket
+        self.plan_constexprs = plan_constexprs or (lambda config: {})
         self.function = default_cache().load(source, str(target), interpret)
         self.launches: dict = {}
         self.chosen = config if config is not None else (candidates[0] if interpret else None)
@@ -114,7 +118,8 @@ class _Kernel:
         if launch is None:
             options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **self.source.options)
             device = None if self.interpret else self.device
-            launch = self.launches[config] = KernelLaunch(self.function, config.kwargs, options, device)
+            constexprs = {**config.kwargs, **self.plan_constexprs(config)}
+            launch = self.launches[config] = KernelLaunch(self.function, constexprs, options, device)
         return launch
 
     def choose(self, arguments) -> autotune.Config | None:

@@ -176,15 +176,12 @@ class NVFP4GemmPlan:
         interpret = interpret or device.type != "cuda"
         self.M, self.N, self.K, self.device = M, N, K, device
         self.spec = NVFP4GemmSpec(lowering, dataclasses.replace(epilogue.spec(), alpha=False))
-        extra = dict(DOT_FP32=interpret)
-        candidates = [
-            Config.make(c.num_warps, c.num_stages, c.name, **c.kwargs, EVEN_K=K % c.kwargs["BLOCK_K"] == 0, **extra)
-            for c in ([config] if config is not None else gemm_configs(self.spec))
-        ]
+        candidates = [config] if config is not None else gemm_configs(self.spec)
         grid_for = lambda cfg: (_cdiv(M, cfg.kwargs["BLOCK_M"]) * _cdiv(N, cfg.kwargs["BLOCK_N"]),)  # noqa: E731
         self.kernel = _Kernel(
             gemm_source(self.spec), target or device_target(device), candidates, autotune.bucket(M, N, K), grid_for,
-            device, interpret, candidates[0] if config is not None else None,
+            device, interpret, config,
+            plan_constexprs=lambda cfg: dict(EVEN_K=K % cfg.kwargs["BLOCK_K"] == 0, DOT_FP32=interpret),
         )  # fmt: skip
 
     def __call__(self, operands, epilogue: Epilogue):

@@ -117,6 +117,19 @@ def _cases():
                                            config=config)  # fmt: skip
             results[f"gemm_{name}_{tile}"] = {"error": ((got - want).norm() / want.norm()).item()}
 
+    # K = 352 (shape bucket 512, as K = 384): the plan launched with each of its candidate configurations, the
+    # K loop masked per plan (tests/test_launch_plans.py checks the masks are not part of the configurations)
+    from fp4.runtime.lowering import Epilogue
+
+    plain = Epilogue(1.0, None, "none", None, None, None, False, torch.float32)
+    a352, b352 = nvfp4.quantize(data(48, 352)), nvfp4.quantize_2d(torch.randn(32, 352, generator=generator))
+    want = nvfp4.gemm(*a352, *b352, None, "none", None, None, torch.float32)
+    candidates = launch_nvfp4.gemm_configs(launch_nvfp4.NVFP4GemmSpec("dequant_bf16"))
+    for index, config in enumerate(candidates):
+        plan = launch_nvfp4.NVFP4GemmPlan("dequant_bf16", 48, 32, 352, plain, torch.device("cpu"), config=config)
+        got = plan((*a352, *b352), plain)
+        results[f"gemm_k352_candidate_{index}"] = {"error": ((got - want).norm() / want.norm()).item()}
+
     # the CUDA implementations (plans) on CPU tensors: built once per signature, then reused; fallbacks say why
     def twice(implementation, *args):
         first = implementation(*args)
@@ -184,7 +197,7 @@ GEMMS = [
     f"gemm_{name}_{tile}"
     for name in ("plain", "bias_gelu", "silu_gate_residual", "bias_gelu_tanh", "relu")
     for tile in ("even", "ragged")
-]
+] + [f"gemm_k352_candidate_{index}" for index in range(4)]
 
 
 @pytest.mark.parametrize("case", GEMMS)

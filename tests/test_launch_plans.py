@@ -178,6 +178,49 @@ def test_warm_up_stand_ins_have_the_keys_of_the_step_arguments():
     assert {plans.tensor_key(warmup.stand_in(seed, "cpu"))[-1] for seed in fakes[:7]} == {True, False}
 
 
+def test_a_shared_choice_is_always_one_of_the_plans_candidates(monkeypatch):
+    """The autotuner shares a choice per (kernel source, target, shape bucket).  A choice made for one plan is
+    used by another plan of the bucket only if it is among that plan's candidates: otherwise the second plan gets
+    its own (the default without autotuning), never a configuration made for other sizes."""
+    from fp4.runtime import autotune
+    from fp4.runtime.autotune import Config
+
+    class Source:
+        digest, name = "digest", "kernel"
+
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "0")
+    tuner = autotune.Autotuner()
+    first = [Config.make(4, BLOCK=64, FLAG=True), Config.make(8, BLOCK=128, FLAG=True)]
+    second = [Config.make(4, BLOCK=64, FLAG=False), Config.make(8, BLOCK=128, FLAG=False)]
+    never = lambda config: pytest.fail("nothing is timed without autotuning")  # noqa: E731
+    tuner._chosen[("digest", "sm_90", "512")] = first[1]
+    assert tuner.choose(Source, "sm_90", "512", first, never) == first[1]
+    assert tuner.choose(Source, "sm_90", "512", second, never) == second[0]
+
+
+def test_nvfp4_gemm_plans_of_one_bucket_share_configurations_not_their_k_masks():
+    """K = 352 and K = 384 fall in one shape bucket (512).  Whether the K loop needs masks (``EVEN_K``) follows
+    from each plan's K, so it is given per plan, not carried by the configuration the bucket shares: a plan with
+    K = 352 launched with a configuration chosen for K = 384 would read 32 elements past every row (an H100 run
+    of the nvfp4 recipe after quartet2 in one process went NaN that way)."""
+    from fp4.runtime import launch_nvfp4
+    from fp4.runtime.lowering import Epilogue
+
+    epilogue = Epilogue(1.0, None, "none", None, None, None, False, torch.float32)
+    plans_by_k = {}
+    for K in (352, 384):
+        plan = launch_nvfp4.NVFP4GemmPlan("dequant_bf16", 48, 32, K, epilogue, torch.device("cpu"))
+        assert not any({"EVEN_K", "DOT_FP32"} & set(c.kwargs) for c in plan.kernel.candidates)
+        assert plan.kernel.shape_bucket == "64x32x512"
+        plans_by_k[K] = plan
+    assert plans_by_k[352].kernel.candidates == plans_by_k[384].kernel.candidates
+    for K, plan in plans_by_k.items():
+        for config in plan.kernel.candidates:
+            constexprs = plan.kernel.launch_for(config).constexprs
+            assert constexprs["EVEN_K"] == (K % config.kwargs["BLOCK_K"] == 0) and constexprs["DOT_FP32"] is True
+    # tests/test_kernels_nvfp4.py launches the K = 352 plan with each candidate in the interpreter
+
+
 def test_first_step_timers_report_growth_by_timer(monkeypatch):
     """The model benchmark's first-step breakdown: torch's compile timers and fp4's, the growth since a snapshot,
     largest first, timers that did not grow left out."""
