@@ -185,6 +185,22 @@ def test_nvfp4_gemm_against_float64(shape, out_dtype, epilogue, generator):
     assert error <= rtol, f"relative error {error:.2e} > {rtol:.1e}"
 
 
+def test_nvfp4_gemm_plans_of_one_shape_bucket_each_mask_their_own_k(generator):
+    """A K = 384 plan, then a K = 352 plan of the same shape bucket (the autotuner shares its choice there), then
+    the K = 384 one again: each equals the float64 product.  The K = 352 plan once ran with the K = 384 plan's
+    mask-free configuration and read past every row (the accuracy study's nvfp4 NaN, docs/accuracy.md)."""
+    M, N = 512, 128
+    operands = {K: _operands(M, N, K, generator) for K in (384, 352)}
+    for K in (384, 352, 384):
+        a, b = operands[K]
+        got = fp4.nvfp4_gemm(*(t.cuda() for t in (*a, *b)), None, "none", None, None, torch.float32).cpu()
+        exact = (nvfp4.block_values(*a[:2]).double() @ nvfp4.block_values(*b[:2]).double().t()) * (
+            a[2].double() * b[2].double()
+        )
+        error = ((got.double() - exact).norm() / exact.norm()).item()
+        assert error <= GEMM_RTOL, f"K = {K}: relative error {error:.2e}"
+
+
 def test_nvfp4_gemm_lowering_of_this_gpu():
     from fp4.core import Target
 
