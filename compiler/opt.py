@@ -5,6 +5,8 @@
     fp4-opt graph.fx -p dce,fuse-epilogue{activation=false} --target sm_90
     fp4-opt - -p dce < graph.fx          # read stdin
     fp4-opt graph.fx -p dce --print-stages
+    fp4-opt graph.fx -p quartet-linear --print-layers   # and the layers it found, rewritten or skipped
+    fp4-opt graph.fx -p quartet-linear --parameters arg0_1,arg1_1   # these graph inputs are parameters
     fp4-opt --list-passes
 
 Each ``def`` block of the input is parsed (:mod:`fp4.parser`), run through
@@ -53,6 +55,14 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--passes", default="", help="pass pipeline, e.g. 'dce,pass-b{key=value}'")
     parser.add_argument("--target", default="cpu", help="compilation target: cpu, sm_90, sm_100, sm_120, ...")
     parser.add_argument("--print-stages", action="store_true", help="print the graph after every pass")
+    parser.add_argument(
+        "--print-layers",
+        action="store_true",
+        help="after each graph, the linear layers quartet-linear found: rewritten, or skipped and why",
+    )
+    parser.add_argument("--parameters", default="",
+                        help="comma-separated graph inputs that are parameters (as the backend knows them from "
+                             "the model), where a pass asks: a weight computed from them, a stack of them")  # fmt: skip
     parser.add_argument("--list-passes", action="store_true", help="list the registered passes and exit")
     parser.add_argument("--no-verify", action="store_true", help="skip the graph checks after each pass")
     return parser
@@ -79,7 +89,10 @@ def run(argv: list[str] | None = None, stdin=None) -> str:
     except GraphParseError as error:
         raise OptError(f"{source}: {error}") from error
     for parsed in graphs:
-        ctx = PassContext(target=target, options=Options(target=target.name))
+        placeholders = {node.name for node in parsed.graph_module.graph.nodes if node.op == "placeholder"}
+        ctx = PassContext(target=target, options=Options(target=target.name), records={"input_names": {
+            name: name for name in args.parameters.split(",") if name in placeholders
+        }})  # fmt: skip
         manager = PassManager(pipeline, ctx, verify=not args.no_verify)
         try:
             gm = manager.run(parsed.graph_module)
@@ -90,7 +103,16 @@ def run(argv: list[str] | None = None, stdin=None) -> str:
         else:
             produced_by = pipeline[-1].spec() if pipeline else (parsed.produced_by or "fp4-opt")
             outputs.append(format_graph(gm, produced_by=produced_by))
+        if args.print_layers:
+            outputs.append("".join(_layer_line(layer) for layer in ctx.records.get("linear_layers", [])))
     return "\n".join(outputs)
+
+
+def _layer_line(layer) -> str:
+    """One layer the quartet-linear pass recorded, as a comment line (what the report's table says of it)."""
+    what = layer.status + (f": {layer.reason}" if layer.reason else "")
+    return (f"# layer {layer.name} ({layer.module_type}, GEMM {layer.forward}, {layer.in_features} -> "
+            f"{layer.out_features}): {what}\n")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
