@@ -25,6 +25,7 @@ import traceback
 from collections import Counter
 
 import torch
+import torch.utils._pytree as pytree
 
 LAUNCH_OPS = ("quest_quantize", "sr_quantize", "requantize_sr", "fp8_fold_gemm")
 """The ops compared by default: the forward and backward quantizers and, where the target has one, the GEMM."""
@@ -77,16 +78,9 @@ def llama_inputs(tokens: int, device="cuda") -> tuple:
     return x, w, dy, torch.ops.fp4.draw_seeds(1, x.device)[0]
 
 
-def flat_outputs(value) -> list:
-    """The tensors of an op's (possibly nested) outputs, in order."""
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in flat_outputs(item)]
-    return [value]
-
-
 def outputs_differ(got, want) -> str | None:
     """Why two ops' outputs are not equal bit for bit (count, shape, dtype or values), or None if they are."""
-    got, want = flat_outputs(got), flat_outputs(want)
+    got, want = pytree.tree_leaves(got), pytree.tree_leaves(want)
     if len(got) != len(want):
         return f"{len(got)} outputs against {len(want)}"
     for index, (a, b) in enumerate(zip(got, want)):

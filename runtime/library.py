@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 NAMESPACE = "fp4"
 
@@ -78,14 +79,6 @@ def register_cuda(qualname: str, function: Callable) -> None:
     _CUDA_REGISTERED.add(name)
 
 
-def _tensors(values) -> list[torch.Tensor]:
-    if isinstance(values, torch.Tensor):
-        return [values]
-    if isinstance(values, (list, tuple)):
-        return [t for value in values for t in _tensors(value)]
-    return []
-
-
 def _not_finite(tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() and tensor.numel() > 0 and not bool(torch.isfinite(tensor).all())
 
@@ -98,19 +91,20 @@ def checked_if_asked(qualname: str, function: Callable) -> Callable:
     @functools.wraps(function)
     def checked(*args, **kwargs):
         out = function(*args, **kwargs)
-        outputs = _tensors(out)
+        outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
         if any(t.is_cuda for t in outputs) and torch.cuda.is_current_stream_capturing():
             return out
         bad = [index for index, tensor in enumerate(outputs) if _not_finite(tensor)]
-        inputs = _tensors(list(args) + list(kwargs.values()))
-        numbers = [a for a in list(args) + list(kwargs.values()) if isinstance(a, float)]
-        finite_inputs = not any(_not_finite(tensor) for tensor in inputs) and all(map(math.isfinite, numbers))
-        if bad and finite_inputs:
+        if not bad:
+            return out
+        arguments = pytree.tree_leaves((args, kwargs))
+        inputs = [a for a in arguments if isinstance(a, torch.Tensor)]
+        others = [a for a in arguments if not isinstance(a, torch.Tensor)]
+        if not any(_not_finite(t) for t in inputs) and all(math.isfinite(a) for a in others if isinstance(a, float)):
             shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in inputs)
-            scalars = [a for a in list(args) + list(kwargs.values()) if not isinstance(a, (torch.Tensor, list, tuple))]
             raise FloatingPointError(
                 f"{qualname} returned non-finite values (output {', '.join(map(str, bad))}) from finite inputs: "
-                f"tensors {shapes}; other arguments {scalars} ({CHECK_FINITE_ENV}=1)"
+                f"tensors {shapes}; other arguments {others} ({CHECK_FINITE_ENV}=1)"
             )
         return out
 
