@@ -166,7 +166,7 @@ class _RoutedMatmuls:
     """
 
     def __init__(self, weights, rank_seeds="auto", recipe="quartet"):
-        self.weights = weights  # id(weight) -> ("linear" ([N, K] weight) or "conv1d" ([K, N] weight), weight)
+        self.weights = weights  # id(weight) -> "linear" ([N, K] weight) or "conv1d" ([K, N] weight)
         self.rank_seeds = rank_seeds
         self.recipe = recipe
         self.saved = []
@@ -175,13 +175,11 @@ class _RoutedMatmuls:
         """The kind of a routed weight, or of a copy of one cast to another dtype in the forward (DeepSeek-V3's
         router multiplies in float32: the graph traces that cast back to the parameter, so the backend rewrites
         it); None for any other tensor."""
-        entry = self.weights.get(id(tensor))
-        if entry is not None:
-            return entry[0]
+        kind = self.weights.get(id(tensor))
+        if kind is not None:
+            return kind
         leaf = _leaf_of(tensor.grad_fn) if isinstance(tensor, torch.Tensor) and tensor.grad_fn is not None else None
-        if leaf is None:
-            return None
-        return next((kind for kind, weight in self.weights.values() if weight is leaf), None)
+        return None if leaf is None else self.weights.get(id(leaf))
 
     def linear(self, x, weight, bias=None):
         if self._kind(weight) == "linear":
@@ -324,7 +322,7 @@ def quartetize(model: torch.nn.Module, options=None, **overrides) -> torch.nn.Mo
         if type(module) is torch.nn.Linear:
             swaps.append(name)
         else:
-            routed.setdefault(module, {})[id(weight)] = (kind, weight)
+            routed.setdefault(module, {})[id(weight)] = kind
     for name in swaps:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
