@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_distributed import WORLD_SIZE, _oracle_step_gradients
+from distributed_harness import DISTRIBUTED_MARKS, WORLD_SIZE
+from test_distributed import _oracle_step_gradients
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
-)
+pytestmark = DISTRIBUTED_MARKS
 
 BUCKET_CAP_MB = 1
 """The smallest cap DDPOptimizer takes (its first bucket is 1 MiB); each layer below fills one bucket."""
@@ -94,8 +92,6 @@ def _worker(rank: int, init_file: str, order: str, results) -> None:
 
 @pytest.mark.parametrize("order", ["ddp-of-compiled", "compiled-ddp"])
 def test_multi_bucket_ddp_gradients(order, tmp_path):
-    if sys.platform == "win32":
-        pytest.skip("file:// rendezvous is POSIX-only here")
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), order, results), nprocs=WORLD_SIZE, join=True)

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from distributed_harness import DISTRIBUTED_MARKS, WORLD_SIZE
 
-pytestmark = pytest.mark.skipif(
-    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
-)
+pytestmark = DISTRIBUTED_MARKS
 
-WORLD_SIZE = 2
 STEPS = 2
 
 
@@ -86,8 +83,6 @@ def _worker(rank: int, init_file: str, results) -> None:
 
 @pytest.mark.slow
 def test_ddp_gradients_equal_averaged_oracle(tmp_path):
-    if sys.platform == "win32":
-        pytest.skip("file:// rendezvous is POSIX-only here")
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), results), nprocs=WORLD_SIZE, join=True)
