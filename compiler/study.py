@@ -248,6 +248,12 @@ def evaluate(compiled, stream, starts, seq_len, device) -> float:
     return float(total) / len(starts)
 
 
+def evaluation_steps(steps: int, evals: int) -> list[int]:
+    """The 0-based steps after which a run evaluates on the held-out tokens: ``evals`` of them, evenly spread,
+    the last step always among them."""
+    return sorted({max(0, round(steps * k / evals) - 1) for k in range(1, evals + 1)})
+
+
 def train_one(
     initial, size: ModelSize, precision: Precision, data: dict, cfg: dict, device: torch.device, out=print
 ) -> RunResult:
@@ -262,7 +268,7 @@ def train_one(
     )  # fmt: skip
     order, steps, seq = data["order"], data["order"].shape[0], cfg["seq_len"]
     batch_tokens = order.shape[1] * seq
-    eval_steps = sorted({max(0, round(steps * k / cfg["evals"]) - 1) for k in range(1, cfg["evals"] + 1)})
+    eval_steps = evaluation_steps(steps, cfg["evals"])
     losses = torch.zeros(steps, device=device)
     heldout_curve, eval_seconds = [], 0.0
     skip = min(3, steps - 1)  # steps that compile, left out of tokens/s

@@ -260,7 +260,7 @@ def test_a_diverging_run_stops_at_its_next_evaluation_and_says_so(tmp_path):
     for run in data["runs"]:
         first = study.nonfinite_step(run)
         assert first is not None and run["error"] is None
-        evaluations = sorted({max(0, round(run["steps"] * k / 2) - 1) for k in (1, 2)})  # the quick preset's two
+        evaluations = study.evaluation_steps(run["steps"], data["config"]["evals"])
         stopped = next(e + 1 for e in evaluations if e + 1 >= first)
         assert len(run["train_curve"]) == stopped < run["steps"] and run["train_tokens"] == stopped * 4 * 32
         assert math.isnan(run["heldout_loss"]) and run["heldout_curve"][-1][0] == stopped
