@@ -6,6 +6,8 @@
 #                          where pytest-xdist is)
 #   host                   host time per fp4 op call        (python benchmarks/host_overhead.py)
 #   launch                 plan launches against Inductor's (python benchmarks/host_overhead.py --compare-launch)
+#   launch_llama           where a compiled Llama with launch="inductor" leaves the plans' bits
+#                          (python benchmarks/launch_llama_check.py)
 #   model=MODELS:MODES     whole-model training steps       (fp4 bench --sections model --models ... --modes ...)
 #   kernels[=SECTIONS]     kernel benchmarks, default quantize,linear (fp4 bench --sections ...)
 #   study=PACK             the accuracy study on a packed corpus (benchmarks/run_study.sh; PRESET, PRECISIONS,
@@ -50,6 +52,9 @@ for step in "$@"; do
       timeout "$budget" python3 benchmarks/host_overhead.py --compare-launch --out "$out/host_launch.json" \
         >"$out/launch.txt" 2>&1
       echo "exit $?"; tail -n 12 "$out/launch.txt" ;;
+    launch_llama)
+      timeout "$budget" python3 benchmarks/launch_llama_check.py --out "$out/launch_llama.json" >"$out/launch_llama.txt" 2>&1
+      echo "exit $?"; tail -n 16 "$out/launch_llama.txt" ;;
     model)
       timeout "$budget" python3 -m fp4.bench --sections model --models "${arg%%:*}" --modes "${arg#*:}" \
         --steps "${STEPS:-6}" --out "$out/model" >"$out/model.txt" 2>&1
@@ -63,6 +68,6 @@ for step in "$@"; do
       timeout "$budget" bash benchmarks/run_study.sh "$arg" "$out/study" ${STUDY_ARGS:-} >/dev/null 2>&1
       echo "exit $?"; rm -f "$out/study/install.log"; tail -n 30 "$out/study/study.log" ;;
     *)
-      echo "unknown step $step (tests, host, launch, model=MODELS:MODES, kernels, study=PACK)"; exit 2 ;;
+      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK)"; exit 2 ;;
   esac
 done
