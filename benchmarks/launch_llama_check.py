@@ -1,7 +1,7 @@
 """Where a compiled Llama with ``launch="inductor"`` leaves the plan path's bits (needs a GPU).
 
-Trains the GPU tests' 2-layer Llama (``tests/gpu/gpu_common.py``) for ``--steps`` AdamW steps under
-``backend="fp4"``, each run from the same weights, batch and ``torch.manual_seed``:
+Trains the GPU tests' 2-layer Llama for ``--steps`` AdamW steps under ``backend="fp4"`` as their Inductor-launch
+test does (``tests/gpu/gpu_common.py``: the same weights, batch and ``torch.manual_seed`` every run):
 
 * ``plan`` twice (is the plan path itself repeatable?);
 * ``inductor`` with no op decomposed (the option's other effects alone);
@@ -31,25 +31,11 @@ import torch  # noqa: E402
 from fp4.runtime import inductor_launch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gpu"))
-from gpu_common import tiny_llama  # noqa: E402
+from gpu_common import tiny_llama, train_steps  # noqa: E402
 
 
-def train(model, options, steps):
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="fp4", options=options)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 512, (4, 128), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
-    torch.manual_seed(11)
-    losses, first_grads = [], None
-    for step in range(steps):
-        loss = compiled(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        if step == 0:
-            first_grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses, first_grads
+def _all_gradients(model) -> dict:
+    return {name: p.grad for name, p in model.named_parameters()}
 
 
 def first_difference(grads, reference):
@@ -61,33 +47,24 @@ def first_difference(grads, reference):
     return None
 
 
-def run(name, base, twins, subset, steps, reference) -> dict:
-    """One variant: ``subset`` the twins ``decompose`` may use (None: launch="plan")."""
+def run(name, base, twins, subset, steps) -> tuple[dict, tuple | None]:
+    """One variant (``subset``: the twins ``decompose`` may use; None: ``launch="plan"``): its record and its
+    ``(losses, step-0 gradients)``, None where it failed."""
     inductor_launch.TWINS.clear()
     inductor_launch.TWINS.update(twins if subset is None else subset)
     options = {"launch": "plan" if subset is None else "inductor"}
     before = dict(inductor_launch.COUNTERS)
     try:
-        losses, grads = train(copy.deepcopy(base), options, steps)
+        losses, grads = train_steps(copy.deepcopy(base), options, steps, gradients=_all_gradients)
     except Exception as error:  # a failing variant is a finding, not the end of the check
         print(f"{name:48s} failed: {error}", flush=True)
-        return {"run": name, "error": f"{type(error).__name__}: {error}"[:500]}
+        return {"run": name, "error": f"{type(error).__name__}: {error}"[:500]}, None
     finally:
         inductor_launch.TWINS.clear()
         inductor_launch.TWINS.update(twins)
     counters = {k: v - before.get(k, 0) for k, v in inductor_launch.COUNTERS.items() if v != before.get(k, 0)}
-    want_losses, want_grads = reference if reference is not None else (losses, grads)
-    record = {
-        "run": name,
-        "losses": losses,
-        "losses_equal": losses == want_losses,
-        "gradient_difference": first_difference(grads, want_grads),
-        "counters": counters,
-        "losses_and_grads": (losses, grads),
-    }
-    print(f"{name:48s} losses {losses} equal={record['losses_equal']} grad diff={record['gradient_difference']}",
-          flush=True)  # fmt: skip
-    return record
+    losses = [loss.item() for loss in losses]
+    return {"run": name, "losses": losses, "counters": counters}, (losses, grads[0])
 
 
 def main():
@@ -101,14 +78,19 @@ def main():
     records, reference = [], None
     while runs:
         name, subset = runs.pop(0)
-        record = run(name, base, twins, subset, args.steps, reference)
+        record, outcome = run(name, base, twins, subset, args.steps)
         records.append(record)
-        kept = record.pop("losses_and_grads", None)
-        reference = reference or kept
-        same = record.get("losses_equal") and record.get("gradient_difference") is None
+        if outcome is None:
+            continue
+        reference = reference or outcome  # the first plan run's
+        record["losses_equal"] = outcome[0] == reference[0]
+        record["gradient_difference"] = first_difference(outcome[1], reference[1])
+        print(f"{name:48s} losses {outcome[0]} equal={record['losses_equal']} "
+              f"grad diff={record['gradient_difference']}", flush=True)  # fmt: skip
+        same = record["losses_equal"] and record["gradient_difference"] is None
         if name == "inductor, every twin" and not same:
             # bisect: one op's twin at a time, for the ops this model launched from Inductor's code
-            used = {key.partition(".")[2] for key in record.get("counters", {}) if key.startswith("inductor.")}
+            used = {key.partition(".")[2] for key in record["counters"] if key.startswith("inductor.")}
             runs += [(f"inductor, {op._schema.name} only", {op: t}) for op, t in twins.items()
                      if op._schema.name.partition("::")[2] in used]  # fmt: skip
     if args.out:

@@ -27,9 +27,15 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
 
 
-def train_steps(model, options, steps=4):
+def down_proj_gradient(model) -> torch.Tensor:
+    """The gradient of the first layer's down projection."""
+    return model.model.layers[0].mlp.down_proj.weight.grad
+
+
+def train_steps(model, options, steps=4, gradients=down_proj_gradient):
     """``steps`` AdamW steps of ``model`` compiled with ``backend="fp4"`` and ``options`` on one seeded batch:
-    ``(losses, gradients of the first layer's down projection)``, one per step."""
+    ``(losses, gradients)``, one per step; ``gradients(model)`` (a tensor, or a dict of them) is copied after each
+    step's backward."""
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="fp4", options=options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -40,7 +46,7 @@ def train_steps(model, options, steps=4):
         torch.compiler.cudagraph_mark_step_begin()
         loss = compiled(input_ids=tokens, labels=tokens).loss
         loss.backward()
-        grads.append(model.model.layers[0].mlp.down_proj.weight.grad.clone())
+        grads.append(torch.utils._pytree.tree_map(torch.clone, gradients(model)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach().clone())
