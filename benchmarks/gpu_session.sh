@@ -12,6 +12,8 @@
 #   kernels[=SECTIONS]     kernel benchmarks, default quantize,linear (fp4 bench --sections ...)
 #   study=PACK             the accuracy study on a packed corpus (benchmarks/run_study.sh; PRESET, PRECISIONS,
 #                          STUDY_ARGS: more fp4 study arguments)
+#   choices                the autotuner's choices the session's steps made, as one table for
+#                          FP4_AUTOTUNE_CHOICES on other machines (fp4 tune export OUT/choices.json)
 # Environment: LIMIT (seconds for the whole session, default 570: each step gets what is left, less 10 s),
 #   STEPS (training steps per model mode, default 6).
 # Example: bash benchmarks/gpu_session.sh gpu-results tests model=llama1b-8l:bf16_inductor,fp4_cudagraphs launch
@@ -67,7 +69,10 @@ for step in "$@"; do
       # shellcheck disable=SC2086  # STUDY_ARGS splits on purpose
       timeout "$budget" bash benchmarks/run_study.sh "$arg" "$out/study" ${STUDY_ARGS:-} >/dev/null 2>&1
       echo "exit $?"; rm -f "$out/study/install.log"; tail -n 30 "$out/study/study.log" ;;
+    choices)
+      python3 -m fp4.cli tune export "$out/choices.json" ;;
     *)
-      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK)"; exit 2 ;;
+      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK, choices)"
+      exit 2 ;;
   esac
 done

@@ -153,7 +153,9 @@ def _compile_seconds(since: dict | None = None) -> dict:
     """Where compile time goes, as wall seconds by what: Dynamo/AOTAutograd/Inductor's own timers
     (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
     (:data:`fp4.runtime.autotune.SECONDS`: plan building, the autotuner's compiles and timing, compile-ahead)
-    with ``autotune.buckets``, the number of shape buckets timed; with ``since``, the growth since that snapshot.
+    with ``autotune.buckets``, the number of shape buckets timed, and ``autotune.stored`` / ``autotune.imported``,
+    the choices taken without timing (this machine's cache, ``FP4_AUTOTUNE_CHOICES``); with ``since``, the growth
+    since that snapshot.
     The timers nest (Inductor's include the kernels compiled ahead beside them), so they do not add up."""
     from fp4.runtime import autotune
     from torch._dynamo.utils import compilation_time_metrics
@@ -161,6 +163,7 @@ def _compile_seconds(since: dict | None = None) -> dict:
     now = {f"torch.{name}": sum(times) for name, times in compilation_time_metrics.items()}
     now.update({name: seconds for name, seconds in autotune.SECONDS.items()})
     now["autotune.buckets"] = len(autotune.AUTOTUNER.timings)
+    now.update({f"autotune.{origin}": count for origin, count in autotune.CHOICES.items()})
     if since is None:
         return now
     grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}

@@ -1,4 +1,4 @@
-"""The ``fp4`` command: ``fp4 train``, ``fp4 inspect``, ``fp4 bench``, ``fp4 study``.
+"""The ``fp4`` command: ``fp4 train``, ``fp4 inspect``, ``fp4 bench``, ``fp4 study``, ``fp4 tune``.
 
 ::
 
@@ -10,6 +10,7 @@
     fp4 bench ...                      # kernel and layer benchmarks (fp4.bench)
     fp4 study --quick                  # held-out loss, bf16 vs fp4, on real text (fp4.study; docs/accuracy.md)
     fp4 study prepare --corpus python-docs --out corpus.fp4pack
+    fp4 tune export choices.json       # this machine's autotuning choices, for FP4_AUTOTUNE_CHOICES elsewhere
     fp4 study --pack corpus.fp4pack --preset tiny --precisions bf16,fp4,fp4:quartet2 --out study-out
 """
 
@@ -132,7 +133,29 @@ def _study(argv: list[str]) -> int:
     return study.main(argv)
 
 
-COMMANDS = {"train": _train, "inspect": _inspect, "bench": _bench, "study": _study}
+def _tune(argv: list[str]) -> int:
+    from fp4.runtime import autotune
+    from fp4.runtime.cache import KernelCache
+
+    parser = argparse.ArgumentParser(
+        prog="fp4 tune",
+        description="Export the autotuner's choices of this machine's kernel cache, so that other machines with "
+        f"the same GPU take them ({autotune.CHOICES_ENV}=FILE) instead of timing candidates in their first step.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    export = commands.add_parser("export", help="write every stored choice to one table")
+    export.add_argument("out", help="the table to write (JSON)")
+    export.add_argument("--cache-dir", help="the kernel cache to read (default: $FP4_CACHE_DIR or ~/.cache/fp4)")
+    args = parser.parse_args(argv)
+    count = autotune.export_choices(args.out, KernelCache(args.cache_dir) if args.cache_dir else None)
+    if not count:
+        print(f"fp4 tune: no autotuning choices stored in the kernel cache; {args.out} holds none", file=sys.stderr)
+        return 1
+    print(f"wrote {count} choices to {args.out}; use them with {autotune.CHOICES_ENV}={args.out}")
+    return 0
+
+
+COMMANDS = {"train": _train, "inspect": _inspect, "bench": _bench, "study": _study, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,15 @@ another).  ``FP4_AUTOTUNE=0`` always takes the first (default)
 candidate.  Candidates may be other implementations altogether (cuBLAS on the
 folded operands): the runtime then runs whichever was faster for the bucket.
 
+Choices travel between machines: ``fp4 tune export choices.json`` writes every
+choice this machine's kernel cache holds, by target, kernel name and bucket, and
+``FP4_AUTOTUNE_CHOICES=choices.json`` (several files joined by the path
+separator) makes every process take them where its own cache has none, so a
+fleet of identical GPUs (every node of a job) neither times nor compiles the
+candidates a tuned machine already ruled out.  An imported choice is used only
+where it is one of the kernel's candidates, so a table from an older version of
+a kernel can cost speed, never correctness.
+
 Inside :class:`compile_ahead` nothing is timed or launched: a kernel whose
 configuration is not chosen yet only queues the compiles of the candidates it
 would time (the stored choice alone, where one is stored) on one thread pool
@@ -22,6 +31,7 @@ training graph costs about one compile per core instead of one per kernel.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -30,12 +40,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .cache import KernelCache, default_cache
+from .cache import KernelCache, default_cache, triton_version
 
 log = logging.getLogger("fp4.autotune")
 
 AUTOTUNE_ENV = "FP4_AUTOTUNE"
 COMPILE_THREADS_ENV = "FP4_COMPILE_THREADS"
+CHOICES_ENV = "FP4_AUTOTUNE_CHOICES"
+CHOICES_FORMAT = 1
+"""Version of the exported choices table (``fp4 tune export``)."""
 BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40
 """Timing per candidate: a short warm-up, then repetitions for 40 ms (the median is kept)."""
 
@@ -229,11 +242,61 @@ class Autotuner:
         if len(candidates) == 1 or not autotune_enabled():
             return candidates[0]
         stored = (self.cache or default_cache()).read_choices(source, str(target)).get(shape_bucket)
-        if stored is not None:
-            config = Config.from_json(stored)
-            if config in candidates:
-                return config
+        imported = imported_choices().get(str(target), {}).get(source.name, {}).get(shape_bucket)
+        for choice, origin in ((stored, "stored"), (imported, "imported")):
+            if choice is not None:
+                config = Config.from_json(choice)
+                if config in candidates:
+                    CHOICES[origin] += 1
+                    return config
         return None
+
+
+CHOICES: Counter = Counter()
+"""Choices taken without timing, by origin: ``stored`` (this machine's cache) or ``imported``
+(``FP4_AUTOTUNE_CHOICES``)."""
+
+
+def export_choices(path, cache: KernelCache | None = None) -> int:
+    """Write every choice stored in ``cache`` (default: this machine's) to ``path`` as one table; returns how
+    many (target, kernel, bucket) choices it holds."""
+    table: dict = {}
+    for stored in (cache or default_cache()).stored_choices():
+        table.setdefault(stored["target"], {}).setdefault(stored["kernel"], {}).update(stored["buckets"])
+    document = {"format": CHOICES_FORMAT, "triton": triton_version(), "choices": table}
+    with open(path, "w") as stream:
+        json.dump(document, stream, indent=1, sort_keys=True)
+    return sum(len(buckets) for kernels in table.values() for buckets in kernels.values())
+
+
+_IMPORTED: dict = {}
+
+
+def imported_choices() -> dict:
+    """``{target: {kernel name: {bucket: config}}}`` from the files ``FP4_AUTOTUNE_CHOICES`` names (the first
+    file that has a choice wins); read once per value of the variable."""
+    value = os.environ.get(CHOICES_ENV, "")
+    if value not in _IMPORTED:
+        _IMPORTED[value] = _read_imported(value)
+    return _IMPORTED[value]
+
+
+def _read_imported(value: str) -> dict:
+    merged: dict = {}
+    for path in filter(None, value.split(os.pathsep)):
+        try:
+            with open(path) as stream:
+                document = json.load(stream)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{CHOICES_ENV}: cannot read {path}: {error}") from error
+        if not isinstance(document, dict) or document.get("format") != CHOICES_FORMAT:
+            raise ValueError(f"{CHOICES_ENV}: {path} is not an fp4 choices table (format {CHOICES_FORMAT})")
+        for target, kernels in document["choices"].items():
+            for kernel, buckets in kernels.items():
+                known = merged.setdefault(target, {}).setdefault(kernel, {})
+                for bucket, config in buckets.items():
+                    known.setdefault(bucket, config)
+    return merged
 
 
 AUTOTUNER = Autotuner()

@@ -79,21 +79,41 @@ class KernelCache:
 
     # -- autotuning choices -------------------------------------------------------------------------------
 
+    CHOICES_SUFFIX = ".autotune.json"
+
     def _choices_path(self, source: KernelSource, target: str) -> Path:
-        return self.path(source, target).with_suffix(".autotune.json")
+        return self.path(source, target).with_suffix(self.CHOICES_SUFFIX)
 
     def read_choices(self, source: KernelSource, target: str) -> dict:
-        path = self._choices_path(source, target)
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        """``{bucket: config}`` stored for ``source`` on ``target``."""
+        return _read_choices_file(self._choices_path(source, target)).get("buckets", {})
 
     def write_choice(self, source: KernelSource, target: str, bucket: str, choice: dict) -> None:
         with self._lock:
             choices = self.read_choices(source, target)
             choices[bucket] = choice
-            _write_atomically(self._choices_path(source, target), json.dumps(choices, indent=1, sort_keys=True))
+            stored = {"kernel": source.name, "target": str(target), "triton": triton_version(), "buckets": choices}
+            _write_atomically(self._choices_path(source, target), json.dumps(stored, indent=1, sort_keys=True))
+
+    def stored_choices(self) -> list[dict]:
+        """Every choices file under the cache directory: ``{"kernel", "target", "triton", "buckets"}`` each
+        (files from before the kernel name and target were stored in them are skipped)."""
+        found = []
+        for path in sorted(self.directory.glob(f"*/*{self.CHOICES_SUFFIX}")):
+            stored = _read_choices_file(path)
+            if {"kernel", "target", "buckets"} <= stored.keys():
+                found.append(stored)
+        return found
+
+
+def _read_choices_file(path: Path) -> dict:
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return stored if "buckets" in stored else {"buckets": stored}  # the earlier format: buckets only
 
 
 def _import_kernel(path: Path, function_name: str, module_name: str, interpret: bool):

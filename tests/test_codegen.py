@@ -263,6 +263,66 @@ def test_autotuning_off_takes_the_first_candidate(tmp_path, monkeypatch):
     assert tuner.choose(emit_fold(), "sm_90", "1x1", candidates, lambda c: pytest.fail("timed")) == candidates[0]
 
 
+def test_choices_exported_on_one_machine_are_taken_on_another(tmp_path, monkeypatch):
+    """``fp4 tune export`` on a tuned machine, ``FP4_AUTOTUNE_CHOICES`` on a fresh one: no timing there, and an
+    imported choice is taken only for its target and only where it is one of the kernel's candidates."""
+    import json
+
+    import triton.testing
+    from fp4.cli import main as fp4_main
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: fn())
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv(autotune.CHOICES_ENV, raising=False)
+    candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2, 4, 8)]
+    fold_source, quantize_source = emit_fold(), emit_quantize(QuantizeSpec())
+    tuned = autotune.Autotuner(cache=cache.KernelCache(tmp_path / "tuned"))
+    timing = lambda config: 1.0 / config.kwargs["BLOCK_ROWS"]  # the largest tile is fastest
+    assert tuner_choice(tuned, fold_source, "sm_90", "64x64", candidates, timing) == candidates[3]
+    assert tuner_choice(tuned, quantize_source, "sm_90", "128x4096", candidates[:2], timing) == candidates[1]
+    table = tmp_path / "choices.json"
+    assert fp4_main(["tune", "export", str(table), "--cache-dir", str(tmp_path / "tuned")]) == 0
+    document = json.loads(table.read_text())
+    assert document["format"] == autotune.CHOICES_FORMAT
+    assert document["choices"]["sm_90"][fold_source.name]["64x64"] == candidates[3].to_json()
+    assert document["choices"]["sm_90"][quantize_source.name]["128x4096"] == candidates[1].to_json()
+
+    monkeypatch.setenv(autotune.CHOICES_ENV, str(table))
+    fresh = autotune.Autotuner(cache=cache.KernelCache(tmp_path / "fresh"))
+    before = autotune.CHOICES["imported"]
+    assert fresh.choose(fold_source, "sm_90", "64x64", candidates, lambda c: pytest.fail("timed")) == candidates[3]
+    assert autotune.CHOICES["imported"] == before + 1
+    # another target, or a choice that is not one of this kernel's candidates any more: timed as usual
+    assert tuner_choice(fresh, fold_source, "sm_100", "64x64", candidates, timing) == candidates[3]
+    assert tuner_choice(fresh, fold_source, "sm_90", "128x128", candidates[:2], timing) == candidates[1]
+    timed = []
+    fresh.choose(fold_source, "sm_90", "1x1", candidates[:3], lambda c: timed.append(c) or 1.0)
+    assert timed, "a bucket the table does not have is timed"
+
+
+def test_an_unreadable_choices_table_is_an_error_not_ignored(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": 99, "choices": {}}')
+    monkeypatch.setenv(autotune.CHOICES_ENV, str(bad))
+    with pytest.raises(ValueError, match="not an fp4 choices table"):
+        autotune.imported_choices()
+    monkeypatch.setenv(autotune.CHOICES_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="cannot read"):
+        autotune.imported_choices()
+
+
+def test_tune_export_with_nothing_stored_says_so(tmp_path, capsys):
+    from fp4.cli import main as fp4_main
+
+    assert fp4_main(["tune", "export", str(tmp_path / "out.json"), "--cache-dir", str(tmp_path / "empty")]) == 1
+    assert "no autotuning choices" in capsys.readouterr().err
+
+
+def tuner_choice(tuner, source, target, bucket, candidates, timing):
+    """``tuner.choose`` where running a candidate 'takes' ``timing(config)`` (do_bench returns what run returns)."""
+    return tuner.choose(source, target, bucket, candidates, timing)
+
+
 def test_config_round_trips_through_json():
     config = autotune.Config(autotune.Config.make(8, 3, BLOCK_M=128, BLOCK_N=256).params, 8, 3, "tma")
     assert autotune.Config.from_json(config.to_json()) == config
