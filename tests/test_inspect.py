@@ -177,7 +177,7 @@ def test_cli_help_and_unknown_command():
     assert lazy.stdout.strip() == "False"  # fp4.bench is imported by the bench subcommand only
     assert cli.main(["--help"]) == 0
     assert cli.main(["frobnicate"]) == 2
-    assert set(cli.COMMANDS) == {"train", "inspect", "bench", "study"}
+    assert set(cli.COMMANDS) == {"train", "inspect", "bench", "study", "tune"}
 
 
 COMPILING_SCRIPT = """

@@ -231,16 +231,19 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     monkeypatch.setattr(utils, "compilation_time_metrics", {"compile_inner": [1.0]})
     monkeypatch.setattr(autotune, "SECONDS", type(autotune.SECONDS)({"autotune.timing": 0.5}))
     monkeypatch.setattr(autotune.AUTOTUNER, "timings", {"a": {}})
+    monkeypatch.setattr(autotune, "CHOICES", type(autotune.CHOICES)({"stored": 3}))
     before = bench_model._compile_seconds()
-    assert before == {"torch.compile_inner": 1.0, "autotune.timing": 0.5, "autotune.buckets": 1}
+    assert before == {"torch.compile_inner": 1.0, "autotune.timing": 0.5, "autotune.buckets": 1, "autotune.stored": 3}
     utils.compilation_time_metrics["compile_inner"].append(2.5)
     utils.compilation_time_metrics["compile_fx"] = [4.0]
     autotune.SECONDS["autotune.timing"] += 1.25
     autotune.AUTOTUNER.timings["b"] = {}
+    autotune.CHOICES["imported"] += 2  # choices taken without timing: counted like the timers
     grown = bench_model._compile_seconds(since=before)
-    assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.timing": 1.25,
-                     "autotune.buckets": 1}  # fmt: skip
-    assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "autotune.buckets"]
+    assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.imported": 2,
+                     "autotune.timing": 1.25, "autotune.buckets": 1}  # fmt: skip
+    assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.imported", "autotune.timing",
+                           "autotune.buckets"]  # fmt: skip
 
 
 def test_bias_grad_of_no_rows_is_zeros():
