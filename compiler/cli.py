@@ -10,8 +10,8 @@
     fp4 bench ...                      # kernel and layer benchmarks (fp4.bench)
     fp4 study --quick                  # held-out loss, bf16 vs fp4, on real text (fp4.study; docs/accuracy.md)
     fp4 study prepare --corpus python-docs --out corpus.fp4pack
-    fp4 tune export choices.json       # this machine's autotuning choices, for FP4_AUTOTUNE_CHOICES elsewhere
     fp4 study --pack corpus.fp4pack --preset tiny --precisions bf16,fp4,fp4:quartet2 --out study-out
+    fp4 tune export choices.json       # this machine's autotuning choices, for FP4_AUTOTUNE_CHOICES elsewhere
 """
 
 from __future__ import annotations

@@ -79,10 +79,7 @@ def fold_fp8(codes: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, t
 
 @fold_fp8.register_fake
 def _(codes, scales):
-    return (
-        codes.new_empty((codes.shape[0], codes.shape[1] * 2), dtype=FP8_DTYPE),
-        codes.new_empty((codes.shape[0],), dtype=torch.float32),
-    )
+    return _fold_fake(codes)
 
 
 @fp4_op("fp4::quest_quantize_fold")
@@ -100,8 +97,7 @@ def _(x, rotate):
     if x.dim() != 2:
         raise ValueError(f"fp4::quest_quantize_fold takes a 2-D tensor, got {x.dim()}-D")
     codes, scales, mask = _quest_fake(x)
-    rows, k = x.shape
-    return codes, scales, mask, x.new_empty((rows, k), dtype=FP8_DTYPE), x.new_empty((rows,), dtype=torch.float32)
+    return codes, scales, mask, *_fold_fake(codes)
 
 
 def _quest_fake(x):

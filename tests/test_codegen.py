@@ -277,9 +277,10 @@ def test_choices_exported_on_one_machine_are_taken_on_another(tmp_path, monkeypa
     candidates = [autotune.Config.make(4, BLOCK_ROWS=r, BLOCK_GROUPS=8) for r in (1, 2, 4, 8)]
     fold_source, quantize_source = emit_fold(), emit_quantize(QuantizeSpec())
     tuned = autotune.Autotuner(cache=cache.KernelCache(tmp_path / "tuned"))
-    timing = lambda config: 1.0 / config.kwargs["BLOCK_ROWS"]  # the largest tile is fastest
-    assert tuner_choice(tuned, fold_source, "sm_90", "64x64", candidates, timing) == candidates[3]
-    assert tuner_choice(tuned, quantize_source, "sm_90", "128x4096", candidates[:2], timing) == candidates[1]
+    # do_bench returns what running a candidate returns: its "time", the largest tile fastest
+    timing = lambda config: 1.0 / config.kwargs["BLOCK_ROWS"]
+    assert tuned.choose(fold_source, "sm_90", "64x64", candidates, timing) == candidates[3]
+    assert tuned.choose(quantize_source, "sm_90", "128x4096", candidates[:2], timing) == candidates[1]
     table = tmp_path / "choices.json"
     assert fp4_main(["tune", "export", str(table), "--cache-dir", str(tmp_path / "tuned")]) == 0
     document = json.loads(table.read_text())
@@ -293,8 +294,8 @@ def test_choices_exported_on_one_machine_are_taken_on_another(tmp_path, monkeypa
     assert fresh.choose(fold_source, "sm_90", "64x64", candidates, lambda c: pytest.fail("timed")) == candidates[3]
     assert autotune.CHOICES["imported"] == before + 1
     # another target, or a choice that is not one of this kernel's candidates any more: timed as usual
-    assert tuner_choice(fresh, fold_source, "sm_100", "64x64", candidates, timing) == candidates[3]
-    assert tuner_choice(fresh, fold_source, "sm_90", "128x128", candidates[:2], timing) == candidates[1]
+    assert fresh.choose(fold_source, "sm_100", "64x64", candidates, timing) == candidates[3]
+    assert fresh.choose(fold_source, "sm_90", "128x128", candidates[:2], timing) == candidates[1]
     timed = []
     fresh.choose(fold_source, "sm_90", "1x1", candidates[:3], lambda c: timed.append(c) or 1.0)
     assert timed, "a bucket the table does not have is timed"
@@ -316,11 +317,6 @@ def test_tune_export_with_nothing_stored_says_so(tmp_path, capsys):
 
     assert fp4_main(["tune", "export", str(tmp_path / "out.json"), "--cache-dir", str(tmp_path / "empty")]) == 1
     assert "no autotuning choices" in capsys.readouterr().err
-
-
-def tuner_choice(tuner, source, target, bucket, candidates, timing):
-    """``tuner.choose`` where running a candidate 'takes' ``timing(config)`` (do_bench returns what run returns)."""
-    return tuner.choose(source, target, bucket, candidates, timing)
 
 
 def test_config_round_trips_through_json():
