@@ -14,6 +14,9 @@
 #                          STUDY_ARGS: more fp4 study arguments)
 #   choices                the autotuner's choices the session's steps made, as one table for
 #                          FP4_AUTOTUNE_CHOICES on other machines (fp4 tune export OUT/choices.json)
+#   cold=MODELS:MODES      whole-model training steps from empty kernel, Triton and Inductor caches, as on a fresh
+#                          machine, taking OUT/choices.json's autotuning choices where an earlier step exported
+#                          them (results under OUT/cold)
 # Environment: LIMIT (seconds for the whole session, default 570: each step gets what is left, less 10 s),
 #   STEPS (training steps per model mode, default 6).
 # Example: bash benchmarks/gpu_session.sh gpu-results tests model=llama1b-8l:bf16_inductor,fp4_cudagraphs launch
@@ -71,8 +74,24 @@ for step in "$@"; do
       echo "exit $?"; rm -f "$out/study/install.log"; tail -n 30 "$out/study/study.log" ;;
     choices)
       python3 -m fp4.cli tune export "$out/choices.json" ;;
+    cold)
+      # one process and one set of empty caches per mode, so no mode reuses another's compiled kernels
+      imported=""; [ -f "$out/choices.json" ] && imported="$out/choices.json"
+      echo "imported choices: ${imported:-none}" | tee "$out/cold.txt"
+      IFS=, read -ra cold_modes <<<"${arg#*:}"
+      for mode in "${cold_modes[@]}"; do
+        [ "$(left)" -le 0 ] && { echo "$mode: no time left" | tee -a "$out/cold.txt"; continue; }
+        fresh=$(mktemp -d)
+        FP4_CACHE_DIR="$fresh/fp4" TRITON_CACHE_DIR="$fresh/triton" TORCHINDUCTOR_CACHE_DIR="$fresh/inductor" \
+          FP4_AUTOTUNE_CHOICES="$imported" timeout "$(left)" python3 -m fp4.bench --sections model \
+          --models "${arg%%:*}" --modes "$mode" --steps "${STEPS:-6}" --out "$fresh/out" >>"$out/cold.txt" 2>&1
+        echo "$mode: exit $?" | tee -a "$out/cold.txt"
+        cp "$fresh"/out/bench_model_*.json "$out/cold-$mode.json" 2>/dev/null
+        rm -rf "$fresh"
+      done
+      grep -E "median|failed|first" "$out/cold.txt" | tail -n 20 ;;
     *)
-      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK, choices)"
+      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK, choices, cold=MODELS:MODES)"
       exit 2 ;;
   esac
 done
