@@ -86,7 +86,11 @@ for step in "$@"; do
           FP4_AUTOTUNE_CHOICES="$imported" timeout "$(left)" python3 -m fp4.bench --sections model \
           --models "${arg%%:*}" --modes "$mode" --steps "${STEPS:-6}" --out "$fresh/out" >>"$out/cold.txt" 2>&1
         echo "$mode: exit $?" | tee -a "$out/cold.txt"
-        cp "$fresh"/out/bench_model_*.json "$out/cold-$mode.json" 2>/dev/null
+        # each record says how it started: empty caches, and whether it took the session's choices
+        python3 -c 'import json, sys; rows = json.load(open(sys.argv[1]))
+for row in rows: row.update(caches="empty", imported_choices=bool(sys.argv[2]))
+json.dump(rows, open(sys.argv[3], "w"), indent=1)' "$fresh"/out/bench_model_*.json "$imported" "$out/cold-$mode.json" \
+          2>/dev/null
         rm -rf "$fresh"
       done
       grep -E "median|failed|first" "$out/cold.txt" | tail -n 20 ;;

@@ -55,8 +55,9 @@ BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40
 SECONDS: Counter = Counter()
 """Wall seconds spent getting kernels ready, by what (where a first step's time goes; never on the hot path):
 ``autotune.precompile`` compiling a bucket's candidates before timing them, ``autotune.timing`` timing them,
-``plans.build`` a step building plans (both of those included), ``warmup`` the compile-ahead
-threads, ``warmup.wait`` a step waiting for them (:mod:`fp4.runtime.warmup`)."""
+``plans.build`` a step building plans (their kernels compile later), ``kernels.first_launch`` each kernel's first
+launch (Triton compiling the chosen configuration there, unless the autotuner or a warm-up compiled it before),
+``warmup`` the compile-ahead threads, ``warmup.wait`` a step waiting for them (:mod:`fp4.runtime.warmup`)."""
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,12 @@ class Autotuner:
         key = (source.digest, str(target), shape_bucket)
         chosen = self._chosen.get(key)
         if chosen not in candidates:  # a choice is always one of this call's candidates
-            chosen = self._known(source, target, shape_bucket, candidates)
+            if len(candidates) == 1 or not autotune_enabled():  # nothing to choose: this plan's own first
+                chosen = candidates[0]
+            else:
+                chosen = self._known(source, target, shape_bucket, candidates)
+                if chosen is not None:  # a stored or imported choice, remembered for the bucket (counted once)
+                    self._chosen[key] = chosen
         if compiling_ahead():
             for config in [chosen] if chosen is not None else candidates:
                 if compile is not None:
@@ -211,7 +217,6 @@ class Autotuner:
                         log.info("compile ahead %s %s: %s (%s)", source.name, shape_bucket, config.label(), error)
             return None
         if chosen is not None:
-            self._chosen[key] = chosen
             return chosen
         import triton.testing
 
@@ -238,9 +243,7 @@ class Autotuner:
         return config
 
     def _known(self, source, target, shape_bucket, candidates) -> Config | None:
-        """The choice that needs no timing: the only candidate, the default without autotuning, a stored one."""
-        if len(candidates) == 1 or not autotune_enabled():
-            return candidates[0]
+        """A choice made before: this machine's stored one, else an imported one (None: time the candidates)."""
         stored = (self.cache or default_cache()).read_choices(source, str(target)).get(shape_bucket)
         imported = imported_choices().get(str(target), {}).get(source.name, {}).get(shape_bucket)
         for choice, origin in ((stored, "stored"), (imported, "imported")):

@@ -231,11 +231,13 @@ def test_compile_ahead_queues_compiles_and_chooses_nothing(tmp_path, monkeypatch
     # a choice stored by an earlier process: only that candidate is compiled ahead
     cache.KernelCache(tmp_path).write_choice(source, "sm_90", "64x64", candidates[2].to_json())
     compiled.clear()
+    counted = autotune.CHOICES["stored"]
     with autotune.compile_ahead():
         assert tuner.choose(source, "sm_90", "64x64", candidates, pytest.fail, compile) is None
     assert compiled == [candidates[2]]
-    # outside the block the stored choice is taken without timing
+    # outside the block the stored choice is taken without timing, counted once (by the look-up ahead)
     assert tuner.choose(source, "sm_90", "64x64", candidates, pytest.fail, compile) == candidates[2]
+    assert autotune.CHOICES["stored"] == counted + 1
 
 
 def test_warm_up_builds_the_arguments_of_a_graphs_fp4_ops():

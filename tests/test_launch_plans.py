@@ -156,6 +156,47 @@ def test_plan_building_time_is_counted_for_steps_not_for_warm_ups():
     assert autotune.SECONDS["warmup.wait"] > waited
 
 
+def test_a_kernels_first_launch_is_counted_once():
+    """``autotune.SECONDS["kernels.first_launch"]`` grows with a kernel's first launch (where Triton compiles the
+    chosen configuration) and not with later ones, so a first step's compile time is attributed."""
+    import time
+
+    from fp4.runtime import autotune
+
+    config = autotune.Config.make(4, BLOCK_T=64, BLOCK_N=32)
+    plan = launch.BiasGradPlan(96, 64, 64, torch.bfloat16, torch.float32, torch.device("cpu"), interpret=True,
+                               config=config)  # fmt: skip
+    launches = []
+
+    def compiling_launch(grid, args):  # stands in for Triton: the first launch compiles
+        if not launches:
+            time.sleep(0.05)
+        launches.append(grid)
+
+    plan.kernel.chosen_launch = lambda: (compiling_launch, (1, 1))
+    before = autotune.SECONDS["kernels.first_launch"]
+    plan.kernel.run([])
+    after_first = autotune.SECONDS["kernels.first_launch"]
+    assert after_first - before >= 0.05
+    plan.kernel.run([])
+    assert len(launches) == 2 and autotune.SECONDS["kernels.first_launch"] == after_first
+
+    # a GEMM plan likewise (its chosen configuration may be a Triton kernel or cuBLAS)
+    a, b = torch.zeros(32, 64).to(fold.FP8_DTYPE), torch.zeros(16, 64).to(fold.FP8_DTYPE)
+    operands = (a, torch.ones(32), b, torch.ones(16))
+    epilogue = launch.Epilogue()
+    gemm = launch.GemmPlan(launch.LOWERINGS["fp8_fold"], operands, 32, 16, 64, epilogue, torch.device("cpu"),
+                           interpret=True)  # fmt: skip
+    gemm._launch = lambda config, operands, epilogue, cublas: compiling_launch(None, operands)
+    launches.clear()
+    before = autotune.SECONDS["kernels.first_launch"]
+    gemm(operands, epilogue)
+    after_first = autotune.SECONDS["kernels.first_launch"]
+    assert after_first - before >= 0.05
+    gemm(operands, epilogue)
+    assert len(launches) == 2 and autotune.SECONDS["kernels.first_launch"] == after_first
+
+
 def test_warm_up_stand_ins_have_the_keys_of_the_step_arguments():
     """A warm-up builds each plan from stand-ins of the graph's fake tensors; the step then looks the plan up with
     the real arguments, so a stand-in must give the same key: shape, strides, dtype and 16-byte alignment (a layer's
