@@ -149,6 +149,10 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
     return record
 
 
+FIRST_STEP_COUNTS = ("autotune.buckets", "autotune.stored", "autotune.imported")
+"""The entries of ``first_step_seconds`` that are counts, not seconds."""
+
+
 def _compile_seconds(since: dict | None = None) -> dict:
     """Where compile time goes, as wall seconds by what: Dynamo/AOTAutograd/Inductor's own timers
     (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
@@ -167,7 +171,9 @@ def _compile_seconds(since: dict | None = None) -> dict:
     if since is None:
         return now
     grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}
-    return {name: value for name, value in sorted(grown.items(), key=lambda item: -item[1]) if value > 0}
+    # seconds first, largest first; then the counts, so no count reads as a time
+    ordered = sorted(grown.items(), key=lambda item: (item[0] in FIRST_STEP_COUNTS, -item[1]))
+    return {name: value for name, value in ordered if value > 0}
 
 
 def steady_steps(times: list) -> list:
@@ -232,8 +238,13 @@ def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]
                 f"gpu {record.get('gpu_ms_per_step', float('nan')):7.2f} ms  "
                 f"{record['tokens_per_s']:9.0f} tok/s  peak {record.get('peak_memory_gib', 0):5.1f} GiB"
             )
-            top = list(record.get("first_step_seconds", {}).items())[:6]
-            log(f"{'':12s} first step, seconds by timer: " + ", ".join(f"{k} {v:g}" for k, v in top))
+            first = record.get("first_step_seconds", {})
+            top = [f"{k} {v:g}" for k, v in first.items() if k not in FIRST_STEP_COUNTS][:6]
+            counts = [f"{k} {v:g}" for k, v in first.items() if k in FIRST_STEP_COUNTS]
+            log(
+                f"{'':12s} first step, seconds by timer: {', '.join(top)}"
+                + (f"; counts: {', '.join(counts)}" if counts else "")
+            )
         baseline = records.get("bf16_inductor", {}).get("median_step_ms")
         for record in records.values():
             row = {"config": name, **shape, **record}
