@@ -31,6 +31,7 @@ training graph costs about one compile per core instead of one per kernel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -58,6 +59,16 @@ SECONDS: Counter = Counter()
 ``plans.build`` a step building plans (their kernels compile later), ``kernels.first_launch`` each kernel's first
 launch (Triton compiling the chosen configuration there, unless the autotuner or a warm-up compiled it before),
 ``warmup`` the compile-ahead threads, ``warmup.wait`` a step waiting for them (:mod:`fp4.runtime.warmup`)."""
+
+
+@contextlib.contextmanager
+def seconds_in(name: str):
+    """``with seconds_in(name):`` adds the block's wall time to ``SECONDS[name]`` (also when it raises)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        SECONDS[name] += time.perf_counter() - started
 
 
 @dataclass(frozen=True)
@@ -220,19 +231,20 @@ class Autotuner:
             return chosen
         import triton.testing
 
-        started = time.perf_counter()
-        precompile(candidates, compile)
-        compiled = time.perf_counter()
-        SECONDS["autotune.precompile"] += compiled - started
+        with seconds_in("autotune.precompile"):
+            precompile(candidates, compile)
         timings = {}
-        for config in candidates:
-            try:
-                timings[config] = triton.testing.do_bench(
-                    lambda config=config: run(config), warmup=BENCH_WARMUP_MS, rep=BENCH_REP_MS, return_mode="median"
-                )
-            except Exception as error:  # a config that does not compile or fit is skipped, not fatal
-                log.info("autotune %s %s: %s skipped (%s)", source.name, shape_bucket, config.label(), error)
-        SECONDS["autotune.timing"] += time.perf_counter() - compiled
+        with seconds_in("autotune.timing"):
+            for config in candidates:
+                try:
+                    timings[config] = triton.testing.do_bench(
+                        lambda config=config: run(config),
+                        warmup=BENCH_WARMUP_MS,
+                        rep=BENCH_REP_MS,
+                        return_mode="median",
+                    )
+                except Exception as error:  # a config that does not compile or fit is skipped, not fatal
+                    log.info("autotune %s %s: %s skipped (%s)", source.name, shape_bucket, config.label(), error)
         if not timings:
             raise RuntimeError(f"no launch configuration of {source.name} ran for shape bucket {shape_bucket}")
         config = min(timings, key=timings.get)

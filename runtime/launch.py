@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
@@ -148,10 +147,10 @@ class _Kernel:
                 return
             COUNTERS[f"plan.{self.chosen.name or self.source.name}"] += 1
             self._launch = self.chosen_launch()
+            launch, grid = self._launch
             # the first launch compiles the chosen configuration unless the autotuner or a warm-up already did
-            started = time.perf_counter()
-            self._launch[0](self._launch[1], args)
-            autotune.SECONDS["kernels.first_launch"] += time.perf_counter() - started
+            with autotune.seconds_in("kernels.first_launch"):
+                launch(grid, args)
             return
         launch, grid = self._launch
         launch(grid, args)
@@ -422,10 +421,8 @@ class GemmPlan:
             chosen = self.chosen
             COUNTERS[f"gemm.{self.lowering.name}{'.' + chosen.name if chosen.name else ''}"] += 1
             self._run = functools.partial(self._launch, chosen)
-            started = time.perf_counter()  # the first launch compiles the choice unless the autotuner did
-            out = self._run(operands, epilogue, cublas)
-            autotune.SECONDS["kernels.first_launch"] += time.perf_counter() - started
-            return out
+            with autotune.seconds_in("kernels.first_launch"):  # it compiles the choice unless the autotuner did
+                return self._run(operands, epilogue, cublas)
         return self._run(operands, epilogue, cublas)
 
 

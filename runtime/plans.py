@@ -32,7 +32,7 @@ from collections import Counter
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from .autotune import SECONDS
+from .autotune import SECONDS, seconds_in
 
 log = logging.getLogger("fp4.plans")
 
@@ -198,6 +198,5 @@ def wait_for_warmups() -> None:
             thread = WARMUPS.pop(0)
         except IndexError:  # another thread took the last one
             return
-        started = time.perf_counter()
-        thread.join()
-        SECONDS["warmup.wait"] += time.perf_counter() - started
+        with seconds_in("warmup.wait"):
+            thread.join()

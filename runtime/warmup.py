@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 
 import torch
@@ -111,15 +110,13 @@ def start(gm: torch.fx.GraphModule) -> threading.Thread | None:
 
     def run():
         plans.mark_warming()
-        started = time.perf_counter()
-        try:
-            torch.cuda.set_device(device)
-            built = warm(calls, device)
-            log.info("warm-up: %d plans built, their kernels compiled", built)
-        except Exception as error:  # never fail a compile for a warm-up
-            log.warning("warm-up failed: %s", error)
-        finally:
-            autotune.SECONDS["warmup"] += time.perf_counter() - started
+        with autotune.seconds_in("warmup"):
+            try:
+                torch.cuda.set_device(device)
+                built = warm(calls, device)
+                log.info("warm-up: %d plans built, their kernels compiled", built)
+            except Exception as error:  # never fail a compile for a warm-up
+                log.warning("warm-up failed: %s", error)
 
     thread = threading.Thread(target=run, name="fp4-warmup", daemon=True)
     plans.add_warmup(thread)
