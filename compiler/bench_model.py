@@ -51,6 +51,7 @@ FP4_MODES = {
     "fp4_cudagraphs": {"cudagraphs": True},
     "fp4_cudagraphs_fold_backward": {"cudagraphs": True, "fold_backward": True},
     "fp4_cudagraphs_compile_ahead": {"cudagraphs": True, "compile_ahead": True},
+    "fp4_cudagraphs_at_first_launch": {"cudagraphs": True, "compile_ahead": False},
 }
 MODES = ("bf16_eager", "bf16_inductor", "fp4", "fp4_cudagraphs")
 
@@ -117,7 +118,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     step_ms, host_ms, losses = [], [], []
-    before, first_step = _compile_seconds(), {}
+    before, first_step, later = _compile_seconds(), {}, {}
     for i in range(steps):
         start = time.perf_counter()
         loss = step(i)
@@ -126,8 +127,12 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         done = time.perf_counter()
         step_ms.append((done - start) * 1e3)
         host_ms.append((issued - start) * 1e3)
+        grown = _compile_seconds(since=before)
         if i == 0:
-            first_step = _compile_seconds(since=before)
+            first_step = grown
+        elif grown:  # a later step that compiled, autotuned or built a plan: what, by timer
+            later[str(i + 1)] = grown
+        before = _compile_seconds()
     tokens_per_step = shape["batch"] * shape["seq"]
     steady = steady_steps(step_ms)
     record = {
@@ -141,6 +146,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         "step_ms": step_ms,
         "losses": losses,
         "first_step_seconds": first_step,
+        "later_step_seconds": later,
     }
     if cuda:
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -245,6 +251,8 @@ def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]
                 f"{'':12s} first step, seconds by timer: {', '.join(top)}"
                 + (f"; counts: {', '.join(counts)}" if counts else "")
             )
+            for number, grown in record.get("later_step_seconds", {}).items():
+                log(f"{'':12s} step {number} compiled too: {', '.join(f'{k} {v:g}' for k, v in grown.items())}")
         baseline = records.get("bf16_inductor", {}).get("median_step_ms")
         for record in records.values():
             row = {"config": name, **shape, **record}

@@ -83,8 +83,7 @@ class Options:
                            needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
     ``compile_ahead``      on a GPU, compile every kernel of a graph right after the passes, all at once on a
                            thread pool and beside Inductor's own compile (:mod:`fp4.runtime.warmup`), instead
-                           of one kernel after another inside the first step; off by default until it has run
-                           on a GPU
+                           of one kernel after another inside the first step (the results are the same)
     ``fold_backward``      on Hopper, the backward quantizers write the FP8 fold too, so the backward runs no
                            fold kernel (``use-fp8-fold{backward=true}``); off by default until measured on a GPU
     ``requantize_weights_in_backward``
@@ -115,7 +114,7 @@ class Options:
     measure_saved: bool = True
     target: str | None = None
     cudagraphs: bool = False
-    compile_ahead: bool = False
+    compile_ahead: bool = True
     fold_backward: bool = False
     requantize_weights_in_backward: bool | str = AUTO
     rank_seeds: bool | str = AUTO

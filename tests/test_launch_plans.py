@@ -287,6 +287,31 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
                            "autotune.buckets"]  # fmt: skip
 
 
+def test_model_benchmark_reports_what_a_later_step_compiled(monkeypatch):
+    """A step after the first that compiles (a kernel's first launch here) is reported by step number and timer,
+    so a slow later step says whether it compiled; steps that compiled nothing are left out."""
+    from fp4 import bench_model
+    from fp4.runtime import autotune
+
+    monkeypatch.setattr(autotune, "SECONDS", type(autotune.SECONDS)())
+    calls = []
+
+    def compiled(model, mode):
+        def run(**batch):
+            calls.append(1)
+            autotune.SECONDS["kernels.first_launch"] += 0.25 if len(calls) in (1, 3) else 0.0
+            return model(**batch)
+
+        return run
+
+    monkeypatch.setattr(bench_model, "compiled", compiled)
+    shape = dict(hidden=32, intermediate=64, layers=1, heads=2, vocab=16, batch=2, seq=8)
+    record = bench_model.train_steps(shape, "fp4", steps=4, device="cpu", profile=False)
+    assert record["first_step_seconds"] == {"kernels.first_launch": 0.25}
+    assert record["later_step_seconds"] == {"3": {"kernels.first_launch": 0.25}}
+    assert len(record["step_ms"]) == 4 and record["max_step_ms"] == max(record["step_ms"][2:])
+
+
 def test_bias_grad_of_no_rows_is_zeros():
     """A ``[0, N]`` gradient launches nothing and sums to zeros in the requested dtype."""
     plan = launch.BiasGradPlan(0, 8, 8, torch.bfloat16, torch.bfloat16, torch.device("cpu"), interpret=True)
