@@ -18,6 +18,12 @@
 The epilogue (:class:`fp4.codegen.spec.EpilogueSpec`) works on column halves
 of the tile when ``SPLIT_N == 2``, which halves the registers and shared
 memory that the inverse rotation's re-layout needs.
+
+With ``GemmSpec.product == "cublas"`` (``fp8_fold`` only) the kernel has no
+main loop: it reads the fp32 product of the folded operands that cuBLAS wrote
+(``torch._scaled_mm``, unit scales) tile by tile and finishes it with the same
+epilogue helper, so the backward GEMMs, whose clip mask and inverse rotation
+cuBLAS cannot apply, may still take cuBLAS's FP8 GEMM.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ SQRT_2_OVER_PI = 0.7978845608028654
 SQRT_HALF = 0.7071067811865476
 
 CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_N", "EVEN_K")
+PRODUCT_CONSTEXPRS = ("BLOCK_M", "BLOCK_N", "SPLIT_N")
+"""The tile sizes of a kernel reading cuBLAS's product: no K loop, and tiles in row order (no L2 grouping to gain)."""
 
 
 def _operand_signature(lowering: str, tma: bool = False) -> dict:
@@ -75,13 +83,24 @@ def scalar_signature(e: EpilogueSpec) -> dict:
     return sig
 
 
+_OPERAND_SCALARS = ("K", "stride_am", "stride_bn")
+"""The scalars only the main loop reads."""
+
+
 def signature(spec: GemmSpec) -> dict:
     """Runtime arguments -> Triton types; a tensor descriptor's block shape is filled in per config."""
-    operands = _operand_signature(spec.lowering, spec.tma)
-    return {**operands, **epilogue_signature(spec.epilogue), **scalar_signature(spec.epilogue)}
+    scalars = scalar_signature(spec.epilogue)
+    if spec.product == "cublas":  # the fp32 product and the fold's row scales; no operands, no K
+        operands = {"acc_ptr": "*fp32", "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32"}
+        scalars = {name: kind for name, kind in scalars.items() if name not in _OPERAND_SCALARS}
+    else:
+        operands = _operand_signature(spec.lowering, spec.tma)
+    return {**operands, **epilogue_signature(spec.epilogue), **scalars}
 
 
 def constexprs(spec: GemmSpec) -> tuple[str, ...]:
+    if spec.product == "cublas":
+        return PRODUCT_CONSTEXPRS
     return CONSTEXPRS + (("NUM_PROGRAMS",) if spec.persistent else ())
 
 
@@ -125,7 +144,7 @@ def _emit_epilogue_function(w: SourceWriter, spec: GemmSpec, name: str) -> list[
     e = spec.epilogue
     out_type = ELEMENT_TYPES[e.out_dtype]
     params = ["acc", "m0", "n0", "a_scale_ptr", "b_scale_ptr"] + list(epilogue_signature(e))
-    params += [p for p in scalar_signature(e) if p not in ("K", "stride_am", "stride_bn")]
+    params += [p for p in scalar_signature(e) if p not in _OPERAND_SCALARS]
     params += ["BLOCK_M: tl.constexpr", "TILE_N: tl.constexpr"]
     w.line("@triton.jit")
     with w.block(f"def {name}({', '.join(params)}):"):
@@ -219,6 +238,16 @@ def _emit_main_loop(w: SourceWriter, lowering: str, tma: bool = False, promote: 
     emit_block_scaled_loop(w, GROUP_SIZE, product)
 
 
+def _emit_product_tile(w: SourceWriter, name: str, n0: str, width: str) -> None:
+    """``name`` = columns ``[n0, n0 + width)`` of cuBLAS's fp32 product (row-major, row stride N) in the tile's rows
+    ``offs_m``; elements past M / N read as zeros, which the epilogue's store drops."""
+    w.line(f"cols = {n0} + tl.arange(0, {width})")
+    w.line(
+        f"{name} = tl.load(acc_ptr + rows64[:, None] * N + cols[None, :], "
+        "mask=(offs_m < M)[:, None] & (cols < N)[None, :], other=0.0)"
+    )
+
+
 def emit_grouped_order(w: SourceWriter) -> None:
     """``pid_m``, ``pid_n`` of program ``pid`` in grouped order (every GEMM kernel tiles its output so)."""
     w.comment("grouped order: GROUP_M row tiles share the B tiles they stream through L2")
@@ -270,16 +299,20 @@ def emit_dequantized_tiles(w: SourceWriter, group: int, emit_scale_value, finish
 
 
 def emit_gemm(spec: GemmSpec) -> KernelSource:
-    """Triton source of the GEMM + epilogue kernel described by ``spec``."""
+    """Triton source of the GEMM + epilogue kernel described by ``spec`` (with ``product="cublas"``: the epilogue
+    kernel on cuBLAS's product)."""
     name = spec.kernel_name
     sig = signature(spec)
+    from_memory = spec.product == "cublas"
     summary = {
         "dot_scaled": "MXFP4 GEMM on block-scaled FP4 tensor cores",
         "fp8_fold": "MXFP4 GEMM as an FP8 GEMM on the folded operands, scales in the epilogue",
         "dequant_bf16": "MXFP4 GEMM with operands dequantized to bf16 in registers",
     }[spec.lowering]
+    if from_memory:
+        summary = "Epilogue of an MXFP4 GEMM on the fp32 product of the folded operands that cuBLAS computed"
     w = SourceWriter()
-    w.lines_(header(name, summary + ", fused epilogue", spec.describe(), NO_FUSION))
+    w.lines_(header(name, summary if from_memory else summary + ", fused epilogue", spec.describe(), NO_FUSION))
     epilogue_name = f"{name}_epilogue"
     epilogue_args = _emit_epilogue_function(w, spec, epilogue_name)
     params = ", ".join(list(sig) + [f"{c}: tl.constexpr" for c in constexprs(spec)])
@@ -294,19 +327,34 @@ def emit_gemm(spec: GemmSpec) -> KernelSource:
             loop.__enter__()
         else:
             w.line("pid = tl.program_id(0)")
-        emit_grouped_order(w)
+        if from_memory:
+            w.comment("tiles in row order: each program reads its tile once, there is no operand to share through L2")
+            w.line("pid_m = pid // num_pid_n")
+            w.line("pid_n = pid % num_pid_n")
+        else:
+            emit_grouped_order(w)
         w.line("m0 = pid_m * BLOCK_M")
         w.line("n0 = pid_n * BLOCK_N")
         w.line("offs_m = m0 + tl.arange(0, BLOCK_M)")
-        w.line("offs_n = n0 + tl.arange(0, BLOCK_N)")
-        _emit_main_loop(w, spec.lowering, spec.tma, spec.promote)
+        if from_memory:
+            w.line("rows64 = offs_m.to(tl.int64)")
+        else:
+            w.line("offs_n = n0 + tl.arange(0, BLOCK_N)")
+            _emit_main_loop(w, spec.lowering, spec.tma, spec.promote)
         call_rest = ", ".join(epilogue_args[3:])
         with w.block("if SPLIT_N == 1:"):
+            if from_memory:
+                _emit_product_tile(w, "acc", "n0", "BLOCK_N")
             w.line(f"{epilogue_name}(acc, m0, n0, {call_rest}, BLOCK_M, BLOCK_N)")
         with w.block("else:"):
             w.comment("finish the tile in two column halves (less register and shared-memory pressure)")
-            w.line("left, right = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N // 2]), [0, 2, 1]))")
-            w.line(f"{epilogue_name}(left, m0, n0, {call_rest}, BLOCK_M, BLOCK_N // 2)")
+            if from_memory:  # each half read when it is finished: only one is live
+                _emit_product_tile(w, "left", "n0", "BLOCK_N // 2")
+                w.line(f"{epilogue_name}(left, m0, n0, {call_rest}, BLOCK_M, BLOCK_N // 2)")
+                _emit_product_tile(w, "right", "n0 + BLOCK_N // 2", "BLOCK_N // 2")
+            else:
+                w.line("left, right = tl.split(tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N // 2]), [0, 2, 1]))")
+                w.line(f"{epilogue_name}(left, m0, n0, {call_rest}, BLOCK_M, BLOCK_N // 2)")
             w.line(f"{epilogue_name}(right, m0, n0 + BLOCK_N // 2, {call_rest}, BLOCK_M, BLOCK_N // 2)")
         if spec.persistent:
             loop.__exit__(None, None, None)

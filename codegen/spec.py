@@ -29,6 +29,9 @@ ELEMENT_TYPES = {"bf16": "tl.bfloat16", "fp16": "tl.float16", "fp32": "tl.float3
 GEMM_LOWERINGS = ("dot_scaled", "fp8_fold", "dequant_bf16")
 """The ``Target.gemm_lowering`` values a GEMM kernel can be emitted for (``reference`` runs no kernel)."""
 
+GEMM_PRODUCTS = ("mma", "cublas")
+"""Where a GEMM kernel's fp32 product comes from: its own main loop, or a tensor cuBLAS wrote (``GemmSpec.product``)."""
+
 
 def _check_choice(what: str, value, choices) -> None:
     if value not in choices:
@@ -190,6 +193,10 @@ class GemmSpec:
     adds each K tile's product to the fp32 accumulator with an ordinary fp32
     addition instead of accumulating inside the tensor core, whose FP8 adder
     keeps fewer bits than fp32 on Hopper (what cuBLAS's default FP8 mode does).
+    ``product`` says where the fp32 product comes from: ``"mma"``, the
+    kernel's own main loop, or ``"cublas"`` (``fp8_fold`` only), an fp32
+    ``[M, N]`` tensor that cuBLAS wrote from the folded operands, which the
+    kernel reads tile by tile and finishes with the same epilogue.
     """
 
     lowering: str = "fp8_fold"
@@ -197,9 +204,15 @@ class GemmSpec:
     tma: bool = False
     persistent: bool = False
     promote: bool = False
+    product: str = "mma"
 
     def __post_init__(self):
         _check_choice("lowering", self.lowering, GEMM_LOWERINGS)
+        _check_choice("product", self.product, GEMM_PRODUCTS)
+        if self.product == "cublas" and self.lowering != "fp8_fold":
+            raise ValueError("cuBLAS computes the product of the FP8 fold only (the fp8_fold lowering)")
+        if self.product == "cublas" and (self.tma or self.promote):
+            raise ValueError("a kernel reading cuBLAS's product has no main loop: tma and promote do not apply")
         if self.promote and self.lowering != "fp8_fold":
             raise ValueError("promoting partial sums is a remedy for Hopper's FP8 accumulation only")
         if self.tma and self.lowering != "fp8_fold":
@@ -211,11 +224,14 @@ class GemmSpec:
     def kernel_name(self) -> str:
         schedule = "_tma_persistent" if self.persistent else "_tma" if self.tma else ""
         schedule += "_promoted" if self.promote else ""
+        schedule += "_cublas_product" if self.product == "cublas" else ""
         return f"mxfp4_gemm_{self.lowering}{schedule}_{self.epilogue.name}"
 
     def describe(self) -> list[str]:
         lines = [f"lowering = {self.lowering!r}", f"tma = {self.tma!r}", f"persistent = {self.persistent!r}"]
         lines.append(f"promote = {self.promote!r}")
+        if self.product != "mma":  # listed only then: the main-loop kernels' text (their cache keys) stays as it was
+            lines.append(f"product = {self.product!r}")
         return lines + [f"epilogue.{line}" for line in _describe(self.epilogue)]
 
 

@@ -37,9 +37,10 @@ Inductor's code):
   above it.  No fp4 kernel takes such an argument (the Philox streams' 64-bit
   addends travel as two signed 32-bit words, ``fp4.codegen.lanes.stream_addend``);
   the check guards a kernel that would;
-* a GEMM the autotuner gave to cuBLAS (no Triton kernel to emit) or to a
-  variant reading TMA tensor descriptors (``wrap_triton`` outside Dynamo passes
-  no descriptor metadata, so a descriptor cannot be traced);
+* a GEMM the autotuner gave to cuBLAS (no Triton kernel to emit; also where
+  only its epilogue is a Triton kernel, on cuBLAS's product) or to a variant
+  reading TMA tensor descriptors (``wrap_triton`` outside Dynamo passes no
+  descriptor metadata, so a descriptor cannot be traced);
 * a kernel compile option other than ``num_warps``/``num_stages`` that Inductor
   would not pass on.  Every fp4 kernel is compiled with ``enable_fp_fusion=False``
   (no multiply-add contraction: the reference rounds each step), and Inductor
@@ -220,6 +221,11 @@ def _choose_gemm(call: GemmCall, real) -> str | None:
     config = call.gemm.choose(functools.cache(sample))
     if config == CUBLAS:
         return "the autotuner chose cuBLAS (torch._scaled_mm) for this GEMM: no Triton kernel to emit"
+    if call.gemm.variants[config.name].product == "cublas":
+        return (
+            f"the autotuner chose the variant {config.name!r} for this GEMM: its product is cuBLAS's "
+            "(torch._scaled_mm), no Triton kernel to emit"
+        )
     if call.gemm.variants[config.name].tma:
         return (
             f"the chosen GEMM variant {config.name!r} reads TMA tensor descriptors, which wrap_triton cannot trace "

@@ -325,7 +325,10 @@ class GemmPlan:
 
     The candidates are the lowering's kernel variants at their configurations,
     plus cuBLAS where ``cublas_eligible`` (on the fold lowering); the first call
-    times them (the autotuner) and every later call runs the winner.
+    times them (the autotuner) and every later call runs the winner.  A variant
+    whose kernel reads the product from memory (``GemmSpec.product == "cublas"``)
+    gets it from ``torch._scaled_mm`` (in the interpreter: the float product of
+    the folded operands) and finishes it with the epilogue kernel.
     """
 
     def __init__(self, lowering, operands, M, N, K, epilogue: Epilogue, device, *, interpret=False, config=None,
@@ -344,9 +347,10 @@ class GemmPlan:
         if self.cublas:
             candidates.append(CUBLAS)
         if config is not None and config.name not in self.variants and config != CUBLAS:
-            if interpret and config.name:
+            spec = lowering.variant(config.name, spec_e)
+            if interpret and spec.tma:
                 raise ValueError(f"GEMM variant {config.name!r} does not run in the interpreter")
-            self.variants[config.name] = lowering.variant(config.name, spec_e)
+            self.variants[config.name] = spec
         self.candidates = candidates
         self.primary = kernels.gemm_source(lowering.variant("", spec_e))
         self.chosen = config if config is not None else (candidates[0] if interpret else None)
@@ -360,7 +364,8 @@ class GemmPlan:
             spec = self.variants[config.name]
             source = kernels.gemm_source(spec)
             params = config.kwargs
-            params["EVEN_K"] = self.K % params["BLOCK_K"] == 0
+            if "EVEN_K" in source.constexprs:  # a K loop (not the kernel that reads cuBLAS's product)
+                params["EVEN_K"] = self.K % params["BLOCK_K"] == 0
             tiles = _cdiv(self.M, params["BLOCK_M"]) * _cdiv(self.N, params["BLOCK_N"])
             if spec.persistent:
                 params["NUM_PROGRAMS"] = min(tiles, _sm_count(self.device))
@@ -374,22 +379,43 @@ class GemmPlan:
     def _launch(self, config, operands, epilogue, cublas):
         if config == CUBLAS:
             return cublas()
-        launch, grid, args, out = self.arguments(config, operands, epilogue)
+        acc = self.product(operands) if self.variants[config.name].product == "cublas" else None
+        launch, grid, args, out = self.arguments(config, operands, epilogue, acc)
         launch(grid, args)
         return out
 
     def _warm(self, config, operands, epilogue):
-        if config != CUBLAS:
-            launch, grid, args, _ = self.arguments(config, operands, epilogue)
+        if config != CUBLAS:  # compiles only: a product variant gets an unwritten buffer, nothing is launched
+            reads_product = self.variants[config.name].product == "cublas"
+            acc = torch.empty((self.M, self.N), dtype=torch.float32, device=self.device) if reads_product else None
+            launch, grid, args, _ = self.arguments(config, operands, epilogue, acc)
             launch.warmup(grid, args)
 
-    def arguments(self, config, operands, epilogue):
-        """``(launch, grid, argument list, output)`` of a kernel config for these operands."""
+    @functools.cached_property
+    def _unit_scale(self) -> torch.Tensor:
+        # made at the plan's first product and kept, so no later call (a CUDA-graph capture) allocates it; not when
+        # the plan is built, which the Inductor launch path does under a fake-tensor mode
+        return torch.ones(1, dtype=torch.float32, device=self.device)
+
+    def product(self, operands) -> torch.Tensor:
+        """The fp32 ``[M, N]`` product of the folded operands, unscaled: cuBLAS's FP8 GEMM with tensor-wise unit
+        scales (its default, promoted accumulation); in the interpreter the float product (exact products, summed
+        in the matmul's order)."""
+        a, _, b, _ = operands
+        if self.interpret:
+            return a.float() @ b.float().t()
+        one = self._unit_scale
+        return torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+
+    def arguments(self, config, operands, epilogue, acc=None):
+        """``(launch, grid, argument list, output)`` of a kernel config for these operands (``acc``: the product,
+        for a variant that reads it)."""
         source, spec, launch, grid, params = self.kernel_entry(config)
         a, a_scale, b, b_scale = operands
         out = torch.empty((self.M, self.N), dtype=epilogue.out_dtype, device=self.device)
         values = epilogue.kernel_values(out)
         values.update(a_ptr=a, a_scale_ptr=a_scale, b_ptr=b, b_scale_ptr=b_scale, M=self.M, N=self.N, K=self.K)
+        values["acc_ptr"] = acc
         values.update(stride_am=a.stride(0), stride_bn=b.stride(0))
         if spec.tma:
             from triton.tools.tensor_descriptor import TensorDescriptor

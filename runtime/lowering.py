@@ -17,6 +17,12 @@ lowering           kernel                                                targets
 ``reference``      none: :func:`fp4.runtime.reference.mxfp4_gemm`        the CPU
 =================  ====================================================  ==============================
 
+On ``fp8_fold`` cuBLAS (``torch._scaled_mm``) is a candidate in two ways: the
+whole GEMM where its epilogue can (bf16 output, no clip mask or inverse
+rotation), else, for the backward GEMMs' clip mask and inverse rotation, the
+raw fp32 product finished by a Triton kernel running the GEMM kernel's own
+epilogue (the ``cublas_epilogue`` variant).
+
 :class:`Epilogue` carries a GEMM's epilogue arguments as one value.
 """
 
@@ -176,11 +182,14 @@ class Fp8FoldLowering(GemmLowering):
     ``promote`` adds each K tile's product to the fp32 accumulator outside the
     tensor core (the accuracy of cuBLAS's default FP8 mode); with
     ``promote=False`` the tensor core accumulates (as ``use_fast_accum=True``).
+    The ``cublas_epilogue`` variant is the epilogue kernel alone, on the fp32
+    product cuBLAS computed (``GemmSpec.product == "cublas"``).
     """
 
     name = "fp8_fold"
     operands = "fp8_fold"
     TMA_VARIANTS = ("tma", "tma_persistent")
+    CUBLAS_PRODUCT = "cublas_epilogue"
 
     def __init__(self, promote: bool = True):
         self.promote = promote
@@ -188,6 +197,8 @@ class Fp8FoldLowering(GemmLowering):
     def variant(self, name, epilogue):
         if name in self.TMA_VARIANTS:
             return GemmSpec(self.name, epilogue, tma=True, persistent=name == "tma_persistent", promote=self.promote)
+        if name == self.CUBLAS_PRODUCT:  # cuBLAS accumulates as its default FP8 mode does, whatever promote says
+            return GemmSpec(self.name, epilogue, product="cublas")
         if name == "":
             return GemmSpec(self.name, epilogue, promote=self.promote)
         raise ValueError(f"unknown GEMM variant {name!r} of the {self.name} lowering")
@@ -195,10 +206,31 @@ class Fp8FoldLowering(GemmLowering):
     def variants(self, epilogue, a, b, interpret):
         if not interpret and _tma_usable(a, b):
             # on Hopper the tensor-descriptor kernels beat pointer loads for every shape measured
-            return {name: self.variant(name, epilogue) for name in self.TMA_VARIANTS}
-        return {"": self.variant("", epilogue)}
+            found = {name: self.variant(name, epilogue) for name in self.TMA_VARIANTS}
+        else:
+            found = {"": self.variant("", epilogue)}
+        if not interpret and self.cublas_product_eligible(a.shape[0], b.shape[0], a.shape[1], epilogue):
+            found[self.CUBLAS_PRODUCT] = self.variant(self.CUBLAS_PRODUCT, epilogue)
+        return found
+
+    def cublas_product_eligible(self, M, N, K, epilogue: EpilogueSpec) -> bool:
+        """Whether cuBLAS's fp32 product plus the epilogue kernel is worth timing: where cuBLAS cannot run the
+        epilogue itself (the clip mask and the inverse rotation act on the fp32 product; elsewhere the plain
+        cuBLAS candidate covers the GEMM), on sizes ``torch._scaled_mm`` takes."""
+        return (
+            hasattr(torch, "_scaled_mm")
+            and (epilogue.clip_mask or epilogue.inverse_rotate)
+            and M % 16 == 0
+            and N % 16 == 0
+            and K % 16 == 0
+        )
 
     def configs(self, spec):
+        if spec.product == "cublas":
+            # one memory-bound pass (read the product, write the output) plus the 32-wide butterfly: tiles of 4K to
+            # 32K elements, column halves for the widest; no K loop, so the stages hardly matter
+            tiles = [(64, 128, 4, 1, 1), (128, 128, 8, 1, 1), (32, 256, 4, 1, 2), (128, 256, 8, 2, 2)]
+            return [Config.make(w, s, BLOCK_M=bm, BLOCK_N=bn, SPLIT_N=split) for bm, bn, w, s, split in tiles]
         split = 2 if spec.epilogue.inverse_rotate else 1
         if spec.promote:
             # the fp32 add after every K tile waits for the MMA: 128 x 128 tiles keep both sums in registers.

@@ -36,6 +36,11 @@ GEMM_SPECS = [
         {"alpha": True, "clip_mask": True, "inverse_rotate": True},
     )
 ]
+GEMM_SPECS += [
+    GemmSpec("fp8_fold", EpilogueSpec(alpha=True, bias=True, clip_mask=True, inverse_rotate=True), product="cublas"),
+    GemmSpec("fp8_fold", EpilogueSpec(clip_mask=True, activation="silu", residual=True, out_dtype="fp32"),
+             product="cublas"),
+]  # fmt: skip
 ALL_SOURCES = (
     [emit_quantize(s) for s in QUANTIZE_SPECS]
     + [emit_gemm(s) for s in GEMM_SPECS]
@@ -81,6 +86,8 @@ def test_names_say_what_the_kernel_does():
     )
     spec = GemmSpec("fp8_fold", EpilogueSpec(bias=True, activation="silu", residual=True), tma=True)
     assert spec.kernel_name == "mxfp4_gemm_fp8_fold_tma_bias_silu_residual_bf16"
+    spec = GemmSpec("fp8_fold", EpilogueSpec(alpha=True, clip_mask=True, inverse_rotate=True), product="cublas")
+    assert spec.kernel_name == "mxfp4_gemm_fp8_fold_cublas_product_alpha_mask_unrotate_bf16"
 
 
 @pytest.mark.parametrize(
@@ -93,12 +100,39 @@ def test_names_say_what_the_kernel_does():
         lambda: GemmSpec("wmma"),
         lambda: GemmSpec("dot_scaled", tma=True),
         lambda: GemmSpec("fp8_fold", persistent=True),
+        lambda: GemmSpec("fp8_fold", product="cuda"),
+        lambda: GemmSpec("dot_scaled", product="cublas"),  # cuBLAS multiplies the FP8 fold only
+        lambda: GemmSpec("dequant_bf16", product="cublas"),
+        lambda: GemmSpec("fp8_fold", tma=True, product="cublas"),  # no main loop: nothing to load by TMA
+        lambda: GemmSpec("fp8_fold", promote=True, product="cublas"),
         lambda: EpilogueSpec(activation="tanh"),
     ],
 )
 def test_bad_specs_are_rejected(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_cublas_product_kernel_reads_the_product_and_runs_the_gemms_epilogue():
+    """The kernel that finishes cuBLAS's product has no main loop and no operands: it loads the fp32 product and
+    calls the epilogue helper the FP8 GEMM kernel is emitted with (the same text, under its own name)."""
+    epilogue = EpilogueSpec(alpha=True, bias=True, clip_mask=True, inverse_rotate=True)
+    spec = GemmSpec("fp8_fold", epilogue, product="cublas")
+    source = emit_gemm(spec)
+    assert "tl.dot" not in source.text and "for k in" not in source.text
+    assert "#   product = 'cublas'" in source.text
+    assert "product = 'cublas'" in spec.describe() and not any("product" in line for line in GemmSpec().describe())
+    assert list(source.signature)[:3] == ["acc_ptr", "a_scale_ptr", "b_scale_ptr"]
+    assert not {"a_ptr", "b_ptr", "a_desc", "b_desc", "K", "stride_am", "stride_bn"} & set(source.signature)
+    assert source.constexprs == ("BLOCK_M", "BLOCK_N", "SPLIT_N")
+    assert "acc_ptr + rows64[:, None] * N + cols[None, :]" in source.text  # row stride N, int64 row offsets
+
+    def helper(spec):
+        text = emit_gemm(spec).text
+        body = text[text.index("@triton.jit") : text.index("@triton.jit", text.index("@triton.jit") + 1)]
+        return body.replace(spec.kernel_name, "KERNEL")
+
+    assert helper(spec) == helper(GemmSpec("fp8_fold", epilogue, tma=True, promote=True))
 
 
 def test_quantize_kernels_keep_the_reference_order_of_operations():
@@ -430,6 +464,72 @@ def test_lowering_objects_per_target():
     cpu = lowering_for(Target("cpu"))
     assert not cpu.has_kernel and "no GEMM kernel" in cpu.unavailable_reason(Target("cpu"))
     assert lowering_for(Target.parse("sm_90")).operands == "fp8_fold"
+
+
+def _gemm_plan(epilogue, M=64, N=96, K=128, device="cuda", **kwargs):
+    """A fold GEMM plan on CPU operands; ``device="cuda"`` stands for an H100 (the plan launches nothing here)."""
+    from fp4.core import Target
+
+    a, b = torch.zeros(M, K).to(fold.FP8_DTYPE), torch.zeros(N, K).to(fold.FP8_DTYPE)
+    operands = (a, torch.ones(M), b, torch.ones(N))
+    return launch.GemmPlan(launch.LOWERINGS["fp8_fold"], operands, M, N, K, epilogue, torch.device(device),
+                           target=Target("sm_90"), **kwargs)  # fmt: skip
+
+
+def test_cublas_product_is_a_candidate_where_plain_cublas_cannot_run_the_epilogue(monkeypatch):
+    """On Hopper the backward GEMMs (clip mask, inverse rotation) get cuBLAS's product finished by the epilogue
+    kernel as a candidate; GEMMs plain cuBLAS runs do not, nor sizes ``torch._scaled_mm`` refuses, nor the
+    interpreter (unless a configuration names the variant)."""
+    names = lambda plan: {config.name for config in plan.candidates}  # noqa: E731
+    mask = torch.zeros(64, 96 // 8, dtype=torch.uint8)
+    backward = launch.Epilogue(0.5, None, "none", None, None, mask, True, torch.bfloat16)
+    plan = _gemm_plan(backward)
+    assert names(plan) == {"tma", "tma_persistent", "cublas_epilogue"} and not plan.cublas
+    configs = [c for c in plan.candidates if c.name == "cublas_epilogue"]
+    assert len(configs) >= 2 and plan.variants["cublas_epilogue"].product == "cublas"
+    assert all(set(c.kwargs) == {"BLOCK_M", "BLOCK_N", "SPLIT_N"} for c in configs)
+    # a stored or imported choice names the variant: it is one of the candidates again
+    assert autotune.Config.from_json(configs[0].to_json()) in plan.candidates
+    assert names(_gemm_plan(launch.Epilogue(inverse_rotate=True))) == {"tma", "tma_persistent", "cublas_epilogue"}
+    plain = _gemm_plan(launch.Epilogue(0.5))
+    assert names(plain) == {"tma", "tma_persistent", "cublas"} and plain.cublas
+    assert "cublas_epilogue" not in names(_gemm_plan(launch.Epilogue(inverse_rotate=True), M=72))
+    interpreted = _gemm_plan(backward, device="cpu", interpret=True)
+    assert names(interpreted) == {""}
+    monkeypatch.delattr(torch, "_scaled_mm")
+    assert "cublas_epilogue" not in names(_gemm_plan(backward))
+
+
+def test_an_explicit_configuration_names_the_cublas_product_variant():
+    """``config=`` may name the variant where the candidates leave it out (the interpreter runs it); its kernel
+    constexprs carry no K (no ``EVEN_K``: there is no K loop)."""
+    config = autotune.Config.make(4, 1, "cublas_epilogue", BLOCK_M=32, BLOCK_N=64, SPLIT_N=2)
+    plan = _gemm_plan(launch.Epilogue(inverse_rotate=True), device="cpu", interpret=True, config=config)
+    assert plan.chosen == config and plan.variants["cublas_epilogue"].product == "cublas"
+    source, spec, launched, grid, params = plan.kernel_entry(config)
+    assert params == config.kwargs and grid == (2 * 2,) and source.name == spec.kernel_name
+    with pytest.raises(ValueError, match="unknown GEMM variant"):
+        launch.LOWERINGS["fp8_fold"].variant("cublas_product", EpilogueSpec())
+    with pytest.raises(ValueError, match="does not run in the interpreter"):
+        _gemm_plan(launch.Epilogue(), device="cpu", interpret=True, config=autotune.Config(config.params, name="tma"))
+
+
+def test_compiling_the_cublas_product_variant_ahead_computes_and_launches_nothing(monkeypatch):
+    """Compile-ahead only compiles the epilogue kernel, on an unwritten fp32 buffer in place of the product."""
+    from fp4.runtime.plans import KernelLaunch
+
+    config = autotune.Config.make(4, 1, "cublas_epilogue", BLOCK_M=32, BLOCK_N=64, SPLIT_N=1)
+    epilogue = launch.Epilogue(inverse_rotate=True)
+    plan = _gemm_plan(epilogue, M=48, N=64, device="cpu", interpret=True, config=config)
+    compiled = []
+    monkeypatch.setattr(plan, "product", lambda operands: pytest.fail("a product computed while compiling ahead"))
+    monkeypatch.setattr(KernelLaunch, "__call__", lambda self, grid, args: pytest.fail("launched ahead"))
+    monkeypatch.setattr(KernelLaunch, "warmup", lambda self, grid, args: compiled.append((grid, args)))
+    a, b = torch.zeros(48, 128).to(fold.FP8_DTYPE), torch.zeros(64, 128).to(fold.FP8_DTYPE)
+    with autotune.compile_ahead(threads=1):
+        plan((a, torch.ones(48), b, torch.ones(64)), epilogue)
+    ((grid, args),) = compiled
+    assert grid == (2,) and args[0].dtype == torch.float32 and args[0].shape == (48, 64)
 
 
 def test_rounding_magics_are_the_float32_bits_they_name():

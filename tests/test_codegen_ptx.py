@@ -2,7 +2,8 @@
 
 * sm_100a: ``dot_scaled`` GEMMs run on ``tcgen05.mma ... kind::mxf4.block_scale.block32``;
 * sm_120a: the same source runs on ``mma.sync ... kind::mxf4nvf4.block_scale``;
-* sm_90a: fold GEMMs run on FP8 ``wgmma`` with E4M3 operands (never bf16), through TMA where asked;
+* sm_90a: fold GEMMs run on FP8 ``wgmma`` with E4M3 operands (never bf16), through TMA where asked; the
+  kernel finishing cuBLAS's product runs no MMA and no fused multiply-add;
 * sm_80: the ``dequant_bf16`` lowering runs on bf16 ``mma.sync``;
 * quantizers: no fused multiply-add anywhere (the reference rounds every product and sum), IEEE square
   roots, no flush-to-zero arithmetic (the E2M1 decode multiplies subnormals).
@@ -104,6 +105,17 @@ def test_sm90_fold_gemm_uses_fp8_wgmma(compiled, tmp_path, spec):
     checks += "CHECK: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3\n"
     filecheck(ptx, checks, tmp_path)
     assert ".bf16.bf16" not in ptx  # the fold runs on FP8 tensor cores, not on bf16 ones
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_sm90_cublas_product_epilogue_compiles_without_mma_or_fma(compiled, tmp_path, split):
+    """The kernel that finishes cuBLAS's product: no tensor-core instruction, and no fused multiply-add in the
+    epilogue (the reference rounds the scales, alpha and every butterfly step separately)."""
+    spec = GemmSpec("fp8_fold", EpilogueSpec(alpha=True, bias=True, clip_mask=True, inverse_rotate=True),
+                    product="cublas")  # fmt: skip
+    ptx = compiled(emit_gemm(spec), 90, dict(BLOCK_M=64, BLOCK_N=128 * split, SPLIT_N=split), num_warps=4)
+    filecheck(ptx, "CHECK: .target sm_90a\nCHECK-NOT: {{wgmma|mma.sync|fma.rn.f32}}\n", tmp_path)
+    assert "ld.global.v4.b32" in ptx and "add.rn.f32" in ptx  # 16-byte loads of the product; the butterfly
 
 
 def test_sm80_dequant_gemm_uses_bf16_mma(compiled, tmp_path):

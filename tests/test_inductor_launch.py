@@ -186,6 +186,28 @@ def test_hopper_folds_launch_from_inductor_and_tma_gemms_stay_on_plans(on_target
     assert names.count(kernels.fold_source().name) == 1
 
 
+def test_a_gemm_given_to_cublas_product_and_the_epilogue_kernel_stays_on_its_plan(on_target, monkeypatch):
+    """A backward GEMM whose chosen variant finishes cuBLAS's product keeps its plan launch, with the reason: the
+    product is no Triton kernel to emit."""
+    from fp4.runtime import autotune
+
+    mode = on_target("sm_90")
+    choose_product = lambda source, target, bucket, candidates, run, compile=None: next(  # noqa: E731
+        config for config in candidates if config.name == "cublas_epilogue"
+    )
+    monkeypatch.setattr(autotune.AUTOTUNER, "choose", choose_product)
+
+    def backward(a, a_scales, b, b_scales, mask):
+        return fp4.fp8_fold_gemm(a, a_scales, b, b_scales, 0.5, None, "none", None, None, mask, True, torch.bfloat16)
+
+    e4m3, f32 = torch.float8_e4m3fn, torch.float32
+    shapes = ((160, 256), e4m3), ((160,), f32), ((224, 256), e4m3), ((224,), f32), ((160, 224 // 8), torch.uint8)
+    gm = _graph(mode, backward, *shapes)
+    (reason,) = inductor_launch.decompose(gm)
+    assert reason.startswith("plan.fp8_fold_gemm.") and "'cublas_epilogue'" in reason and "_scaled_mm" in reason
+    assert _fp4_ops(gm) == ["fp8_fold_gemm"] and _launches(gm) == []
+
+
 def test_signatures_the_kernels_do_not_cover_stay_fp4_ops_with_their_reason(on_target, monkeypatch):
     mode = on_target("sm_80")
     gm = _graph(mode, lambda x: fp4.quest_quantize(x, True), ((64, 128), torch.float64))

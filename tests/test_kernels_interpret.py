@@ -5,9 +5,10 @@ when ``TRITON_INTERPRET=1`` is set before Triton is imported, so the cases run
 in one child process (this file executed as a script) and report back as
 JSON; each test below checks one case.  The interpreter is right about layouts,
 dequantization, MMA and Philox, which is what these cases exercise; it is not
-bit-exact for fp32 -> bf16/fp8 casts, so the GEMM cases write fp32 and the
-fold cases compare values that are exact in E4M3 (casts are checked on a GPU
-in tests/gpu).
+bit-exact for fp32 -> bf16/fp8 casts, so the GEMM cases write fp32 (a bf16
+output may be either rounding of the exact fp32 one) and the fold cases
+compare values that are exact in E4M3 (casts are checked on a GPU in
+tests/gpu).
 """
 
 from __future__ import annotations
@@ -127,6 +128,29 @@ def _cases():
                     )
                 error = ((got - want).norm() / want.norm()).item()
                 results[f"gemm_{lowering}_{name}_{split}"] = {"error": error}
+    # cuBLAS's product finished by the epilogue kernel: in the interpreter the plan's product is the float matmul
+    # of the folded operands, the very call made here, so the output is the reference epilogue's, bit for bit
+    for M, N, K in CUBLAS_PRODUCT_SHAPES:
+        a = fold.fold_reference(*reference.quest_quantize(data(M, K, torch.float32), True)[:2])
+        b = fold.fold_reference(*reference.quest_quantize(torch.randn(N, K, generator=generator), True)[:2])
+        mask = reference.quest_quantize(torch.randn(M, N, generator=generator) ** 3, True)[2]
+        bias = torch.randn(N, generator=generator).to(torch.bfloat16)
+        epilogue = (reference.BACKWARD_ALPHA, bias, "none", None, None, mask, True)
+        acc = (a[0].float() @ b[0].float().t()) * a[1][:, None] * b[1][None, :]
+        want = reference.gemm_epilogue(acc, *epilogue, torch.float32)
+        for out_dtype in (torch.float32, torch.bfloat16):
+            for split in (1, 2):
+                config = Config.make(4, 1, "cublas_epilogue", BLOCK_M=32, BLOCK_N=64, SPLIT_N=split)
+                launch.COUNTERS.clear()
+                got = launch.launch_fold_gemm(*a, *b, *epilogue, out_dtype, interpret=True, config=config)
+                ran = launch.COUNTERS == {"gemm.fp8_fold.cublas_epilogue": 1}
+                if out_dtype == torch.float32:
+                    mismatches = int((got != want).sum())
+                else:  # the interpreter's fp32 -> bf16 cast truncates: either rounding of the exact fp32 result
+                    truncated = (want.view(torch.int32) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
+                    mismatches = int(((got != want.to(torch.bfloat16)) & (got != truncated)).sum())
+                name = f"cublas_product_{M}x{N}x{K}_{str(out_dtype)[6:]}_{split}"
+                results[name] = {"mismatches": [mismatches if got.shape == want.shape and ran else -1]}
     grad = torch.randn(300, 40, generator=generator)
     got = launch.launch_bias_grad(grad, torch.float32, interpret=True, config=Config.make(4, BLOCK_T=64, BLOCK_N=32))
     results["bias_grad"] = {"error": ((got.double() - grad.double().sum(0)).abs().max() / grad.abs().sum()).item()}
@@ -195,6 +219,22 @@ GEMMS = [
 def test_gemm_in_interpreter(interpreted, case):
     # fp32 accumulation of exact products in another order, and fp32 activations: far below 1e-6
     assert interpreted[case]["error"] < 1e-6
+
+
+CUBLAS_PRODUCT_SHAPES = ((64, 96, 128), (48, 160, 64), (112, 32, 224))
+CUBLAS_PRODUCT = [
+    f"cublas_product_{M}x{N}x{K}_{dtype}_{split}"
+    for M, N, K in CUBLAS_PRODUCT_SHAPES
+    for dtype in ("float32", "bfloat16")
+    for split in (1, 2)
+]
+
+
+@pytest.mark.parametrize("case", CUBLAS_PRODUCT)
+def test_cublas_product_epilogue_bitwise_in_interpreter(interpreted, case):
+    """The plan's ``cublas_epilogue`` variant ran (counted) and its kernel finished the product as the reference
+    epilogue does (alpha, bias, clip mask, inverse rotation), partial tiles at both edges included."""
+    assert_bitwise(interpreted, case)
 
 
 def test_bias_grad_in_interpreter(interpreted):

@@ -300,6 +300,36 @@ def test_cublas_fold_gemm_matches(epilogue, generator):
     assert_gemm_close(got, float64_gemm(a, b, *args), torch.bfloat16, f"cuBLAS fold {epilogue}")
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9) or not hasattr(torch, "_scaled_mm"),
+    reason="needs FP8 tensor cores and torch._scaled_mm",
+)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("shape", [(1024, 768, 512), (512, 2048, 8192), (208, 96, 256)])
+def test_cublas_product_with_the_epilogue_kernel(shape, split, out_dtype, generator):
+    """The ``cublas_epilogue`` variant of a backward GEMM (alpha, bias, clip mask, inverse rotation): (a) bit for
+    bit the reference epilogue applied to cuBLAS's unscaled fp32 product times the row scales, (b) as close to
+    the Triton FP8 kernel's output as the fold GEMMs are to float64."""
+    M, N, K = shape
+    a, b = quantized_operands(M, N, K, generator)
+    args = epilogue_arguments("backward_mask_unrotate", M, N, out_dtype, generator)
+    args = _cuda(args[:1] + (torch.randn(N, generator=generator).to(torch.bfloat16),) + args[2:])
+    operands = _cuda(fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2]))
+    config = Config.make(4, 1, "cublas_epilogue", BLOCK_M=64, BLOCK_N=128 * split, SPLIT_N=split)
+    launch.COUNTERS.clear()
+    got = launch.launch_fold_gemm(*operands, *args, config=config)
+    assert launch.COUNTERS == {"gemm.fp8_fold.cublas_epilogue": 1}
+    one = torch.ones(1, device="cuda")
+    product = torch._scaled_mm(operands[0], operands[2].t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
+    want = reference.gemm_epilogue(product * operands[1][:, None] * operands[3][None, :], *args)
+    assert_bitwise(got, want.cpu(), f"cuBLAS product + epilogue {shape}")
+    triton_config = Config.make(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)
+    triton = launch.launch_fold_gemm(*operands, *args, config=triton_config)
+    assert_gemm_close(got, triton.cpu(), out_dtype, f"cuBLAS product vs Triton FP8 kernel {shape}")
+    assert_gemm_close(got, float64_gemm(a, b, *args), out_dtype, f"cuBLAS product {shape}")
+
+
 @pytest.mark.parametrize("lowering", ["dequant_bf16", "dot_scaled"])
 @pytest.mark.parametrize("epilogue", ["plain", "backward_mask_unrotate", "silu_gate_residual"])
 def test_other_lowerings_run_here(lowering, epilogue, generator):
