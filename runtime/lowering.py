@@ -183,7 +183,9 @@ class Fp8FoldLowering(GemmLowering):
     tensor core (the accuracy of cuBLAS's default FP8 mode); with
     ``promote=False`` the tensor core accumulates (as ``use_fast_accum=True``).
     The ``cublas_epilogue`` variant is the epilogue kernel alone, on the fp32
-    product cuBLAS computed (``GemmSpec.product == "cublas"``).
+    product cuBLAS computed (``GemmSpec.product == "cublas"``); it is a
+    candidate only with ``cublas_product`` (``FP4_CUBLAS_PRODUCT=1``) until it
+    has run on a GPU, and runs wherever a configuration names it.
     """
 
     name = "fp8_fold"
@@ -191,8 +193,9 @@ class Fp8FoldLowering(GemmLowering):
     TMA_VARIANTS = ("tma", "tma_persistent")
     CUBLAS_PRODUCT = "cublas_epilogue"
 
-    def __init__(self, promote: bool = True):
+    def __init__(self, promote: bool = True, cublas_product: bool = False):
         self.promote = promote
+        self.cublas_product = cublas_product
 
     def variant(self, name, epilogue):
         if name in self.TMA_VARIANTS:
@@ -209,7 +212,8 @@ class Fp8FoldLowering(GemmLowering):
             found = {name: self.variant(name, epilogue) for name in self.TMA_VARIANTS}
         else:
             found = {"": self.variant("", epilogue)}
-        if not interpret and self.cublas_product_eligible(a.shape[0], b.shape[0], a.shape[1], epilogue):
+        M, N, K = a.shape[0], b.shape[0], a.shape[1]
+        if self.cublas_product and not interpret and self.cublas_product_eligible(M, N, K, epilogue):
             found[self.CUBLAS_PRODUCT] = self.variant(self.CUBLAS_PRODUCT, epilogue)
         return found
 
