@@ -117,22 +117,24 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    step_ms, host_ms, losses = [], [], []
+    step_ms, host_ms, losses, gc_ms = [], [], [], []
     before, first_step, later = _compile_seconds(), {}, {}
-    for i in range(steps):
-        start = time.perf_counter()
-        loss = step(i)
-        issued = time.perf_counter()
-        losses.append(float(loss))  # the loop's one read-back (a synchronisation)
-        done = time.perf_counter()
-        step_ms.append((done - start) * 1e3)
-        host_ms.append((issued - start) * 1e3)
-        grown = _compile_seconds(since=before)
-        if i == 0:
-            first_step = grown
-        elif grown:  # a later step that compiled, autotuned or built a plan: what, by timer
-            later[str(i + 1)] = grown
-        before = _compile_seconds()
+    with GcPauses() as pauses:
+        for i in range(steps):
+            start = time.perf_counter()
+            loss = step(i)
+            issued = time.perf_counter()
+            losses.append(float(loss))  # the loop's one read-back (a synchronisation)
+            done = time.perf_counter()
+            step_ms.append((done - start) * 1e3)
+            host_ms.append((issued - start) * 1e3)
+            gc_ms.append(round(pauses.take(), 3))
+            grown = _compile_seconds(since=before)
+            if i == 0:
+                first_step = grown
+            elif grown:  # a later step that compiled, autotuned or built a plan: what, by timer
+                later[str(i + 1)] = grown
+            before = _compile_seconds()
     tokens_per_step = shape["batch"] * shape["seq"]
     steady = steady_steps(step_ms)
     record = {
@@ -147,12 +149,40 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         "losses": losses,
         "first_step_seconds": first_step,
         "later_step_seconds": later,
+        "gc_ms": gc_ms,
     }
     if cuda:
         record["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if profile and cuda:
         record["gpu_ms_per_step"], record["gpu_kernels"] = _gpu_time_of(lambda: step(steps))
     return record
+
+
+class GcPauses:
+    """``with GcPauses() as pauses:`` adds up the host time Python's garbage collector runs; ``pauses.take()`` returns
+    the milliseconds since the last take.  A slow step that compiled nothing may be a full collection of the
+    objects a compile left behind."""
+
+    def __init__(self):
+        self.ms, self._started = 0.0, None
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.ms += (time.perf_counter() - self._started) * 1e3
+            self._started = None
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
+    def take(self) -> float:
+        ms, self.ms = self.ms, 0.0
+        return ms
 
 
 FIRST_STEP_COUNTS = ("autotune.buckets", "autotune.stored", "autotune.imported")
@@ -253,6 +283,8 @@ def bench_models(names, log, modes=MODES, steps=8, on_record=None) -> list[dict]
             )
             for number, grown in record.get("later_step_seconds", {}).items():
                 log(f"{'':12s} step {number} compiled too: {', '.join(f'{k} {v:g}' for k, v in grown.items())}")
+            if max(record.get("gc_ms", [0])[1:], default=0) >= 5:
+                log(f"{'':12s} garbage collection, ms per step: {record['gc_ms']}")
         baseline = records.get("bf16_inductor", {}).get("median_step_ms")
         for record in records.values():
             row = {"config": name, **shape, **record}

@@ -8,6 +8,7 @@ layer seed read by the kernels from a tensor.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -289,7 +290,8 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
 
 def test_model_benchmark_reports_what_a_later_step_compiled(monkeypatch):
     """A step after the first that compiles (a kernel's first launch here) is reported by step number and timer,
-    so a slow later step says whether it compiled; steps that compiled nothing are left out."""
+    so a slow later step says whether it compiled; steps that compiled nothing are left out.  The garbage
+    collector's pauses are recorded per step."""
     from fp4 import bench_model
     from fp4.runtime import autotune
 
@@ -300,6 +302,8 @@ def test_model_benchmark_reports_what_a_later_step_compiled(monkeypatch):
         def run(**batch):
             calls.append(1)
             autotune.SECONDS["kernels.first_launch"] += 0.25 if len(calls) in (1, 3) else 0.0
+            if len(calls) == 4:
+                gc.collect()  # a step that compiled nothing but paused for a full collection
             return model(**batch)
 
         return run
@@ -310,6 +314,7 @@ def test_model_benchmark_reports_what_a_later_step_compiled(monkeypatch):
     assert record["first_step_seconds"] == {"kernels.first_launch": 0.25}
     assert record["later_step_seconds"] == {"3": {"kernels.first_launch": 0.25}}
     assert len(record["step_ms"]) == 4 and record["max_step_ms"] == max(record["step_ms"][2:])
+    assert len(record["gc_ms"]) == 4 and record["gc_ms"][3] > 0
 
 
 def test_bias_grad_of_no_rows_is_zeros():
