@@ -138,6 +138,8 @@ class compile_ahead:
 
     Leaving the block waits for every compile (a failed one is logged and skipped: it fails again, visibly,
     when the autotuner times it).  Without Triton's asynchronous compile mode the compiles run one by one.
+    ``FP4_COMPILE_PROCESSES=N`` compiles in ``N`` worker processes instead of threads
+    (:mod:`fp4.runtime.compile_pool`).
     """
 
     def __init__(self, threads: int | None = None):
@@ -146,12 +148,18 @@ class compile_ahead:
     def __enter__(self):
         from concurrent.futures import ThreadPoolExecutor
 
+        from . import compile_pool
+
         self.pool = self.mode = None
         try:
             from triton.runtime._async_compile import AsyncCompileMode
         except ImportError:
             AsyncCompileMode = None
-        if AsyncCompileMode is not None and self.threads > 1:
+        workers = compile_pool.processes()
+        if workers and compile_pool.available():  # worker processes (FP4_COMPILE_PROCESSES)
+            self.mode = compile_pool.Collector(workers)
+            self.mode.__enter__()
+        elif AsyncCompileMode is not None and self.threads > 1:
             self.pool = ThreadPoolExecutor(self.threads)
             self.mode = AsyncCompileMode(self.pool, ignore_errors=True)
             self.mode.__enter__()

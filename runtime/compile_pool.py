@@ -1,0 +1,166 @@
+"""Compile ahead in worker processes: Triton's compile holds the interpreter lock for most of its work.
+
+Inside :class:`fp4.runtime.autotune.compile_ahead` every kernel the warm-up meets
+asks Triton's JIT to compile it (``JITFunction.warmup``).  On threads those
+compiles mostly wait for one another and slow the main thread's own compile
+beside them (an H100, small model: ~54 s of compiles took 22.6 s on 16 threads
+and Dynamo/Inductor's compile went from 15.6 s to 31.6 s; ``benchmarks/RESULTS.md``).
+With ``FP4_COMPILE_PROCESSES=N`` the warm-up thread instead hands each compile
+to one of ``N`` worker processes: Triton's ``jit_cache_hook`` is called before
+it would compile, with the specialization serialized
+(``specialization_data``); the hook records the job and skips the compile in
+this process, and a worker imports the same generated module and replays it
+(``JITFunction.preload``), which writes Triton's on-disk cache.  The step's
+first launch then finds the binary there (same source, same specialization:
+the same cache key) and only loads it.
+
+The hook skips a compile only on a thread inside ``compile_ahead`` and only for
+a warm-up (never for a launch), so nothing else ever loses a kernel; a Triton
+without the hook, or a job a worker could not compile, leaves that kernel to
+compile at its first launch, as without the pool.  Not measured on a GPU yet,
+so off by default (``0``: the thread pool).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+
+log = logging.getLogger("fp4.compile_pool")
+
+PROCESSES_ENV = "FP4_COMPILE_PROCESSES"
+
+_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+_COLLECTING = threading.local()
+
+
+def processes() -> int:
+    """Worker processes for compiles ahead (``FP4_COMPILE_PROCESSES``; 0: compile on threads)."""
+    value = os.environ.get(PROCESSES_ENV, "0")
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ValueError(f"{PROCESSES_ENV} takes a number of processes, got {value!r}") from None
+
+
+def _runtime_knobs():
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    runtime = getattr(knobs, "runtime", None)
+    return runtime if runtime is not None and hasattr(runtime, "jit_cache_hook") else None
+
+
+def available() -> bool:
+    """Whether this Triton calls a JIT cache hook before compiling (what the pool needs)."""
+    return _runtime_knobs() is not None
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    global _POOL
+    with _LOCK:
+        if _POOL is None:
+            import multiprocessing
+
+            # spawned, not forked: a forked child of a process that has used CUDA cannot use it
+            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+        return _POOL
+
+
+def job_of(fn_info, compile_kwargs: dict) -> tuple | None:
+    """``(module name, module path, function name, specialization data)`` of a compile the JIT is about to run, from
+    the hook's arguments; None where they do not say (another Triton): that kernel compiles here."""
+    function = getattr(fn_info, "jit_function", None)
+    inner = getattr(function, "fn", None)
+    data = (compile_kwargs or {}).get("specialization_data")
+    code = getattr(inner, "__code__", None)
+    if inner is None or code is None or not isinstance(data, str):
+        return None
+    return inner.__module__, code.co_filename, inner.__name__, data
+
+
+def preload(module_name: str, path: str, function_name: str, specialization_data: str) -> str:
+    """In a worker: import the generated kernel module as the parent did and compile the recorded specialization
+    into Triton's cache; returns the function name."""
+    from pathlib import Path
+
+    from .cache import _import_kernel
+
+    suffix = "_interpreted"
+    base = module_name[: -len(suffix)] if module_name.endswith(suffix) else module_name
+    function = _import_kernel(Path(path), function_name, base, interpret=False)
+    function.preload(specialization_data)
+    return function_name
+
+
+_PREVIOUS_HOOK = None
+_INSTALLED = False
+
+
+def _hook(*args, **kwargs):
+    """Triton's ``jit_cache_hook``: a truthy result skips the compile in this process.  Skips only a warm-up on a
+    thread that is collecting; never raises (a hook error would fail the compile)."""
+    if _PREVIOUS_HOOK is not None:
+        previous = _PREVIOUS_HOOK(*args, **kwargs)
+        if previous:
+            return previous
+    collector = getattr(_COLLECTING, "active", None)
+    if collector is None or not kwargs.get("is_manual_warmup"):  # another thread, or a launch: compile here
+        return None
+    try:
+        job = job_of(kwargs.get("fn"), kwargs.get("compile"))
+        if job is None:
+            collector.skipped += 1
+            return None
+        collector.futures.append(_pool(collector.workers).submit(preload, *job))
+    except Exception as error:  # noqa: BLE001  (the kernel compiles here instead)
+        log.info("compile in a worker not queued: %s", error)
+        return None
+    return True
+
+
+def _install() -> None:
+    global _PREVIOUS_HOOK, _INSTALLED
+    with _LOCK:
+        if not _INSTALLED:
+            runtime = _runtime_knobs()
+            _PREVIOUS_HOOK, runtime.jit_cache_hook = runtime.jit_cache_hook, _hook
+            _INSTALLED = True
+
+
+class Collector:
+    """``with Collector(workers):`` the JIT's warm-up compiles on this thread go to the worker pool; leaving the
+    block waits for them.  Other threads, and launches, compile as always."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.futures: list[Future] = []
+        self.skipped = 0
+
+    def __enter__(self):
+        _install()
+        _COLLECTING.active = self
+        return self
+
+    def __exit__(self, *exc):
+        _COLLECTING.active = None
+        self.wait()
+        return False
+
+    def wait(self) -> int:
+        """Wait for every job; returns how many compiled (a failed one is logged: it compiles at its first launch)."""
+        done = 0
+        for future in self.futures:
+            try:
+                future.result()
+                done += 1
+            except Exception as error:  # noqa: BLE001  (the step compiles it itself)
+                log.info("compile in a worker failed: %s", error)
+        self.futures = []
+        return done

@@ -1,0 +1,154 @@
+"""Compiles ahead in worker processes (``FP4_COMPILE_PROCESSES``): the JIT hook, the jobs, the worker's replay.
+
+The GPU side (Triton's ``preload`` filling its cache, the step's first launch finding it) needs a GPU; here the
+hook's guard (only a warm-up, only on a collecting thread, never an error), the job it records, and a real
+spawned worker importing a generated module and replaying the recorded specialization are checked.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from fp4.runtime import autotune, compile_pool
+
+
+class _Executor:
+    def __init__(self):
+        self.jobs = []
+
+    def submit(self, function, *args):
+        from concurrent.futures import Future
+
+        self.jobs.append((function, args))
+        future = Future()
+        future.set_result(args[2])
+        return future
+
+
+def _kernel_function():
+    pass
+
+
+def _hook_arguments(warmup=True, data='{"name": "k"}'):
+    info = SimpleNamespace(module="m", name="k", jit_function=SimpleNamespace(fn=_kernel_function))
+    return dict(key="key", repr="k[...]", fn=info, compile={"key": "key", "specialization_data": data},
+                is_manual_warmup=warmup, already_compiled=False)  # fmt: skip
+
+
+def test_processes_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv(compile_pool.PROCESSES_ENV, raising=False)
+    assert compile_pool.processes() == 0  # threads by default
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "6")
+    assert compile_pool.processes() == 6
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "many")
+    with pytest.raises(ValueError, match="FP4_COMPILE_PROCESSES"):
+        compile_pool.processes()
+
+
+def test_the_hook_takes_only_warm_ups_on_a_collecting_thread(monkeypatch):
+    """A warm-up on the collecting thread goes to a worker (the JIT skips it here); a launch, another thread, or
+    no collector at all compiles here as always."""
+    executor = _Executor()
+    monkeypatch.setattr(compile_pool, "_pool", lambda workers: executor)
+    monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", None)
+    assert compile_pool._hook(**_hook_arguments()) is None  # nobody collecting
+    collector = compile_pool.Collector(2)
+    compile_pool._COLLECTING.active = collector
+    try:
+        assert compile_pool._hook(**_hook_arguments(warmup=False)) is None  # a launch is never skipped
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(compile_pool._hook(**_hook_arguments())))
+        other.start()
+        other.join()
+        assert seen == [None]  # another thread (Inductor's, the step's) compiles itself
+        assert compile_pool._hook(**_hook_arguments()) is True
+        (function, job), = executor.jobs  # fmt: skip
+        assert function is compile_pool.preload
+        assert job == (__name__, __file__, "_kernel_function", '{"name": "k"}')
+        # a hook call that does not say what to compile (another Triton's arguments): compiled here, counted
+        assert compile_pool._hook(**_hook_arguments(data=None)) is None and collector.skipped == 1
+        assert collector.wait() == 1 and collector.futures == []
+    finally:
+        compile_pool._COLLECTING.active = None
+
+
+def test_the_hook_keeps_a_previous_hook_and_never_raises(monkeypatch):
+    monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", lambda **kwargs: "previous")
+    assert compile_pool._hook(**_hook_arguments()) == "previous"
+    monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", None)
+
+    def broken(workers):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(compile_pool, "_pool", broken)
+    compile_pool._COLLECTING.active = compile_pool.Collector(2)
+    try:
+        assert compile_pool._hook(**_hook_arguments()) is None  # the kernel compiles here instead
+    finally:
+        compile_pool._COLLECTING.active = None
+
+
+def test_a_failed_worker_compile_is_left_to_the_first_launch():
+    from concurrent.futures import Future
+
+    collector = compile_pool.Collector(2)
+    failed, done = Future(), Future()
+    failed.set_exception(RuntimeError("ptxas died"))
+    done.set_result("k")
+    collector.futures = [failed, done]
+    assert collector.wait() == 1
+
+
+def _kernel_module(tmp_path):
+    path = tmp_path / "fake_kernel.py"
+    path.write_text(
+        "import pathlib\n"
+        "class Function:\n"
+        "    def preload(self, data):\n"
+        "        pathlib.Path(__file__).with_suffix('.preloaded').write_text(__name__ + ' ' + data)\n"
+        "kernel = Function()\n"
+    )
+    return path
+
+
+def test_a_spawned_worker_replays_the_recorded_specialization(tmp_path, monkeypatch):
+    """The job goes to a real spawned process, which imports the generated module under the parent's module name
+    and calls ``preload`` with the recorded data (on a GPU: Triton compiles into its cache)."""
+    path = _kernel_module(tmp_path)
+    monkeypatch.setattr(compile_pool, "_POOL", None)
+    pool = compile_pool._pool(1)
+    try:
+        name = pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "{}").result(120)
+    finally:
+        pool.shutdown()
+    assert name == "kernel"
+    assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 {}"
+
+
+def test_compile_ahead_collects_for_processes_when_asked(monkeypatch):
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "3")
+    monkeypatch.setattr(compile_pool, "available", lambda: True)
+    monkeypatch.setattr(compile_pool, "_install", lambda: None)
+    with autotune.compile_ahead() as ahead:
+        assert isinstance(ahead.mode, compile_pool.Collector) and ahead.mode.workers == 3
+        assert compile_pool._COLLECTING.active is ahead.mode and autotune.compiling_ahead()
+    assert compile_pool._COLLECTING.active is None and not autotune.compiling_ahead()
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "0")
+    with autotune.compile_ahead() as ahead:
+        assert not isinstance(ahead.mode, compile_pool.Collector)
+
+
+def test_the_hook_is_installed_once_and_keeps_the_one_before(monkeypatch):
+    runtime = compile_pool._runtime_knobs()
+    if runtime is None:
+        pytest.skip("this Triton calls no JIT cache hook")
+    assert compile_pool.available()
+    previous = lambda **kwargs: None  # noqa: E731
+    monkeypatch.setattr(runtime, "jit_cache_hook", previous)
+    monkeypatch.setattr(compile_pool, "_INSTALLED", False)
+    monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", None)
+    compile_pool._install()
+    compile_pool._install()
+    assert runtime.jit_cache_hook is compile_pool._hook and compile_pool._PREVIOUS_HOOK is previous
