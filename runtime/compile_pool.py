@@ -6,7 +6,7 @@ compiles mostly wait for one another and slow the main thread's own compile
 beside them (an H100, small model: ~54 s of compiles took 22.6 s on 16 threads
 and Dynamo/Inductor's compile went from 15.6 s to 31.6 s; ``benchmarks/RESULTS.md``).
 With ``FP4_COMPILE_PROCESSES=N`` the warm-up thread instead hands each compile
-to one of ``N`` worker processes: Triton's ``jit_cache_hook`` is called before
+to one of ``N`` worker processes (:class:`WorkerPool`): Triton's ``jit_cache_hook`` is called before
 it would compile, with the specialization serialized
 (``specialization_data``); the hook records the job and skips the compile in
 this process, and a worker imports the same generated module and replays it
@@ -27,14 +27,14 @@ import atexit
 import logging
 import os
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 
 log = logging.getLogger("fp4.compile_pool")
 
 PROCESSES_ENV = "FP4_COMPILE_PROCESSES"
 
 _LOCK = threading.Lock()
-_POOL: ProcessPoolExecutor | None = None
+_POOL = None
 _COLLECTING = threading.local()
 
 
@@ -61,15 +61,93 @@ def available() -> bool:
     return _runtime_knobs() is not None
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+class WorkerPool:
+    """``N`` worker processes, each a ``python -c "...serve()"`` child reading one job per line and answering one
+    line per job; jobs are handed out by threads that only wait on the pipes.  The children are started as
+    subprocesses, not by :mod:`multiprocessing`, so no child ever imports the user's ``__main__`` (a training
+    script without a ``__name__`` guard would otherwise run again in every worker)."""
+
+    def __init__(self, workers: int):
+        import queue
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.workers = workers
+        self._threads = ThreadPoolExecutor(workers, thread_name_prefix="fp4-compile-pool")
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+        self._children: list = []
+
+    def submit(self, function, *job) -> Future:
+        if function is not preload:
+            raise ValueError("the worker processes run preload jobs only")
+        return self._threads.submit(self._run, job)
+
+    def _child(self):
+        import subprocess
+        import sys
+
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, sys.path)))
+        child = subprocess.Popen(
+            [sys.executable, "-c", "from fp4.runtime.compile_pool import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment,
+        )  # fmt: skip
+        self._children.append(child)
+        return child
+
+    def _run(self, job: tuple) -> str:
+        import json
+        import queue
+
+        try:
+            child = self._idle.get_nowait()
+        except queue.Empty:
+            child = self._child()
+        try:
+            child.stdin.write(json.dumps(list(job)) + "\n")
+            child.stdin.flush()
+            line = child.stdout.readline()
+        except OSError as error:
+            raise RuntimeError(f"compile worker {child.pid} is gone: {error}") from None
+        if not line:
+            raise RuntimeError(f"compile worker {child.pid} exited ({child.poll()})")
+        self._idle.put(child)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["name"]
+
+    def shutdown(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        for child in self._children:
+            try:
+                child.stdin.close()
+                child.wait(timeout=5)
+            except Exception:  # noqa: BLE001  (exiting anyway)
+                child.kill()
+
+
+def serve() -> None:
+    """A worker's loop: one JSON job per line on stdin (``preload``'s arguments), one JSON line back per job."""
+    import json
+    import sys
+
+    replies = sys.stdout
+    sys.stdout = sys.stderr  # whatever a compile prints must not mix with the replies
+    for line in sys.stdin:
+        try:
+            reply = {"name": preload(*json.loads(line))}
+        except Exception as error:  # noqa: BLE001  (reported to the parent, which compiles it itself)
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def _pool(workers: int) -> WorkerPool:
     global _POOL
     with _LOCK:
         if _POOL is None:
-            import multiprocessing
-
-            # spawned, not forked: a forked child of a process that has used CUDA cannot use it
-            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+            _POOL = WorkerPool(workers)
+            atexit.register(_POOL.shutdown)
         return _POOL
 
 

@@ -2,7 +2,7 @@
 
 The GPU side (Triton's ``preload`` filling its cache, the step's first launch finding it) needs a GPU; here the
 hook's guard (only a warm-up, only on a collecting thread, never an error), the job it records, and a real
-spawned worker importing a generated module and replaying the recorded specialization are checked.
+worker process importing a generated module and replaying the recorded specialization are checked.
 """
 
 from __future__ import annotations
@@ -113,18 +113,26 @@ def _kernel_module(tmp_path):
     return path
 
 
-def test_a_spawned_worker_replays_the_recorded_specialization(tmp_path, monkeypatch):
-    """The job goes to a real spawned process, which imports the generated module under the parent's module name
-    and calls ``preload`` with the recorded data (on a GPU: Triton compiles into its cache)."""
+def test_a_worker_process_replays_the_recorded_specialization(tmp_path):
+    """The job goes to a real worker process, which imports the generated module under the parent's module name
+    and calls ``preload`` with the recorded data (on a GPU: Triton compiles into its cache); the same worker takes
+    the next job, and a job that fails comes back as an error (that kernel then compiles at its first launch)."""
     path = _kernel_module(tmp_path)
-    monkeypatch.setattr(compile_pool, "_POOL", None)
-    pool = compile_pool._pool(1)
+    pool = compile_pool.WorkerPool(1)
     try:
         name = pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "{}").result(120)
+        assert name == "kernel"
+        assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 {}"
+        missing = pool.submit(compile_pool.preload, "fp4_kernels.gone", str(tmp_path / "gone.py"), "kernel", "{}")
+        with pytest.raises(RuntimeError, match="gone"):
+            missing.result(120)
+        assert pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "[]").result(120)
+        assert len(pool._children) == 1  # one worker served all three
+        with pytest.raises(ValueError, match="preload jobs only"):
+            pool.submit(print, "x")
     finally:
         pool.shutdown()
-    assert name == "kernel"
-    assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 {}"
+    assert all(child.poll() is not None for child in pool._children)
 
 
 def test_compile_ahead_collects_for_processes_when_asked(monkeypatch):
