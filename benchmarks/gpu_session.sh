@@ -10,6 +10,8 @@
 #                          (python benchmarks/launch_llama_check.py)
 #   model=MODELS:MODES     whole-model training steps       (fp4 bench --sections model --models ... --modes ...)
 #   kernels[=SECTIONS]     kernel benchmarks, default quantize,linear (fp4 bench --sections ...)
+#   bwd_gemm[=MODELS]      the Hopper backward GEMMs' candidates by variant, default llama1b,llama7b, from an empty
+#                          kernel cache (python benchmarks/backward_gemm_variants.py)
 #   study=PACK             the accuracy study on a packed corpus (benchmarks/run_study.sh; PRESET, PRECISIONS,
 #                          STUDY_ARGS: more fp4 study arguments)
 #   choices                the autotuner's choices the session's steps made, as one table for
@@ -68,6 +70,10 @@ for step in "$@"; do
       timeout "$budget" python3 -m fp4.bench --sections "${arg:-quantize,linear}" --out "$out/kernels" \
         >"$out/kernels.txt" 2>&1
       echo "exit $?"; cat "$out/kernels/"*.md 2>/dev/null || tail -n 40 "$out/kernels.txt" ;;
+    bwd_gemm)
+      FP4_CACHE_DIR=$(mktemp -d) FP4_AUTOTUNE_CHOICES="" timeout "$budget" python3 benchmarks/backward_gemm_variants.py \
+        --models "${arg:-llama1b,llama7b}" --out "$out/bwd_gemm.json" >"$out/bwd_gemm.txt" 2>&1
+      echo "exit $?"; grep -v -i warn "$out/bwd_gemm.txt" | tail -n 14 ;;
     study)
       # shellcheck disable=SC2086  # STUDY_ARGS splits on purpose
       timeout "$budget" bash benchmarks/run_study.sh "$arg" "$out/study" ${STUDY_ARGS:-} >/dev/null 2>&1
@@ -95,7 +101,7 @@ json.dump(rows, open(sys.argv[3], "w"), indent=1)' "$fresh"/out/bench_model_*.js
       done
       grep -E "median|failed|first" "$out/cold.txt" | tail -n 20 ;;
     *)
-      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, study=PACK, choices, cold=MODELS:MODES)"
+      echo "unknown step $step (tests, host, launch, launch_llama, model=MODELS:MODES, kernels, bwd_gemm, study=PACK, choices, cold=MODELS:MODES)"
       exit 2 ;;
   esac
 done
