@@ -185,7 +185,10 @@ class GcPauses:
         return ms
 
 
-FIRST_STEP_COUNTS = ("autotune.buckets", "autotune.stored", "autotune.imported")
+FIRST_STEP_COUNTS = (
+    "autotune.buckets", "autotune.stored", "autotune.imported", "compile_pool.queued", "compile_pool.compiled",
+    "compile_pool.failed", "compile_pool.unserialized",
+)  # fmt: skip
 """The entries of ``first_step_seconds`` that are counts, not seconds."""
 
 
@@ -194,16 +197,17 @@ def _compile_seconds(since: dict | None = None) -> dict:
     (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
     (:data:`fp4.runtime.autotune.SECONDS`: plan building, the autotuner's compiles and timing, compile-ahead)
     with ``autotune.buckets``, the number of shape buckets timed, and ``autotune.stored`` / ``autotune.imported``,
-    the choices taken without timing (this machine's cache, ``FP4_AUTOTUNE_CHOICES``); with ``since``, the growth
-    since that snapshot.
+    the choices taken without timing (this machine's cache, ``FP4_AUTOTUNE_CHOICES``), and ``compile_pool.*``, the
+    compiles handed to worker processes (``FP4_COMPILE_PROCESSES``); with ``since``, the growth since that snapshot.
     The timers nest (Inductor's include the kernels compiled ahead beside them), so they do not add up."""
-    from fp4.runtime import autotune
+    from fp4.runtime import autotune, compile_pool
     from torch._dynamo.utils import compilation_time_metrics
 
     now = {f"torch.{name}": sum(times) for name, times in compilation_time_metrics.items()}
     now.update({name: seconds for name, seconds in autotune.SECONDS.items()})
     now["autotune.buckets"] = len(autotune.AUTOTUNER.timings)
     now.update({f"autotune.{origin}": count for origin, count in autotune.CHOICES.items()})
+    now.update({f"compile_pool.{what}": count for what, count in compile_pool.STATS.items()})
     if since is None:
         return now
     grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}

@@ -27,11 +27,17 @@ import atexit
 import logging
 import os
 import threading
+from collections import Counter
 from concurrent.futures import Future
 
 log = logging.getLogger("fp4.compile_pool")
 
 PROCESSES_ENV = "FP4_COMPILE_PROCESSES"
+TRITON_CACHE_ENV = "TRITON_CACHE_DIR"
+
+STATS: Counter = Counter()
+"""``queued``: warm-up compiles handed to a worker; ``compiled`` / ``failed``: what the workers answered;
+``unserialized``: hook calls that did not say what to compile (compiled in this process)."""
 
 _LOCK = threading.Lock()
 _POOL = None
@@ -152,23 +158,30 @@ def _pool(workers: int) -> WorkerPool:
 
 
 def job_of(fn_info, compile_kwargs: dict) -> tuple | None:
-    """``(module name, module path, function name, specialization data)`` of a compile the JIT is about to run, from
-    the hook's arguments; None where they do not say (another Triton): that kernel compiles here."""
+    """``(module name, module path, function name, specialization data, Triton cache directory)`` of a compile the
+    JIT is about to run, from the hook's arguments; None where they do not say (another Triton): that kernel compiles
+    here."""
     function = getattr(fn_info, "jit_function", None)
     inner = getattr(function, "fn", None)
     data = (compile_kwargs or {}).get("specialization_data")
     code = getattr(inner, "__code__", None)
     if inner is None or code is None or not isinstance(data, str):
         return None
-    return inner.__module__, code.co_filename, inner.__name__, data
+    return inner.__module__, code.co_filename, inner.__name__, data, os.environ.get(TRITON_CACHE_ENV, "")
 
 
-def preload(module_name: str, path: str, function_name: str, specialization_data: str) -> str:
+def preload(module_name: str, path: str, function_name: str, specialization_data: str, triton_cache: str = "") -> str:
     """In a worker: import the generated kernel module as the parent did and compile the recorded specialization
-    into Triton's cache; returns the function name."""
+    into Triton's cache (the parent's ``TRITON_CACHE_DIR`` when the job was queued, ``triton_cache``); returns the
+    function name."""
     from pathlib import Path
 
     from .cache import _import_kernel
+
+    if triton_cache:
+        os.environ[TRITON_CACHE_ENV] = triton_cache
+    else:
+        os.environ.pop(TRITON_CACHE_ENV, None)
 
     suffix = "_interpreted"
     base = module_name[: -len(suffix)] if module_name.endswith(suffix) else module_name
@@ -195,8 +208,10 @@ def _hook(*args, **kwargs):
         job = job_of(kwargs.get("fn"), kwargs.get("compile"))
         if job is None:
             collector.skipped += 1
+            STATS["unserialized"] += 1
             return None
         collector.futures.append(_pool(collector.workers).submit(preload, *job))
+        STATS["queued"] += 1
     except Exception as error:  # noqa: BLE001  (the kernel compiles here instead)
         log.info("compile in a worker not queued: %s", error)
         return None
@@ -238,7 +253,9 @@ class Collector:
             try:
                 future.result()
                 done += 1
+                STATS["compiled"] += 1
             except Exception as error:  # noqa: BLE001  (the step compiles it itself)
+                STATS["failed"] += 1
                 log.info("compile in a worker failed: %s", error)
         self.futures = []
         return done

@@ -47,9 +47,11 @@ def test_processes_come_from_the_environment(monkeypatch):
         compile_pool.processes()
 
 
-def test_the_hook_takes_only_warm_ups_on_a_collecting_thread(monkeypatch):
+def test_the_hook_takes_only_warm_ups_on_a_collecting_thread(monkeypatch, tmp_path):
     """A warm-up on the collecting thread goes to a worker (the JIT skips it here); a launch, another thread, or
     no collector at all compiles here as always."""
+    monkeypatch.setattr(compile_pool, "STATS", type(compile_pool.STATS)())
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     executor = _Executor()
     monkeypatch.setattr(compile_pool, "_pool", lambda workers: executor)
     monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", None)
@@ -66,15 +68,17 @@ def test_the_hook_takes_only_warm_ups_on_a_collecting_thread(monkeypatch):
         assert compile_pool._hook(**_hook_arguments()) is True
         (function, job), = executor.jobs  # fmt: skip
         assert function is compile_pool.preload
-        assert job == (__name__, __file__, "_kernel_function", '{"name": "k"}')
+        assert job == (__name__, __file__, "_kernel_function", '{"name": "k"}', str(tmp_path))  # the cache it uses
         # a hook call that does not say what to compile (another Triton's arguments): compiled here, counted
         assert compile_pool._hook(**_hook_arguments(data=None)) is None and collector.skipped == 1
         assert collector.wait() == 1 and collector.futures == []
+        assert compile_pool.STATS == {"queued": 1, "compiled": 1, "unserialized": 1}
     finally:
         compile_pool._COLLECTING.active = None
 
 
 def test_the_hook_keeps_a_previous_hook_and_never_raises(monkeypatch):
+    monkeypatch.setattr(compile_pool, "STATS", type(compile_pool.STATS)())
     monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", lambda **kwargs: "previous")
     assert compile_pool._hook(**_hook_arguments()) == "previous"
     monkeypatch.setattr(compile_pool, "_PREVIOUS_HOOK", None)
@@ -90,15 +94,16 @@ def test_the_hook_keeps_a_previous_hook_and_never_raises(monkeypatch):
         compile_pool._COLLECTING.active = None
 
 
-def test_a_failed_worker_compile_is_left_to_the_first_launch():
+def test_a_failed_worker_compile_is_left_to_the_first_launch(monkeypatch):
     from concurrent.futures import Future
 
+    monkeypatch.setattr(compile_pool, "STATS", type(compile_pool.STATS)())
     collector = compile_pool.Collector(2)
     failed, done = Future(), Future()
     failed.set_exception(RuntimeError("ptxas died"))
     done.set_result("k")
     collector.futures = [failed, done]
-    assert collector.wait() == 1
+    assert collector.wait() == 1 and compile_pool.STATS == {"failed": 1, "compiled": 1}
 
 
 def _kernel_module(tmp_path):
@@ -107,7 +112,9 @@ def _kernel_module(tmp_path):
         "import pathlib\n"
         "class Function:\n"
         "    def preload(self, data):\n"
-        "        pathlib.Path(__file__).with_suffix('.preloaded').write_text(__name__ + ' ' + data)\n"
+        "        import os\n"
+        "        cache = os.environ.get('TRITON_CACHE_DIR', '-')\n"
+        "        pathlib.Path(__file__).with_suffix('.preloaded').write_text(__name__ + ' ' + data + ' ' + cache)\n"
         "kernel = Function()\n"
     )
     return path
@@ -120,13 +127,14 @@ def test_a_worker_process_replays_the_recorded_specialization(tmp_path):
     path = _kernel_module(tmp_path)
     pool = compile_pool.WorkerPool(1)
     try:
-        name = pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "{}").result(120)
-        assert name == "kernel"
-        assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 {}"
+        job = ("fp4_kernels.fake_0123", str(path), "kernel", "{}", str(tmp_path / "triton"))
+        assert pool.submit(compile_pool.preload, *job).result(120) == "kernel"
+        assert path.with_suffix(".preloaded").read_text() == f"fp4_kernels.fake_0123 {{}} {tmp_path / 'triton'}"
         missing = pool.submit(compile_pool.preload, "fp4_kernels.gone", str(tmp_path / "gone.py"), "kernel", "{}")
         with pytest.raises(RuntimeError, match="gone"):
             missing.result(120)
-        assert pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "[]").result(120)
+        assert pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "[]", "").result(120)
+        assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 [] -"  # the job's cache, always
         assert len(pool._children) == 1  # one worker served all three
         with pytest.raises(ValueError, match="preload jobs only"):
             pool.submit(print, "x")

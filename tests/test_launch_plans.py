@@ -267,13 +267,14 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     """The model benchmark's first-step breakdown: torch's compile timers and fp4's, the growth since a snapshot,
     largest first, timers that did not grow left out, the counts after every time."""
     from fp4 import bench_model
-    from fp4.runtime import autotune
+    from fp4.runtime import autotune, compile_pool
     from torch._dynamo import utils
 
     monkeypatch.setattr(utils, "compilation_time_metrics", {"compile_inner": [1.0]})
     monkeypatch.setattr(autotune, "SECONDS", type(autotune.SECONDS)({"autotune.timing": 0.5}))
     monkeypatch.setattr(autotune.AUTOTUNER, "timings", {"a": {}})
     monkeypatch.setattr(autotune, "CHOICES", type(autotune.CHOICES)({"stored": 3}))
+    monkeypatch.setattr(compile_pool, "STATS", type(compile_pool.STATS)())
     before = bench_model._compile_seconds()
     assert before == {"torch.compile_inner": 1.0, "autotune.timing": 0.5, "autotune.buckets": 1, "autotune.stored": 3}
     utils.compilation_time_metrics["compile_inner"].append(2.5)
@@ -281,11 +282,12 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     autotune.SECONDS["autotune.timing"] += 1.25
     autotune.AUTOTUNER.timings["b"] = {}
     autotune.CHOICES["imported"] += 2  # choices taken without timing: counted like the timers
+    compile_pool.STATS["compiled"] += 4  # compiles in worker processes: counted too
     grown = bench_model._compile_seconds(since=before)
     assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.imported": 2,
-                     "autotune.timing": 1.25, "autotune.buckets": 1}  # fmt: skip
-    assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "autotune.imported",
-                           "autotune.buckets"]  # fmt: skip
+                     "autotune.timing": 1.25, "autotune.buckets": 1, "compile_pool.compiled": 4}  # fmt: skip
+    assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "compile_pool.compiled",
+                           "autotune.imported", "autotune.buckets"]  # fmt: skip
 
 
 def test_model_benchmark_reports_what_a_later_step_compiled(monkeypatch):

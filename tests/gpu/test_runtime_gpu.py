@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from fp4.runtime import plans, reference
 from gpu_common import GPU_MARKS, tiny_llama, train_steps
@@ -118,3 +119,37 @@ def test_reduce_overhead_mode_sets_cudagraphs():
     from fp4.backend import MODES
 
     assert MODES["reduce-overhead"] == {"cudagraphs": True}
+
+
+def test_kernels_compile_ahead_in_worker_processes(tmp_path, monkeypatch):
+    """``FP4_COMPILE_PROCESSES``: the warm-up hands its compiles to worker processes, every one of them compiles,
+    the steps build no plan the warm-up did not, and the results equal compiling on threads.  Fresh kernel and
+    Triton caches and shapes no other test uses, so the kernels really compile (in the workers) here."""
+    from fp4.runtime import compile_pool, warmup
+
+    transformers = pytest.importorskip("transformers")
+    if not compile_pool.available():
+        pytest.skip("this Triton calls no JIT cache hook")
+
+    def plans_built():
+        return sum(count for key, count in plans.STATS.items() if key.startswith("built."))
+
+    config = transformers.LlamaConfig(
+        hidden_size=320, intermediate_size=640, num_hidden_layers=1, num_attention_heads=5, num_key_value_heads=5,
+        vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa", use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    monkeypatch.setenv("FP4_CACHE_DIR", str(tmp_path / "fp4"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "4")
+    stats, built_before, warmed_before = dict(compile_pool.STATS), plans_built(), warmup.STATS["plans"]
+    processes = train_steps(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
+    grown = {key: compile_pool.STATS[key] - stats.get(key, 0) for key in ("queued", "compiled", "failed")}
+    assert grown["queued"] > 0 and grown["compiled"] == grown["queued"] and grown["failed"] == 0, grown
+    built, warmed = plans_built() - built_before, warmup.STATS["plans"] - warmed_before
+    assert built == warmed, f"the steps built {built - warmed} plans the warm-up did not"
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "0")
+    threads = train_steps(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
+    for a, b in zip(processes[0] + processes[1], threads[0] + threads[1]):
+        assert torch.equal(a, b)
