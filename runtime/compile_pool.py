@@ -80,7 +80,6 @@ class WorkerPool:
         self.workers = workers
         self._threads = ThreadPoolExecutor(workers, thread_name_prefix="fp4-compile-pool")
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        self._started = 0
         self._children: list = []
 
     def submit(self, function, *job) -> Future:
