@@ -129,12 +129,13 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
             step_ms.append((done - start) * 1e3)
             host_ms.append((issued - start) * 1e3)
             gc_ms.append(round(pauses.take(), 3))
-            grown = _compile_seconds(since=before)
+            now = _compile_seconds()
+            grown = growth(now, before)
             if i == 0:
                 first_step = grown
             elif grown:  # a later step that compiled, autotuned or built a plan: what, by timer
                 later[str(i + 1)] = grown
-            before = _compile_seconds()
+            before = now
     tokens_per_step = shape["batch"] * shape["seq"]
     steady = steady_steps(step_ms)
     record = {
@@ -208,8 +209,11 @@ def _compile_seconds(since: dict | None = None) -> dict:
     now["autotune.buckets"] = len(autotune.AUTOTUNER.timings)
     now.update({f"autotune.{origin}": count for origin, count in autotune.CHOICES.items()})
     now.update({f"compile_pool.{what}": count for what, count in compile_pool.STATS.items()})
-    if since is None:
-        return now
+    return now if since is None else growth(now, since)
+
+
+def growth(now: dict, since: dict) -> dict:
+    """What grew from the snapshot ``since`` to ``now`` (both :func:`_compile_seconds`), left out what did not."""
     grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}
     # seconds first, largest first; then the counts, so no count reads as a time
     ordered = sorted(grown.items(), key=lambda item: (item[0] in FIRST_STEP_COUNTS, -item[1]))

@@ -181,10 +181,7 @@ def preload(module_name: str, path: str, function_name: str, specialization_data
         os.environ[TRITON_CACHE_ENV] = triton_cache
     else:
         os.environ.pop(TRITON_CACHE_ENV, None)
-
-    suffix = "_interpreted"
-    base = module_name[: -len(suffix)] if module_name.endswith(suffix) else module_name
-    function = _import_kernel(Path(path), function_name, base, interpret=False)
+    function = _import_kernel(Path(path), function_name, module_name, interpret=False)  # warm-ups are GPU only
     function.preload(specialization_data)
     return function_name
 
@@ -206,7 +203,6 @@ def _hook(*args, **kwargs):
     try:
         job = job_of(kwargs.get("fn"), kwargs.get("compile"))
         if job is None:
-            collector.skipped += 1
             STATS["unserialized"] += 1
             return None
         collector.futures.append(_pool(collector.workers).submit(preload, *job))
@@ -233,7 +229,6 @@ class Collector:
     def __init__(self, workers: int):
         self.workers = workers
         self.futures: list[Future] = []
-        self.skipped = 0
 
     def __enter__(self):
         _install()
