@@ -82,9 +82,8 @@ class WorkerPool:
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self._children: list = []
 
-    def submit(self, function, *job) -> Future:
-        if function is not preload:
-            raise ValueError("the worker processes run preload jobs only")
+    def submit(self, job: tuple) -> Future:
+        """Hand one job (:func:`preload`'s arguments) to the next idle worker; the future holds its function name."""
         return self._threads.submit(self._run, job)
 
     def _child(self):
@@ -205,7 +204,7 @@ def _hook(*args, **kwargs):
         if job is None:
             STATS["unserialized"] += 1
             return None
-        collector.futures.append(_pool(collector.workers).submit(preload, *job))
+        collector.futures.append(_pool(collector.workers).submit(job))
         STATS["queued"] += 1
     except Exception as error:  # noqa: BLE001  (the kernel compiles here instead)
         log.info("compile in a worker not queued: %s", error)

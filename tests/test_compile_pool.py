@@ -18,12 +18,12 @@ class _Executor:
     def __init__(self):
         self.jobs = []
 
-    def submit(self, function, *args):
+    def submit(self, job):
         from concurrent.futures import Future
 
-        self.jobs.append((function, args))
+        self.jobs.append(job)
         future = Future()
-        future.set_result(args[2])
+        future.set_result(job[2])
         return future
 
 
@@ -66,8 +66,7 @@ def test_the_hook_takes_only_warm_ups_on_a_collecting_thread(monkeypatch, tmp_pa
         other.join()
         assert seen == [None]  # another thread (Inductor's, the step's) compiles itself
         assert compile_pool._hook(**_hook_arguments()) is True
-        (function, job), = executor.jobs  # fmt: skip
-        assert function is compile_pool.preload
+        (job,) = executor.jobs
         assert job == (__name__, __file__, "_kernel_function", '{"name": "k"}', str(tmp_path))  # the cache it uses
         # a hook call that does not say what to compile (another Triton's arguments): compiled here, counted
         assert compile_pool._hook(**_hook_arguments(data=None)) is None and compile_pool.STATS["unserialized"] == 1
@@ -128,16 +127,14 @@ def test_a_worker_process_replays_the_recorded_specialization(tmp_path):
     pool = compile_pool.WorkerPool(1)
     try:
         job = ("fp4_kernels.fake_0123", str(path), "kernel", "{}", str(tmp_path / "triton"))
-        assert pool.submit(compile_pool.preload, *job).result(120) == "kernel"
+        assert pool.submit(job).result(120) == "kernel"
         assert path.with_suffix(".preloaded").read_text() == f"fp4_kernels.fake_0123 {{}} {tmp_path / 'triton'}"
-        missing = pool.submit(compile_pool.preload, "fp4_kernels.gone", str(tmp_path / "gone.py"), "kernel", "{}")
+        missing = pool.submit(("fp4_kernels.gone", str(tmp_path / "gone.py"), "kernel", "{}"))
         with pytest.raises(RuntimeError, match="gone"):
             missing.result(120)
-        assert pool.submit(compile_pool.preload, "fp4_kernels.fake_0123", str(path), "kernel", "[]", "").result(120)
+        assert pool.submit(("fp4_kernels.fake_0123", str(path), "kernel", "[]", "")).result(120)
         assert path.with_suffix(".preloaded").read_text() == "fp4_kernels.fake_0123 [] -"  # the job's cache, always
         assert len(pool._children) == 1  # one worker served all three
-        with pytest.raises(ValueError, match="preload jobs only"):
-            pool.submit(print, "x")
     finally:
         pool.shutdown()
     assert all(child.poll() is not None for child in pool._children)
