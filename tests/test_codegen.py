@@ -517,7 +517,8 @@ def test_an_explicit_configuration_names_the_cublas_product_variant():
 
 
 def test_compiling_the_cublas_product_variant_ahead_computes_and_launches_nothing(monkeypatch):
-    """Compile-ahead only compiles the epilogue kernel, on an unwritten fp32 buffer in place of the product."""
+    """Compile-ahead only compiles the epilogue kernel, on a small unwritten fp32 buffer in place of the product
+    (the kernel specializes on its dtype and alignment, not its size)."""
     from fp4.runtime.plans import KernelLaunch
 
     config = autotune.Config.make(4, 1, "cublas_epilogue", BLOCK_M=32, BLOCK_N=64, SPLIT_N=1)
@@ -531,7 +532,7 @@ def test_compiling_the_cublas_product_variant_ahead_computes_and_launches_nothin
     with autotune.compile_ahead(threads=1):
         plan((a, torch.ones(48), b, torch.ones(64)), epilogue)
     ((grid, args),) = compiled
-    assert grid == (2,) and args[0].dtype == torch.float32 and args[0].shape == (48, 64)
+    assert grid == (2,) and args[0].dtype == torch.float32 and args[0].numel() < 48 * 64
 
 
 def test_rounding_magics_are_the_float32_bits_they_name():
