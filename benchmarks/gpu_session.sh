@@ -15,7 +15,9 @@
 #   study=PACK             the accuracy study on a packed corpus (benchmarks/run_study.sh; PRESET, PRECISIONS,
 #                          STUDY_ARGS: more fp4 study arguments)
 #   choices                the autotuner's choices the session's steps made, as one table for
-#                          FP4_AUTOTUNE_CHOICES on other machines (fp4 tune export OUT/choices.json)
+#                          FP4_AUTOTUNE_CHOICES on other machines (fp4 tune export OUT/choices.json); a step
+#                          takes the package's shipped tables where they have a choice, so to tune afresh run
+#                          the session with FP4_SHIPPED_CHOICES=0
 #   cold=MODELS:MODES      whole-model training steps from empty kernel, Triton and Inductor caches, as on a fresh
 #                          machine, taking OUT/choices.json's autotuning choices where an earlier step exported
 #                          them (results under OUT/cold)
@@ -71,7 +73,7 @@ for step in "$@"; do
         >"$out/kernels.txt" 2>&1
       echo "exit $?"; cat "$out/kernels/"*.md 2>/dev/null || tail -n 40 "$out/kernels.txt" ;;
     bwd_gemm)
-      FP4_CACHE_DIR=$(mktemp -d) FP4_AUTOTUNE_CHOICES="" timeout "$budget" python3 benchmarks/backward_gemm_variants.py \
+      FP4_CACHE_DIR=$(mktemp -d) FP4_AUTOTUNE_CHOICES="" FP4_SHIPPED_CHOICES=0 timeout "$budget" python3 benchmarks/backward_gemm_variants.py \
         --models "${arg:-llama1b,llama7b}" --out "$out/bwd_gemm.json" >"$out/bwd_gemm.txt" 2>&1
       echo "exit $?"; grep -v -i warn "$out/bwd_gemm.txt" | tail -n 14 ;;
     study)

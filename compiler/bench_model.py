@@ -197,10 +197,11 @@ def _compile_seconds(since: dict | None = None) -> dict:
     """Where compile time goes, as wall seconds by what: Dynamo/AOTAutograd/Inductor's own timers
     (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
     (:data:`fp4.runtime.autotune.SECONDS`: plan building, the autotuner's compiles and timing, compile-ahead)
-    with ``autotune.buckets``, the number of shape buckets timed, and ``autotune.stored`` / ``autotune.imported``,
-    the choices taken without timing (this machine's cache, ``FP4_AUTOTUNE_CHOICES``), and ``compile_pool.*``, the
-    compiles handed to worker processes (``FP4_COMPILE_PROCESSES``); with ``since``, the growth since that snapshot.
-    The timers nest (Inductor's include the kernels compiled ahead beside them), so they do not add up."""
+    with ``autotune.buckets``, the number of shape buckets timed, ``autotune.stored`` / ``imported`` / ``shipped``,
+    the choices taken without timing (this machine's cache, ``FP4_AUTOTUNE_CHOICES``, the package's tables), and
+    ``compile_pool.*``, the compiles handed to worker processes (``FP4_COMPILE_PROCESSES``); with ``since``, the
+    growth since that snapshot.  The timers nest (Inductor's include the kernels compiled ahead beside them), so
+    they do not add up."""
     from fp4.runtime import autotune, compile_pool
     from torch._dynamo.utils import compilation_time_metrics
 

@@ -23,6 +23,11 @@ candidates a tuned machine already ruled out.  An imported choice is used only
 where it is one of the kernel's candidates, so a table from an older version of
 a kernel can cost speed, never correctness.
 
+The package ships such tables for the cards it was tuned on (``fp4/runtime/choices/*.json``, exported
+from a tuning run, see ``benchmarks/RESULTS.md``): they serve where neither this machine's cache nor
+``FP4_AUTOTUNE_CHOICES`` has a choice, so a fresh machine of a tuned kind compiles only the chosen
+configurations.  ``FP4_SHIPPED_CHOICES=0`` leaves them out (the autotuner then times every bucket itself).
+
 Inside :class:`compile_ahead` nothing is timed or launched: a kernel whose
 configuration is not chosen yet only queues the compiles of the candidates it
 would time (the stored choice alone, where one is stored) on one thread pool
@@ -41,6 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .cache import KernelCache, default_cache, triton_version
 
@@ -49,6 +55,9 @@ log = logging.getLogger("fp4.autotune")
 AUTOTUNE_ENV = "FP4_AUTOTUNE"
 COMPILE_THREADS_ENV = "FP4_COMPILE_THREADS"
 CHOICES_ENV = "FP4_AUTOTUNE_CHOICES"
+SHIPPED_CHOICES_ENV = "FP4_SHIPPED_CHOICES"
+SHIPPED_CHOICES_DIR = Path(__file__).with_name("choices")
+"""The choice tables shipped with the package (``fp4 tune export`` files), taken after every other source."""
 CHOICES_FORMAT = 1
 """Version of the exported choices table (``fp4 tune export``)."""
 BENCH_WARMUP_MS, BENCH_REP_MS = 10, 40
@@ -266,8 +275,10 @@ class Autotuner:
     def _known(self, source, target, shape_bucket, candidates) -> Config | None:
         """A choice made before: this machine's stored one, else an imported one (None: time the candidates)."""
         stored = (self.cache or default_cache()).read_choices(source, str(target)).get(shape_bucket)
-        imported = imported_choices().get(str(target), {}).get(source.name, {}).get(shape_bucket)
-        for choice, origin in ((stored, "stored"), (imported, "imported")):
+        imported, shipped = (
+            table.get(str(target), {}).get(source.name, {}).get(shape_bucket) for table in imported_choices()
+        )
+        for choice, origin in ((stored, "stored"), (imported, "imported"), (shipped, "shipped")):
             if choice is not None:
                 config = Config.from_json(choice)
                 if config in candidates:
@@ -277,8 +288,8 @@ class Autotuner:
 
 
 CHOICES: Counter = Counter()
-"""Choices taken without timing, by origin: ``stored`` (this machine's cache) or ``imported``
-(``FP4_AUTOTUNE_CHOICES``)."""
+"""Choices taken without timing, by origin: ``stored`` (this machine's cache), ``imported``
+(``FP4_AUTOTUNE_CHOICES``) or ``shipped`` (the package's tables)."""
 
 
 def export_choices(path, cache: KernelCache | None = None) -> int:
@@ -296,25 +307,31 @@ def export_choices(path, cache: KernelCache | None = None) -> int:
 _IMPORTED: dict = {}
 
 
-def imported_choices() -> dict:
-    """``{target: {kernel name: {bucket: config}}}`` from the files ``FP4_AUTOTUNE_CHOICES`` names (the first
-    file that has a choice wins); read once per value of the variable."""
+def imported_choices() -> tuple[dict, dict]:
+    """Two ``{target: {kernel name: {bucket: config}}}`` tables: the files ``FP4_AUTOTUNE_CHOICES`` names, and
+    the package's shipped tables (none with ``FP4_SHIPPED_CHOICES=0``); in each the first file that has a choice
+    wins.  Read once per value of the two variables."""
     value = os.environ.get(CHOICES_ENV, "")
-    if value not in _IMPORTED:
-        _IMPORTED[value] = _read_imported(value)
-    return _IMPORTED[value]
+    shipped = os.environ.get(SHIPPED_CHOICES_ENV, "1") != "0"
+    if (value, shipped) not in _IMPORTED:
+        files = sorted(SHIPPED_CHOICES_DIR.glob("*.json")) if shipped else []
+        _IMPORTED[value, shipped] = (
+            _read_imported(value.split(os.pathsep), CHOICES_ENV),
+            _read_imported(files, "a shipped choices table"),
+        )
+    return _IMPORTED[value, shipped]
 
 
-def _read_imported(value: str) -> dict:
+def _read_imported(paths, source: str) -> dict:
     merged: dict = {}
-    for path in filter(None, value.split(os.pathsep)):
+    for path in filter(None, paths):
         try:
             with open(path) as stream:
                 document = json.load(stream)
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{CHOICES_ENV}: cannot read {path}: {error}") from error
+            raise ValueError(f"{source}: cannot read {path}: {error}") from error
         if not isinstance(document, dict) or document.get("format") != CHOICES_FORMAT:
-            raise ValueError(f"{CHOICES_ENV}: {path} is not an fp4 choices table (format {CHOICES_FORMAT})")
+            raise ValueError(f"{source}: {path} is not an fp4 choices table (format {CHOICES_FORMAT})")
         for target, kernels in document["choices"].items():
             for kernel, buckets in kernels.items():
                 known = merged.setdefault(target, {}).setdefault(kernel, {})

@@ -14,6 +14,13 @@ from fp4.codegen.spec import BiasGradSpec, EpilogueSpec, GemmSpec, QuantizeSpec
 from fp4.runtime import autotune, cache, fold, launch, reference
 from fp4.runtime.formats import GROUP_SIZE
 
+
+@pytest.fixture(autouse=True)
+def _no_shipped_choices(monkeypatch):
+    """The autotuner tests below time their made-up candidates; the package's shipped tables stay out of them."""
+    monkeypatch.setenv(autotune.SHIPPED_CHOICES_ENV, "0")
+
+
 QUANTIZE_SPECS = [
     QuantizeSpec(),
     QuantizeSpec(rotate=False),
@@ -335,6 +342,56 @@ def test_choices_exported_on_one_machine_are_taken_on_another(tmp_path, monkeypa
     timed = []
     fresh.choose(fold_source, "sm_90", "1x1", candidates[:3], lambda c: timed.append(c) or 1.0)
     assert timed, "a bucket the table does not have is timed"
+
+
+def test_shipped_choices_serve_last_and_can_be_left_out(tmp_path, monkeypatch):
+    """The package's tables serve a fresh machine where neither its cache nor FP4_AUTOTUNE_CHOICES has a
+    choice; FP4_AUTOTUNE_CHOICES wins over them, and FP4_SHIPPED_CHOICES=0 leaves them out (the bucket is timed)."""
+    import json
+
+    import triton.testing
+
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kwargs: fn())
+    monkeypatch.delenv(autotune.AUTOTUNE_ENV, raising=False)
+    candidates = [autotune.Config.make(4, BLOCK_ROWS=rows, BLOCK_GROUPS=8) for rows in (1, 2, 4)]
+    source = emit_fold()
+    table = lambda config: {"format": autotune.CHOICES_FORMAT, "choices": {"sm_90": {source.name: {"1x1": config}}}}
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "h100.json").write_text(json.dumps(table(candidates[2].to_json())))
+    imported = tmp_path / "imported.json"
+    imported.write_text(json.dumps(table(candidates[1].to_json())))
+    monkeypatch.setattr(autotune, "SHIPPED_CHOICES_DIR", shipped)
+    monkeypatch.setattr(autotune, "_IMPORTED", {})
+    monkeypatch.delenv(autotune.CHOICES_ENV, raising=False)
+    monkeypatch.delenv(autotune.SHIPPED_CHOICES_ENV, raising=False)
+    fresh = lambda name: autotune.Autotuner(cache=cache.KernelCache(tmp_path / name))
+    untimed = lambda config: pytest.fail("timed")
+    before = autotune.CHOICES["shipped"]
+    assert fresh("a").choose(source, "sm_90", "1x1", candidates, untimed) == candidates[2]
+    assert autotune.CHOICES["shipped"] == before + 1
+    monkeypatch.setenv(autotune.CHOICES_ENV, str(imported))
+    assert fresh("b").choose(source, "sm_90", "1x1", candidates, untimed) == candidates[1]
+    monkeypatch.delenv(autotune.CHOICES_ENV)
+    monkeypatch.setenv(autotune.SHIPPED_CHOICES_ENV, "0")
+    timed = []
+    timing = lambda config: timed.append(config) or 1.0 / config.kwargs["BLOCK_ROWS"]
+    assert fresh("c").choose(source, "sm_90", "1x1", candidates, timing) == candidates[2]
+    assert timed == candidates
+    (shipped / "broken.json").write_text("{")
+    monkeypatch.delenv(autotune.SHIPPED_CHOICES_ENV)
+    autotune._IMPORTED.clear()  # the tables are read once per setting; a broken one is an error, not ignored
+    with pytest.raises(ValueError, match="a shipped choices table: cannot read"):
+        autotune.imported_choices()
+
+
+def test_the_shipped_choice_tables_are_readable():
+    """Every table the package ships is an fp4 choices table whose configurations parse."""
+    tables = autotune._read_imported(sorted(autotune.SHIPPED_CHOICES_DIR.glob("*.json")), "shipped")
+    for kernels in tables.values():
+        for buckets in kernels.values():
+            for config in buckets.values():
+                autotune.Config.from_json(config)
 
 
 def test_an_unreadable_choices_table_is_an_error_not_ignored(tmp_path, monkeypatch):
