@@ -388,26 +388,6 @@ def test_bias_grad(shape, generator):
     assert torch.allclose(got, want, rtol=2.0**-8, atol=1e-5 * shape[0] ** 0.5)
 
 
-def test_oracle_linear_on_gpu_matches_cpu(generator):
-    """One Quartet linear layer, forward and backward, on the GPU kernels vs the CPU reference."""
-    from fp4.runtime.oracle import quartet_linear
-
-    x = torch.randn(512, 256, generator=generator).to(torch.bfloat16)
-    w = (torch.randn(384, 256, generator=generator) * 0.05).to(torch.bfloat16)
-    bias = torch.randn(384, generator=generator).to(torch.bfloat16)
-    grad = torch.randn(512, 384, generator=generator).to(torch.bfloat16)
-    seed = torch.tensor(77)
-    results = []
-    for device in ("cpu", "cuda"):
-        xs, ws, bs = (t.detach().clone().to(device).requires_grad_() for t in (x, w, bias))
-        y = quartet_linear(xs, ws, bs, seed.to(device))
-        y.backward(grad.to(device))
-        results.append([t.detach().cpu().double() for t in (y, xs.grad, ws.grad, bs.grad)])
-    for (cpu, gpu), what in zip(zip(*results), ("y", "dx", "dw", "db")):
-        error = (cpu - gpu).norm() / cpu.norm()
-        assert error < 2 * 2.0**-8, f"{what}: GPU vs CPU relative error {error:.2e}"
-
-
 def test_backend_decoder_block_matches_cpu(generator):
     """The whole fp4 backend on a decoder block: GPU kernels vs the CPU reference ops, same seeds.
 

@@ -216,9 +216,9 @@ def test_nvfp4_gemm_lowering_of_this_gpu():
 # layers and models
 
 
-@pytest.mark.parametrize("recipe", ["quartet2", "nvfp4"])
+@pytest.mark.parametrize("recipe", ["quartet", "quartet2", "nvfp4"])
 def test_recipe_layer_on_gpu_matches_cpu(recipe, generator):
-    """One layer, forward and backward, on the GPU kernels vs the CPU reference (same seed)."""
+    """One layer of each recipe, forward and backward, on the GPU kernels vs the CPU reference (same seed)."""
     from fp4.runtime.oracle import quartet_linear
 
     x = torch.randn(512, 256, generator=generator).to(torch.bfloat16)
