@@ -20,7 +20,8 @@
 #                          the session with FP4_SHIPPED_CHOICES=0
 #   cold=MODELS:MODES      whole-model training steps from empty kernel, Triton and Inductor caches, as on a fresh
 #                          machine, taking OUT/choices.json's autotuning choices where an earlier step exported
-#                          them (results under OUT/cold)
+#                          them (results under OUT/cold; OUT/cold-choices-MODE.json: the choices a mode timed
+#                          itself)
 # Environment: LIMIT (seconds for the whole session, default 570: each step gets what is left, less 10 s),
 #   STEPS (training steps per model mode, default 6).
 # Example: bash benchmarks/gpu_session.sh gpu-results tests model=llama1b-8l:bf16_inductor,fp4_cudagraphs launch
@@ -94,6 +95,9 @@ for step in "$@"; do
           FP4_AUTOTUNE_CHOICES="$imported" timeout "$(left)" python3 -m fp4.bench --sections model \
           --models "${arg%%:*}" --modes "$mode" --steps "${STEPS:-6}" --out "$fresh/out" >>"$out/cold.txt" 2>&1
         echo "$mode: exit $?" | tee -a "$out/cold.txt"
+        # what the mode chose where it timed candidates itself: a table to ship or import elsewhere
+        FP4_CACHE_DIR="$fresh/fp4" python3 -m fp4.cli tune export "$out/cold-choices-$mode.json" >/dev/null 2>&1 \
+          || rm -f "$out/cold-choices-$mode.json"
         # each record says how it started: empty caches, and whether it took the session's choices
         python3 -c 'import json, sys; rows = json.load(open(sys.argv[1]))
 for row in rows: row.update(caches="empty", imported_choices=bool(sys.argv[2]))
