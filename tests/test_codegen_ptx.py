@@ -107,6 +107,26 @@ def test_sm90_fold_gemm_uses_fp8_wgmma(compiled, tmp_path, spec):
     assert ".bf16.bf16" not in ptx  # the fold runs on FP8 tensor cores, not on bf16 ones
 
 
+def test_sm90_promoted_fold_gemm_waits_for_each_tile(compiled):
+    """What ``benchmarks/gemm_waits.py`` reports and RESULTS.md explains: promoting each K tile's product into fp32
+    makes the loop wait for every MMA (``wait_group 0``); accumulating in the tensor cores overlaps the next tile's
+    (``wait_group 1``).  A Triton that overlaps the promoted loop too fails here: re-time the backward GEMMs."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gemm_waits.py"
+    spec = importlib.util.spec_from_file_location("gemm_waits", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loop_waits = module.loop_waits
+    waits = {
+        promote: loop_waits(
+            compiled(emit_gemm(GemmSpec("fp8_fold", BACKWARD, tma=True, promote=promote)), 90, GEMM_TILE, num_warps=8)
+        )  # fmt: skip
+        for promote in (True, False)
+    }
+    assert waits == {True: [0], False: [1]}
+
+
 @pytest.mark.parametrize("split", [1, 2])
 def test_sm90_cublas_product_epilogue_compiles_without_mma_or_fma(compiled, tmp_path, split):
     """The kernel that finishes cuBLAS's product: no tensor-core instruction, and no fused multiply-add in the
