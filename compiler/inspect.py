@@ -108,6 +108,7 @@ def inspect_model(model: torch.nn.Module, *args, backward: bool = True, loss_fn=
     """
     if copy_model:
         model = copy.deepcopy(model)
+    options.setdefault("measure_saved", True)  # an inspection reports the saved bytes before and after
     backend = Fp4Backend(None, **options)
     compiled = torch.compile(model, backend=backend)
     if backward:
@@ -173,6 +174,7 @@ def inspect_script(path_or_module: str, argv: list[str] | None = None, **options
             found = False
         if not found:
             raise ScriptNotFoundError(f"no module named {path_or_module!r}")
+    options.setdefault("measure_saved", True)  # an inspection reports the saved bytes before and after
     saved_argv = sys.argv
     sys.argv = [path_or_module, *(argv or [])]
     exit_code, error = 0, None

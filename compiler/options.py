@@ -78,6 +78,8 @@ class Options:
     ``passes``             the pass pipeline (default :data:`DEFAULT_PIPELINE`)
     ``verify``             check every pass's output graph (shapes/dtypes re-derived), slower
     ``measure_saved``      partition the unrewritten graph too, to report the saved-activation bytes before/after
+                           (a second partition of the joint graph in every compile: off by default, on in
+                           ``fp4 inspect`` / :func:`fp4.inspect.inspect_model`)
     ``target``             ``"cpu"``/``"sm_90"``/...; default: the device of the inputs
     ``cudagraphs``         run the compiled forward and backward as CUDA graphs (Inductor's CUDA-graph trees);
                            needs ``inductor=True``.  ``mode="reduce-overhead"`` sets it too.
@@ -111,7 +113,7 @@ class Options:
     dump_dir: str | None = None
     passes: tuple[str, ...] = DEFAULT_PIPELINE
     verify: bool = False
-    measure_saved: bool = True
+    measure_saved: bool = False
     target: str | None = None
     cudagraphs: bool = False
     compile_ahead: bool = True

@@ -460,11 +460,27 @@ def test_seeds_are_drawn_once_in_the_forward():
     assert "draw_seeds" not in report.backward_graph
 
 
+def test_a_training_compile_partitions_once_unless_asked():
+    """The saved-bytes comparison partitions the unrewritten graph a second time: only when asked
+    (``measure_saved``, on in ``fp4 inspect``), so a training compile does not pay for it."""
+    from fp4.inspect import inspect_model
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
+    backend = configure(inductor=False)
+    torch.compile(MLP().to(torch.bfloat16), backend=backend)(x).sum().backward()
+    (report,) = backend.reports
+    assert report.saved_bytes_after and report.saved_bytes_before is None
+    inspected = inspect_model(MLP().to(torch.bfloat16), x, inductor=False).report
+    assert inspected.saved_bytes_before > inspected.saved_bytes_after
+    assert "unrewritten ->" in inspected.summary()
+
+
 def test_saved_activations_are_fp4_codes():
     """The backward keeps FP4 codes + scales + masks of each layer input instead of the bf16 tensor (>= 3x less)."""
     torch.manual_seed(0)
     model = MLP().to(torch.bfloat16)
-    backend = configure(inductor=False)
+    backend = configure(inductor=False, measure_saved=True)
     torch.compile(model, backend=backend)(
         torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
     ).sum().backward()

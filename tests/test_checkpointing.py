@@ -88,7 +88,7 @@ def test_checkpointed_model_saves_no_more_than_checkpointed_eager(inductor):
     baseline, _ = saved_bytes(torch.compile(copy.deepcopy(model), backend="inductor" if inductor else "aot_eager"), x)
     torch._dynamo.reset()
 
-    backend = configure(inductor=inductor)
+    backend = configure(inductor=inductor, measure_saved=True)
     compiled, seeds = saved_bytes(torch.compile(copy.deepcopy(model), backend=backend), x)
     (report,) = backend.reports
     assert len(report.rewritten()) == 4
