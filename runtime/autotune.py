@@ -273,7 +273,8 @@ class Autotuner:
         return config
 
     def _known(self, source, target, shape_bucket, candidates) -> Config | None:
-        """A choice made before: this machine's stored one, else an imported one (None: time the candidates)."""
+        """A choice made before: this machine's stored one, else an imported one, else a shipped one (None: time the
+        candidates); each is taken only where it is one of ``candidates``."""
         stored = (self.cache or default_cache()).read_choices(source, str(target)).get(shape_bucket)
         imported, shipped = (
             table.get(str(target), {}).get(source.name, {}).get(shape_bucket) for table in imported_choices()
