@@ -5,7 +5,8 @@ mask and the inverse rotation in its epilogue.  Its candidates are the Triton FP
 ``tma_persistent``) at their tile configurations and ``cublas_epilogue`` (cuBLAS's fp32 product, then the epilogue
 kernel).  For each shape this prints and records the best time of each variant (the autotuner's own timings,
 ``triton.testing.do_bench`` medians) and the TFLOP/s it means; every candidate is checked against the variant the
-autotuner chose (``rel_diff_to_chosen``: relative Frobenius distance on the same inputs).
+autotuner chose (``rel_diff_to_chosen``: relative Frobenius distance on the same inputs); ``timings_ms`` keeps every
+candidate's time by configuration.
 
     python benchmarks/backward_gemm_variants.py --out bwd_gemm.json [--models llama1b,llama7b]
 
@@ -59,7 +60,8 @@ def time_variants(M: int, N: int, K: int) -> dict:
         if ms < best.get(variant, (float("inf"),))[0]:
             best[variant] = (ms, label)
     flops = 2 * M * N * K
-    row = {"M": M, "N": N, "K": K, "chosen": plan.chosen.label()}
+    every = {label: round(ms, 4) for label, ms in timings.items()}
+    row = {"M": M, "N": N, "K": K, "chosen": plan.chosen.label(), "timings_ms": every}
     for variant, (ms, label) in sorted(best.items(), key=lambda item: item[1][0]):
         other = launch.GemmPlan(lowering, operands, M, N, K, epilogue, operands[0].device, config=by_label[label])
         got = other(operands, epilogue)

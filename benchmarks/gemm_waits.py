@@ -10,13 +10,21 @@ iteration gets ``wait_group 0``: the tensor cores idle while the add runs.  This
 generated and for rewrites of its loop that keep the same sums in the same order, the ``wait_group`` counts inside
 the loop and whether Triton's warp specialization took (``setmaxnreg`` appears once it splits producer and consumer
 warps).  Every rewrite keeps the result bit for bit; what they show is which ones Triton can overlap.
+
+The PTX is not the last word: ``ptxas`` serializes a ``wgmma`` whose accumulator registers are read before it is
+waited for.  So each case also prints the waits of the machine code (``WARPGROUP.DEPBAR.LE gsb0, N`` inside the
+main loop, from the ``cuobjdump`` that ships with Triton): the MMA overlaps the next tile's only where no wait in the
+loop is 0.  Triton's own promotion (``tl.dot(..., max_num_imprecise_acc=BLOCK_K)``) is such a case: its PTX waits
+with 1 and adds the in-flight product, and ``ptxas`` puts a wait for 0 in front of the adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,6 +57,10 @@ REWRITES = {
         part = tl.dot(a, b.T, part * 0.0)
         acc += part
 """,
+    # Triton's promotion: the compiler adds a partial accumulator into acc every max_num_imprecise_acc of K
+    "max_num_imprecise_acc=BLOCK_K": LOOP.replace(
+        "acc += tl.dot(a, b.T)", "acc = tl.dot(a, b.T, acc, max_num_imprecise_acc=BLOCK_K)"
+    ),
     "warp-specialized loop": LOOP.replace(
         "in range(0, tl.cdiv(K, BLOCK_K)):", "in tl.range(0, tl.cdiv(K, BLOCK_K), warp_specialize=True):"
     ),
@@ -60,6 +72,28 @@ def loop_waits(ptx: str) -> list[int]:
     start = ptx.find("Loop Header")
     end = ptx.find("_crit_edge", start)
     return [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+);", ptx[start:end])]
+
+
+def sass_loop_waits(cubin: bytes) -> list[int] | None:
+    """The ``WARPGROUP.DEPBAR.LE gsb0, N`` counts inside the main loop of the machine code (the span a backward
+    branch closes that holds the ``QGMMA``/``HGMMA`` instructions); None where Triton ships no ``cuobjdump``."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.cubin")
+        Path(path).write_bytes(cubin)
+        sass = subprocess.run([str(tool), "-sass", path], capture_output=True, text=True, check=True).stdout
+    code = [(int(a, 16), i) for a, i in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", sass, flags=re.M)]
+    for address, instruction in code:
+        branch = re.search(r"BRA (0x[0-9a-f]+)$", instruction)
+        target = int(branch.group(1), 16) if branch else address
+        body = [i for a, i in code if target <= a <= address]
+        if target < address and any("GMMA." in i for i in body):
+            return [int(n, 16) for i in body for n in re.findall(r"DEPBAR\.LE gsb0, (0x[0-9a-f]+)", i)]
+    return []
 
 
 def main() -> None:
@@ -75,16 +109,19 @@ def main() -> None:
     cases = {"promoted (as generated)": promoted, "not promoted (fewer bits)": plain}
     cases.update({name: dataclasses.replace(promoted, text=promoted.text.replace(LOOP, loop))
                   for name, loop in REWRITES.items()})  # fmt: skip
-    print(f"sm_90a, tile {args.tile}, {args.warps} warps: wgmma.wait_group counts in the main loop")
+    print(f"sm_90a, tile {args.tile}, {args.warps} warps: waits for the tensor cores in the main loop, PTX / SASS")
     for name, source in cases.items():
         cache = KernelCache(Path(tempfile.mkdtemp()))
         try:
-            ptx = compile_ahead_of_time(source, 90, tile, num_warps=args.warps, cache=cache).asm["ptx"]
+            kernel = compile_ahead_of_time(source, 90, tile, num_warps=args.warps, cache=cache)
         except Exception as error:  # noqa: BLE001  (a rewrite Triton cannot compile is a finding too)
             print(f"  {name:28s} does not compile: {str(error).splitlines()[-1][:100]}")
             continue
+        ptx = kernel.asm["ptx"]
         specialized = "warps specialized" if "setmaxnreg" in ptx else "one warp role"
-        print(f"  {name:28s} waits {loop_waits(ptx)}  ({specialized})")
+        sass = sass_loop_waits(kernel.asm["cubin"])
+        overlap = "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
+        print(f"  {name:30s} PTX {loop_waits(ptx)}  SASS {sass}  {overlap}  ({specialized})")
 
 
 if __name__ == "__main__":

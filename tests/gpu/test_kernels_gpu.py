@@ -269,6 +269,8 @@ def _variants():
         ("tma", Config.make(8, 3, BLOCK_M=128, BLOCK_N=128, BLOCK_K=256, GROUP_M=8, SPLIT_N=2)),
         ("tma_persistent", Config.make(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)),
         ("tma_persistent", Config.make(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)),
+        ("tma", Config.make(4, 3, BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)),
+        ("tma", Config.make(4, 4, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, SPLIT_N=2)),
     ]
 
 
@@ -288,6 +290,28 @@ def test_fold_gemm_variants(shape, epilogue, variant, generator):
     operands = _cuda(folded[0] + folded[1])
     got = launch.launch_fold_gemm(*operands, *_cuda(args), config=config)
     assert_gemm_close(got, float64_gemm(a, b, *args), torch.bfloat16, f"fold gemm {name} {shape} {epilogue}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0), reason="Hopper")
+def test_promoted_fold_gemm_tiles_agree_bit_for_bit(generator):
+    """Every promoting candidate of a backward GEMM adds the same 128-element K tiles' products in the same order,
+    so the tile shape and warp count the autotuner picks change the time, never a bit of the result."""
+    from fp4.codegen.spec import EpilogueSpec
+
+    M, N, K = 1000, 736, 1024
+    a, b = quantized_operands(M, N, K, generator)
+    args = epilogue_arguments("backward_mask_unrotate", M, N, torch.bfloat16, generator)
+    operands = _cuda(fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2]))
+    lowering = launch.LOWERINGS["fp8_fold"]
+    spec = lowering.variant("tma", EpilogueSpec(alpha=True, clip_mask=True, inverse_rotate=True))
+    results = {}
+    for config in lowering.configs(spec):
+        config = Config(config.params, config.num_warps, config.num_stages, "tma")
+        results[config.label()] = launch.launch_fold_gemm(*operands, *_cuda(args), config=config)
+    first, *others = results
+    assert len(results) >= 6
+    for label in others:
+        assert torch.equal(results[label], results[first]), f"{label} differs from {first}"
 
 
 @pytest.mark.parametrize("epilogue", ["plain", "alpha_bias_gelu", "silu_gate_residual"])
