@@ -15,7 +15,8 @@ The PTX is not the last word: ``ptxas`` serializes a ``wgmma`` whose accumulator
 waited for.  So each case also prints the waits of the machine code (``WARPGROUP.DEPBAR.LE gsb0, N`` inside the
 main loop, from the ``cuobjdump`` that ships with Triton): the MMA overlaps the next tile's only where no wait in the
 loop is 0.  Triton's own promotion (``tl.dot(..., max_num_imprecise_acc=BLOCK_K)``) is such a case: its PTX waits
-with 1 and adds the in-flight product, and ``ptxas`` puts a wait for 0 in front of the adds.
+with 1 and adds the in-flight product, and ``ptxas`` puts a wait for 0 in front of the adds.  Last, where this
+Triton has Gluon, the one-tile-late schedule written by hand (``benchmarks/gluon_one_tile_late.py``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ def main() -> None:
         sass = sass_loop_waits(kernel.asm["cubin"])
         overlap = "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
         print(f"  {name:30s} PTX {loop_waits(ptx)}  SASS {sass}  {overlap}  ({specialized})")
+    try:  # the one-tile-late schedule written by hand, where this Triton has Gluon
+        from gluon_one_tile_late import compile_for_sm90
+    except ImportError as error:
+        print(f"  Gluon one tile late: not compiled ({error})")
+        return
+    import triton
+
+    try:
+        kernel = compile_for_sm90(block_k=block_k, num_warps=args.warps)
+    except Exception as error:  # noqa: BLE001  (Gluon's API moves between Triton releases; written for 3.6)
+        print(f"  Gluon one tile late: does not compile with Triton {triton.__version__} ({type(error).__name__})")
+        return
+    sass = sass_loop_waits(kernel.asm["cubin"])
+    overlap = "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
+    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+);", kernel.asm["ptx"])]
+    print(f"  {'Gluon one tile late 128x128':30s} PTX {waits}  SASS {sass}  {overlap}  (every wait in the kernel)")
 
 
 if __name__ == "__main__":
