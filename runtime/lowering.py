@@ -185,7 +185,10 @@ class Fp8FoldLowering(GemmLowering):
     The ``cublas_epilogue`` variant is the epilogue kernel alone, on the fp32
     product cuBLAS computed (``GemmSpec.product == "cublas"``); it is a
     candidate only with ``cublas_product`` (``FP4_CUBLAS_PRODUCT=1``) until it
-    has run on a GPU, and runs wherever a configuration names it.
+    has run on a GPU, and runs wherever a configuration names it.  ``trial_tiles``
+    adds the promoting tiles that have not run on a GPU yet (``TRIAL_TILES``) to
+    the candidates: the backward-GEMM benchmark and the GPU tests time and check
+    them before the autotuner may pick them in training.
     """
 
     name = "fp8_fold"
@@ -193,9 +196,15 @@ class Fp8FoldLowering(GemmLowering):
     TMA_VARIANTS = ("tma", "tma_persistent")
     CUBLAS_PRODUCT = "cublas_epilogue"
 
-    def __init__(self, promote: bool = True, cublas_product: bool = False):
+    # one warp group per program, two programs per SM (Triton 3.6 for sm_90a: 186 / 227 registers, 74 / 98 KB of
+    # shared memory): the promotion's wait serializes each program's MMA, not the SM's, so one program's adds can
+    # run under the other's MMA (the eight-warp tiles keep their two warp groups in step: one barrier per K tile)
+    TRIAL_TILES = ((128, 64, 128, 4, 3), (64, 128, 128, 4, 4))
+
+    def __init__(self, promote: bool = True, cublas_product: bool = False, trial_tiles: bool = False):
         self.promote = promote
         self.cublas_product = cublas_product
+        self.trial_tiles = trial_tiles
 
     def variant(self, name, epilogue):
         if name in self.TMA_VARIANTS:
@@ -241,11 +250,8 @@ class Fp8FoldLowering(GemmLowering):
             # BLOCK_K stays at 128: promoting every 256 halves the waits but doubled the error against float64
             # (2.4e-5 vs cuBLAS's 1.0e-5 at K = 1024, H100), and the accuracy must not depend on the tile chosen
             tiles = [(128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 128, 8, 3)]
-            # one warp group per program, two programs per SM (Triton 3.6 for sm_90a: 186 / 227 registers,
-            # 74 / 98 KB of shared memory): the promotion's wait serializes each program's MMA, not the SM's, so
-            # one program's adds can run under the other's MMA (the eight-warp tiles keep their two warp groups in
-            # step: one barrier per K tile)
-            tiles += [(128, 64, 128, 4, 3), (64, 128, 128, 4, 4)]
+            if self.trial_tiles:
+                tiles += self.TRIAL_TILES
         else:
             tiles = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 4, 4)]
         return [_tile(*tile, split) for tile in tiles]

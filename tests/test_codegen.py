@@ -564,6 +564,23 @@ def test_an_explicit_configuration_names_the_cublas_product_variant():
         _gemm_plan(launch.Epilogue(), device="cpu", interpret=True, config=autotune.Config(config.params, name="tma"))
 
 
+def test_trial_tiles_are_candidates_only_when_asked(monkeypatch):
+    """The promoting tiles that have not run on a GPU are timed by the backward-GEMM benchmark and checked by the
+    GPU tests, never offered to training's autotuner before; every one keeps BLOCK_K = 128 (the promotion interval
+    the accuracy bound needs) and the epilogue's column halves of at least one rotation group."""
+    from fp4.runtime.lowering import Fp8FoldLowering
+
+    lowering = launch.LOWERINGS["fp8_fold"]
+    spec = lowering.variant("tma", EpilogueSpec(alpha=True, clip_mask=True, inverse_rotate=True))
+    tile = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+    trained = {tile(c) for c in lowering.configs(spec)}
+    assert not trained & set(Fp8FoldLowering.TRIAL_TILES)
+    monkeypatch.setattr(lowering, "trial_tiles", True)
+    timed = [c for c in lowering.configs(spec) if tile(c) in Fp8FoldLowering.TRIAL_TILES]
+    assert {tile(c) for c in timed} == set(Fp8FoldLowering.TRIAL_TILES)
+    assert all(c.kwargs["BLOCK_K"] == 128 and c.kwargs["BLOCK_N"] // c.kwargs["SPLIT_N"] >= GROUP_SIZE for c in timed)
+
+
 def test_compiling_the_cublas_product_variant_ahead_computes_and_launches_nothing(monkeypatch):
     """Compile-ahead only compiles the epilogue kernel, on a small unwritten fp32 buffer in place of the product
     (the kernel specializes on its dtype and alignment, not its size)."""
