@@ -1,4 +1,4 @@
-"""How the Hopper FP8 GEMM's main loop waits for its tensor-core MMAs, from the PTX, without a GPU.
+"""How the Hopper FP8 GEMM's main loop waits for its tensor-core MMAs, from the PTX and SASS, without a GPU.
 
     python benchmarks/gemm_waits.py [--tile 128x256x128] [--warps 8]
 
@@ -68,11 +68,15 @@ REWRITES = {
 }
 
 
+def ptx_waits(ptx: str) -> list[int]:
+    """The ``wgmma.wait_group`` counts in ``ptx``, in order."""
+    return [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+);", ptx)]
+
+
 def loop_waits(ptx: str) -> list[int]:
     """The ``wgmma.wait_group`` counts inside the first loop body of the PTX."""
     start = ptx.find("Loop Header")
-    end = ptx.find("_crit_edge", start)
-    return [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+);", ptx[start:end])]
+    return ptx_waits(ptx[start : ptx.find("_crit_edge", start)])
 
 
 def sass_loop_waits(cubin: bytes) -> list[int] | None:
@@ -97,6 +101,11 @@ def sass_loop_waits(cubin: bytes) -> list[int] | None:
     return []
 
 
+def verdict(sass: list[int] | None) -> str:
+    """Whether the loop's MMA overlaps the next one: only where no machine-code wait in the loop is for 0."""
+    return "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tile", default="128x256x128", help="BLOCK_M x BLOCK_N x BLOCK_K")
@@ -116,13 +125,12 @@ def main() -> None:
         try:
             kernel = compile_ahead_of_time(source, 90, tile, num_warps=args.warps, cache=cache)
         except Exception as error:  # noqa: BLE001  (a rewrite Triton cannot compile is a finding too)
-            print(f"  {name:28s} does not compile: {str(error).splitlines()[-1][:100]}")
+            print(f"  {name:30s} does not compile: {str(error).splitlines()[-1][:100]}")
             continue
         ptx = kernel.asm["ptx"]
         specialized = "warps specialized" if "setmaxnreg" in ptx else "one warp role"
         sass = sass_loop_waits(kernel.asm["cubin"])
-        overlap = "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
-        print(f"  {name:30s} PTX {loop_waits(ptx)}  SASS {sass}  {overlap}  ({specialized})")
+        print(f"  {name:30s} PTX {loop_waits(ptx)}  SASS {sass}  {verdict(sass)}  ({specialized})")
     try:  # the one-tile-late schedule written by hand, where this Triton has Gluon
         from gluon_one_tile_late import compile_for_sm90
     except ImportError as error:
@@ -136,9 +144,8 @@ def main() -> None:
         print(f"  Gluon one tile late: does not compile with Triton {triton.__version__} ({type(error).__name__})")
         return
     sass = sass_loop_waits(kernel.asm["cubin"])
-    overlap = "?" if sass is None else ("overlaps" if sass and min(sass) > 0 else "serialized")
-    waits = [int(n) for n in re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+);", kernel.asm["ptx"])]
-    print(f"  {'Gluon one tile late 128x128':30s} PTX {waits}  SASS {sass}  {overlap}  (every wait in the kernel)")
+    name, waits = "Gluon one tile late 128x128", ptx_waits(kernel.asm["ptx"])
+    print(f"  {name:30s} PTX {waits}  SASS {sass}  {verdict(sass)}  (every wait in the kernel)")
 
 
 if __name__ == "__main__":
