@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import NamedTuple
@@ -324,6 +325,37 @@ def _sm_count(device) -> int:
     return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
+_UNIT_SCALES: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_scale(device: torch.device) -> torch.Tensor:
+    """A one-element fp32 one on ``device`` (cuBLAS's unit scale), made once per device and kept.
+
+    Made on a thread of its own: CUDA-graph trees send every allocation of the thread that warms up or records a
+    graph to the graph's memory pool, where a tensor kept past the step is an error ("not tracked as outputs"),
+    and a plan's first product may run inside that warm-up.  Not made when a plan is built, which the Inductor
+    launch path does under a fake-tensor mode."""
+    one = _UNIT_SCALES.get(device)
+    if one is None:
+        made: list = []
+
+        def make():
+            try:
+                made.append(torch.ones(1, dtype=torch.float32, device=device))
+                if device.type == "cuda":  # this thread's stream: filled before any other stream reads it
+                    torch.cuda.current_stream(device).synchronize()
+            except BaseException as error:  # noqa: BLE001  (re-raised on the caller's thread)
+                made.append(error)
+
+        thread = threading.Thread(target=make, name="fp4-unit-scale")
+        thread.start()
+        thread.join()
+        if isinstance(made[0], BaseException):
+            raise made[0]
+        one = _UNIT_SCALES[device] = made[0]
+    return one
+
+
 class GemmPlan:
     """One GEMM signature on one lowering: ``plan(operands, epilogue, cublas)`` -> the output tensor.
 
@@ -396,12 +428,6 @@ class GemmPlan:
             launch, grid, args, _ = self.arguments(config, operands, epilogue, acc)
             launch.warmup(grid, args)
 
-    @functools.cached_property
-    def _unit_scale(self) -> torch.Tensor:
-        # made at the plan's first product and kept, so no later call (a CUDA-graph capture) allocates it; not when
-        # the plan is built, which the Inductor launch path does under a fake-tensor mode
-        return torch.ones(1, dtype=torch.float32, device=self.device)
-
     def product(self, operands) -> torch.Tensor:
         """The fp32 ``[M, N]`` product of the folded operands, unscaled: cuBLAS's FP8 GEMM with tensor-wise unit
         scales (its default, promoted accumulation); in the interpreter the float product (exact products, summed
@@ -409,7 +435,7 @@ class GemmPlan:
         a, _, b, _ = operands
         if self.interpret:
             return a.float() @ b.float().t()
-        one = self._unit_scale
+        one = unit_scale(self.device)
         return torch._scaled_mm(a, b.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)
 
     def arguments(self, config, operands, epilogue, acc=None):

@@ -325,3 +325,28 @@ def test_bias_grad_of_no_rows_is_zeros():
     assert plan.kernel is None
     got = plan(torch.empty((0, 8), dtype=torch.bfloat16))
     assert got.dtype == torch.bfloat16 and torch.equal(got, torch.zeros(8, dtype=torch.bfloat16))
+
+
+def test_unit_scale_is_made_once_per_device_on_a_thread_of_its_own(monkeypatch):
+    """cuBLAS's unit scale is made on another thread (out of a CUDA-graph warm-up's memory pool, which takes the
+    allocations of the warming thread) and kept; an error there reaches the caller."""
+    import threading
+
+    monkeypatch.setattr(launch, "_UNIT_SCALES", {})
+    threads = []
+    ones = torch.ones
+
+    def recording_ones(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return ones(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "ones", recording_ones)
+    cpu = torch.device("cpu")
+    one = launch.unit_scale(cpu)
+    assert one.dtype == torch.float32 and one.tolist() == [1.0]
+    assert launch.unit_scale(cpu) is one and len(threads) == 1
+    assert threads[0] is not threading.current_thread()
+    monkeypatch.setattr(torch, "ones", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no memory")))
+    with pytest.raises(RuntimeError, match="no memory"):
+        launch.unit_scale(torch.device("meta"))
+    assert torch.device("meta") not in launch._UNIT_SCALES

@@ -16,12 +16,13 @@ OUTPUT_ROUNDING = {torch.float32: 0.0, torch.bfloat16: 2.0**-8, torch.float16: 2
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def tiny_llama():
-    """A 2-layer ``LlamaForCausalLM`` (hidden 256, vocab 512) in bf16 on the GPU, seeded."""
+def tiny_llama(hidden=256, intermediate=512, layers=2, heads=4):
+    """A ``LlamaForCausalLM`` (default: 2 layers, hidden 256; vocab 512) in bf16 on the GPU, seeded."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
-        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa", use_cache=False,
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa",
+        use_cache=False,
     )  # fmt: skip
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)

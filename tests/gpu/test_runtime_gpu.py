@@ -127,19 +127,13 @@ def test_kernels_compile_ahead_in_worker_processes(tmp_path, monkeypatch):
     Triton caches and shapes no other test uses, so the kernels really compile (in the workers) here."""
     from fp4.runtime import compile_pool, warmup
 
-    transformers = pytest.importorskip("transformers")
     if not compile_pool.available():
         pytest.skip("this Triton calls no JIT cache hook")
 
     def plans_built():
         return sum(count for key, count in plans.STATS.items() if key.startswith("built."))
 
-    config = transformers.LlamaConfig(
-        hidden_size=320, intermediate_size=640, num_hidden_layers=1, num_attention_heads=5, num_key_value_heads=5,
-        vocab_size=512, max_position_embeddings=128, attn_implementation="sdpa", use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).to("cuda", torch.bfloat16)
+    model = tiny_llama(hidden=320, intermediate=640, layers=1, heads=5)
     monkeypatch.setenv("FP4_CACHE_DIR", str(tmp_path / "fp4"))
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
     monkeypatch.setenv(compile_pool.PROCESSES_ENV, "4")
@@ -152,4 +146,32 @@ def test_kernels_compile_ahead_in_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv(compile_pool.PROCESSES_ENV, "0")
     threads = train_steps(copy.deepcopy(model), {"compile_ahead": True}, steps=2)
     for a, b in zip(processes[0] + processes[1], threads[0] + threads[1]):
+        assert torch.equal(a, b)
+
+
+def test_cuda_graphs_with_the_cublas_product(monkeypatch):
+    """The backward GEMMs on cuBLAS's product finished by the epilogue kernel (``cublas_epilogue``) under CUDA
+    graphs: the product's first call runs inside the graphs' warm-up, yet its unit scale stays out of their memory
+    pool (CUDA-graph trees fail a step that keeps a pool tensor it did not return), and the steps equal those
+    without graphs.  Shapes no other test uses, so every plan here is new and takes the forced choice."""
+    from fp4.runtime import launch
+
+    lowering = launch.LOWERINGS["fp8_fold"]
+    monkeypatch.setattr(lowering, "cublas_product", True)
+    choose = launch.GemmPlan.choose
+
+    def cublas_product_first(plan, sample):
+        forced = [c for c in plan.candidates if c.name == lowering.CUBLAS_PRODUCT]
+        if plan.chosen is None and forced:
+            plan.chosen = forced[0]
+        return choose(plan, sample)
+
+    monkeypatch.setattr(launch.GemmPlan, "choose", cublas_product_first)
+    monkeypatch.setattr(launch, "_UNIT_SCALES", {})  # made afresh, as in a new process
+    model = tiny_llama(hidden=384, intermediate=768, layers=1, heads=6)
+    before = launch.COUNTERS["gemm.fp8_fold.cublas_epilogue"]
+    graphed = train_steps(copy.deepcopy(model), {"cudagraphs": True, "compile_ahead": False})
+    assert launch.COUNTERS["gemm.fp8_fold.cublas_epilogue"] > before, "no GEMM took the cuBLAS product"
+    plain = train_steps(copy.deepcopy(model), {"compile_ahead": False})
+    for a, b in zip(graphed[0] + graphed[1], plain[0] + plain[1]):
         assert torch.equal(a, b)
