@@ -564,23 +564,6 @@ def test_an_explicit_configuration_names_the_cublas_product_variant():
         _gemm_plan(launch.Epilogue(), device="cpu", interpret=True, config=autotune.Config(config.params, name="tma"))
 
 
-def test_trial_tiles_are_candidates_only_when_asked(monkeypatch):
-    """The promoting tiles that have not run on a GPU are timed by the backward-GEMM benchmark and checked by the
-    GPU tests, never offered to training's autotuner before; every one keeps BLOCK_K = 128 (the promotion interval
-    the accuracy bound needs) and the epilogue's column halves of at least one rotation group."""
-    from fp4.runtime.lowering import Fp8FoldLowering
-
-    lowering = launch.LOWERINGS["fp8_fold"]
-    spec = lowering.variant("tma", EpilogueSpec(alpha=True, clip_mask=True, inverse_rotate=True))
-    tile = lambda c: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
-    trained = {tile(c) for c in lowering.configs(spec)}
-    assert not trained & set(Fp8FoldLowering.TRIAL_TILES)
-    monkeypatch.setattr(lowering, "trial_tiles", True)
-    timed = [c for c in lowering.configs(spec) if tile(c) in Fp8FoldLowering.TRIAL_TILES]
-    assert {tile(c) for c in timed} == set(Fp8FoldLowering.TRIAL_TILES)
-    assert all(c.kwargs["BLOCK_K"] == 128 and c.kwargs["BLOCK_N"] // c.kwargs["SPLIT_N"] >= GROUP_SIZE for c in timed)
-
-
 def test_compiling_the_cublas_product_variant_ahead_computes_and_launches_nothing(monkeypatch):
     """Compile-ahead only compiles the epilogue kernel, on a small unwritten fp32 buffer in place of the product
     (the kernel specializes on its dtype and alignment, not its size)."""
@@ -606,3 +589,32 @@ def test_rounding_magics_are_the_float32_bits_they_name():
     magic = torch.tensor([lanes.ROUND_TO_INTEGER_MAGIC], dtype=torch.float32)
     assert magic.view(torch.int32).item() == lanes.ROUND_TO_INTEGER_MAGIC_BITS
     assert torch.tensor([2.0**22]).view(torch.int32).item() == lanes.RNE_MAGIC_FLOOR_BITS
+
+
+def test_every_shipped_table_names_kernels_this_code_generates():
+    """The package's choice tables parse, and every kernel they name is one this code generates (a renamed kernel
+    would leave its shipped choices unread without an error), with configurations that read back as such."""
+    files = sorted(autotune.SHIPPED_CHOICES_DIR.glob("*.json"))
+    assert files, "no shipped choice table"
+    fold_gemm = lambda **epilogue: GemmSpec("fp8_fold", EpilogueSpec(**epilogue), promote=True)
+    generated = {
+        emit_fold().name,
+        emit_gemm(fold_gemm()).name,
+        emit_gemm(fold_gemm(residual=True)).name,
+        emit_gemm(fold_gemm(alpha=True, clip_mask=True, inverse_rotate=True)).name,
+        emit_gemm(fold_gemm(alpha=True, clip_mask=True, inverse_rotate=True, residual=True)).name,
+        emit_quantize(QuantizeSpec("quest", fold=True)).name,
+        emit_quantize(QuantizeSpec("sr", signs=True)).name,
+        emit_quantize(QuantizeSpec("sr", axis="first", signs=True)).name,
+        emit_quantize(QuantizeSpec("sr", source="mxfp4", axis="first", signs=True, input_dtype="u8")).name,
+    }
+    table = autotune._read_imported(files, "a shipped choices table")
+    assert set(table) <= {"sm_90", "sm_100", "sm_120"}, set(table)
+    for target, kernels in table.items():
+        assert set(kernels) <= generated, f"{target}: kernels this code does not generate: {set(kernels) - generated}"
+        for kernel, buckets in kernels.items():
+            for bucket, choice in buckets.items():
+                sizes = [int(size) for size in bucket.split("x")]
+                assert bucket == autotune.bucket(*sizes), (kernel, bucket)
+                config = autotune.Config.from_json(choice)
+                assert autotune.Config.from_json(config.to_json()) == config and config.num_warps in (1, 2, 4, 8)
