@@ -185,10 +185,8 @@ class Fp8FoldLowering(GemmLowering):
     The ``cublas_epilogue`` variant is the epilogue kernel alone, on the fp32
     product cuBLAS computed (``GemmSpec.product == "cublas"``); it is a
     candidate only with ``cublas_product`` (``FP4_CUBLAS_PRODUCT=1``) until it
-    has run on a GPU, and runs wherever a configuration names it.  ``trial_tiles``
-    adds the promoting tiles that have not run on a GPU yet (``TRIAL_TILES``) to
-    the candidates: the backward-GEMM benchmark and the GPU tests time and check
-    them before the autotuner may pick them in training.
+    has been timed in whole-model training, and runs wherever a configuration
+    names it.
     """
 
     name = "fp8_fold"
@@ -196,15 +194,9 @@ class Fp8FoldLowering(GemmLowering):
     TMA_VARIANTS = ("tma", "tma_persistent")
     CUBLAS_PRODUCT = "cublas_epilogue"
 
-    # one warp group per program, two programs per SM (Triton 3.6 for sm_90a: 186 / 227 registers, 74 / 98 KB of
-    # shared memory): the promotion's wait serializes each program's MMA, not the SM's, so one program's adds can
-    # run under the other's MMA (the eight-warp tiles keep their two warp groups in step: one barrier per K tile)
-    TRIAL_TILES = ((128, 64, 128, 4, 3), (64, 128, 128, 4, 4))
-
-    def __init__(self, promote: bool = True, cublas_product: bool = False, trial_tiles: bool = False):
+    def __init__(self, promote: bool = True, cublas_product: bool = False):
         self.promote = promote
         self.cublas_product = cublas_product
-        self.trial_tiles = trial_tiles
 
     def variant(self, name, epilogue):
         if name in self.TMA_VARIANTS:
@@ -248,10 +240,10 @@ class Fp8FoldLowering(GemmLowering):
         if spec.promote:
             # the fp32 add after every K tile waits for the MMA: 128 x 128 tiles keep both sums in registers.
             # BLOCK_K stays at 128: promoting every 256 halves the waits but doubled the error against float64
-            # (2.4e-5 vs cuBLAS's 1.0e-5 at K = 1024, H100), and the accuracy must not depend on the tile chosen
+            # (2.4e-5 vs cuBLAS's 1.0e-5 at K = 1024, H100), and the accuracy must not depend on the tile chosen.
+            # One-warp-group tiles (128 x 64, 64 x 128, two programs per SM) were slower on an H100 at 7B shapes
+            # (717-873 against 889-1021 TFLOP/s): benchmarks/RESULTS.md
             tiles = [(128, 128, 128, 8, 4), (256, 128, 128, 8, 3), (128, 256, 128, 8, 3), (128, 128, 128, 8, 3)]
-            if self.trial_tiles:
-                tiles += self.TRIAL_TILES
         else:
             tiles = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 256, 64, 8, 4), (128, 128, 128, 4, 4)]
         return [_tile(*tile, split) for tile in tiles]
