@@ -310,6 +310,10 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
     """Compile one Dynamo graph with the fp4 backend; returns the compiled callable."""
     options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
+    if options.compile_ahead and target.is_cuda and torch.cuda.is_available():
+        from .runtime import compile_pool
+
+        compile_pool.start()  # FP4_COMPILE_PROCESSES workers, starting while the graph is traced and rewritten
     report = report_lib.CompileReport(options=options, target=str(target), notes=report_lib.uncaptured_regions())
     ranges = flat_input_ranges(example_inputs)
     dynamo_parameters = [i for i, x in enumerate(example_inputs) if isinstance(x, torch.nn.Parameter)]

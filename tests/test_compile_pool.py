@@ -165,3 +165,27 @@ def test_the_hook_is_installed_once_and_keeps_the_one_before(monkeypatch):
     compile_pool._install()
     compile_pool._install()
     assert runtime.jit_cache_hook is compile_pool._hook and compile_pool._PREVIOUS_HOOK is previous
+
+
+def test_workers_start_before_the_first_job_and_serve_it(tmp_path, monkeypatch):
+    """``start()`` starts the workers ``FP4_COMPILE_PROCESSES`` asks for when a graph reaches the backend, so
+    their start-up is over before the warm-up's first job; the jobs then go to them (no worker is started for a
+    job), and without the variable none starts."""
+    monkeypatch.setattr(compile_pool, "available", lambda: True)
+    monkeypatch.setattr(compile_pool, "_POOL", None)
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "0")
+    assert compile_pool.start() == 0 and compile_pool._POOL is None
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "2")
+    assert compile_pool.start() == 2
+    pool = compile_pool._POOL
+    try:
+        assert len(pool._children) == 2 and all(child.poll() is None for child in pool._children)
+        compile_pool.start()  # a second graph starts no more
+        assert len(pool._children) == 2
+        path = _kernel_module(tmp_path)
+        jobs = [pool.submit(("fp4_kernels.fake_4567", str(path), "kernel", f"[{i}]", "")) for i in range(3)]
+        assert [job.result(120) for job in jobs] == ["kernel"] * 3
+        assert len(pool._children) == 2
+    finally:
+        pool.shutdown()
+    assert all(child.poll() is not None for child in pool._children)
