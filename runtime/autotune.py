@@ -165,8 +165,8 @@ class compile_ahead:
             from triton.runtime._async_compile import AsyncCompileMode
         except ImportError:
             AsyncCompileMode = None
-        workers = compile_pool.processes()
-        if workers and compile_pool.available():  # worker processes (FP4_COMPILE_PROCESSES)
+        workers = compile_pool.workers_in_use()
+        if workers:  # worker processes (FP4_COMPILE_PROCESSES)
             self.mode = compile_pool.Collector(workers)
             self.mode.__enter__()
         elif AsyncCompileMode is not None and self.threads > 1:

@@ -170,15 +170,21 @@ def _pool(workers: int) -> WorkerPool:
         return _POOL
 
 
-def start() -> int:
-    """Start the worker processes ``FP4_COMPILE_PROCESSES`` asks for, where this Triton has the hook; returns how
-    many.  Called when a graph for a GPU reaches the backend, before AOTAutograd traces it and the passes rewrite
-    it, so the workers' start (importing torch and Triton, finding the device) is over when the warm-up hands them
-    their first compiles."""
+def workers_in_use() -> int:
+    """The worker processes compiles ahead go to: ``FP4_COMPILE_PROCESSES`` where this Triton has the hook, else 0
+    (the thread pool)."""
     workers = processes()
-    if not workers or not available():
-        return 0
-    _pool(workers).start()
+    return workers if workers and available() else 0
+
+
+def start() -> int:
+    """Start the worker processes compiles ahead will use (:func:`workers_in_use`); returns how many.  Called when a
+    graph for a GPU reaches the backend, before AOTAutograd traces it and the passes rewrite it, so the workers'
+    start (importing torch and Triton, finding the device) is over when the warm-up hands them their first
+    compiles."""
+    workers = workers_in_use()
+    if workers:
+        _pool(workers).start()
     return workers
 
 

@@ -32,9 +32,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -337,22 +337,15 @@ def unit_scale(device: torch.device) -> torch.Tensor:
     launch path does under a fake-tensor mode."""
     one = _UNIT_SCALES.get(device)
     if one is None:
-        made: list = []
 
-        def make():
-            try:
-                made.append(torch.ones(1, dtype=torch.float32, device=device))
-                if device.type == "cuda":  # this thread's stream: filled before any other stream reads it
-                    torch.cuda.current_stream(device).synchronize()
-            except BaseException as error:  # noqa: BLE001  (re-raised on the caller's thread)
-                made.append(error)
+        def make() -> torch.Tensor:
+            made = torch.ones(1, dtype=torch.float32, device=device)
+            if device.type == "cuda":  # this thread's stream: filled before any other stream reads it
+                torch.cuda.current_stream(device).synchronize()
+            return made
 
-        thread = threading.Thread(target=make, name="fp4-unit-scale")
-        thread.start()
-        thread.join()
-        if isinstance(made[0], BaseException):
-            raise made[0]
-        one = _UNIT_SCALES[device] = made[0]
+        with ThreadPoolExecutor(1, thread_name_prefix="fp4-unit-scale") as thread:
+            one = _UNIT_SCALES[device] = thread.submit(make).result()  # an error there is raised here
     return one
 
 
