@@ -36,6 +36,8 @@ from .source import KernelSource, SourceWriter, header
 from .spec import POINTER_TYPES, FoldSpec, QuantizeSpec
 
 NO_FUSION = {"enable_fp_fusion": False}
+FOLD_SCALE_GROUPS = 256
+"""Group scales the standalone fold reads at a time for a row's exponent (8 192 elements of the row)."""
 UNIFORM_24_BITS = 2.0**-L.UNIFORM_BITS
 _SLICE_BYTES = 16
 _ITEM_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -259,43 +261,55 @@ def _emit_fold_track(w: SourceWriter) -> None:
     )
 
 
-def _emit_fold_rows(w: SourceWriter) -> None:
-    """Second pass of a fold: codes + scales of this program's rows -> E4M3 values and the row scale."""
+def _emit_fold_row_scale(w: SourceWriter, when: str | None = None) -> None:
+    """A fold's row scale from the row's largest group exponent; stored by the programs where ``when`` holds."""
     w.comment(f"fold: row exponent = largest group exponent - {FOLD_HEADROOM} (at least 2**-126 as a scale)")
     w.line(f"ref = tl.maximum(exp_max - {FOLD_HEADROOM}, 1)")
     w.line("row_scale = tl.where(has_nan != 0, 0x7FC00000, ref << 23).to(tl.float32, bitcast=True)")
-    w.line("tl.store(fold_scales_ptr + out_rows, row_scale, mask=out_rows < n_out_rows)")
+    with w.block(f"if {when}:") if when else contextlib.nullcontext():
+        w.line("tl.store(fold_scales_ptr + out_rows, row_scale, mask=out_rows < n_out_rows)")
+
+
+def _emit_fold_columns(w: SourceWriter) -> None:
+    """Codes + scales of the groups ``group0 ...`` of this program's rows -> E4M3 values (``ref`` in hand)."""
+    w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
+    w.line("row_ok = out_rows[:, None] < n_out_rows")
+    w.line("group_ok = groups[None, :] < n_groups")
+    w.line("byte_cols = group0 * 16 + tl.arange(0, BLOCK_GROUPS * 16)")
+    w.line(
+        "packed = tl.load(codes_ptr + out_rows64[:, None] * (out_width // 2) + byte_cols[None, :], "
+        "mask=row_ok & (byte_cols[None, :] < out_width // 2), other=0)"
+    )
+    L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_ROWS, BLOCK_GROUPS * 32]", "fold_value")
+    w.line(
+        "fold_byte = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
+        "mask=row_ok & group_ok, other=0).to(tl.int32)"
+    )
+    w.comment("2**(group exponent - row exponent): exact down to 2**-126, zero below (E4M3 ends at 2**-9)")
+    w.line("shift = fold_byte - ref[:, None]")
+    w.line(
+        f"fold_mult = tl.where(fold_byte == {E8M0_NAN}, 1.0, tl.where(shift < -126, 0.0, "
+        "((shift + 127) << 23).to(tl.float32, bitcast=True)))"
+    )
+    w.line(
+        "fold_mult = tl.reshape(tl.broadcast_to(fold_mult[:, :, None], [BLOCK_ROWS, BLOCK_GROUPS, 32]), "
+        "[BLOCK_ROWS, BLOCK_GROUPS * 32])"
+    )
+    w.line("value_cols = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
+    w.comment("zero codes fold to +0 (the sign of a zero carries nothing into a product)")
+    w.line("fold_value = tl.where(fold_value == 0.0, 0.0, fold_value * fold_mult)")
+    w.line(
+        "tl.store(fold_ptr + out_rows64[:, None] * out_width + value_cols[None, :], "
+        "fold_value.to(tl.float8e4nv), mask=row_ok & (value_cols[None, :] < out_width))"
+    )
+
+
+def _emit_fold_rows(w: SourceWriter) -> None:
+    """Second pass of a quantizer that folds: codes + scales of this program's whole rows -> E4M3 values and the
+    row scale."""
+    _emit_fold_row_scale(w)
     with w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):"):
-        w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
-        w.line("row_ok = out_rows[:, None] < n_out_rows")
-        w.line("group_ok = groups[None, :] < n_groups")
-        w.line("byte_cols = group0 * 16 + tl.arange(0, BLOCK_GROUPS * 16)")
-        w.line(
-            "packed = tl.load(codes_ptr + out_rows64[:, None] * (out_width // 2) + byte_cols[None, :], "
-            "mask=row_ok & (byte_cols[None, :] < out_width // 2), other=0)"
-        )
-        L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_ROWS, BLOCK_GROUPS * 32]", "fold_value")
-        w.line(
-            "fold_byte = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
-            "mask=row_ok & group_ok, other=0).to(tl.int32)"
-        )
-        w.comment("2**(group exponent - row exponent): exact down to 2**-126, zero below (E4M3 ends at 2**-9)")
-        w.line("shift = fold_byte - ref[:, None]")
-        w.line(
-            f"fold_mult = tl.where(fold_byte == {E8M0_NAN}, 1.0, tl.where(shift < -126, 0.0, "
-            "((shift + 127) << 23).to(tl.float32, bitcast=True)))"
-        )
-        w.line(
-            "fold_mult = tl.reshape(tl.broadcast_to(fold_mult[:, :, None], [BLOCK_ROWS, BLOCK_GROUPS, 32]), "
-            "[BLOCK_ROWS, BLOCK_GROUPS * 32])"
-        )
-        w.line("value_cols = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
-        w.comment("zero codes fold to +0 (the sign of a zero carries nothing into a product)")
-        w.line("fold_value = tl.where(fold_value == 0.0, 0.0, fold_value * fold_mult)")
-        w.line(
-            "tl.store(fold_ptr + out_rows64[:, None] * out_width + value_cols[None, :], "
-            "fold_value.to(tl.float8e4nv), mask=row_ok & (value_cols[None, :] < out_width))"
-        )
+        _emit_fold_columns(w)
 
 
 def _signature(spec: QuantizeSpec) -> dict:
@@ -414,7 +428,11 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
 
 
 def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
-    """Triton source of the standalone MXFP4 -> FP8 fold (codes + scales -> E4M3 + fp32 row scales)."""
+    """Triton source of the standalone MXFP4 -> FP8 fold (codes + scales -> E4M3 + fp32 row scales).
+
+    Tiled like the quantizers, ``BLOCK_ROWS`` rows by ``BLOCK_GROUPS`` groups a program: each program first reads
+    its rows' group scales (1/16 of the codes' bytes, ``FOLD_SCALE_GROUPS`` at a time) for the row exponent, then
+    folds only its own groups, so a long row is spread over many programs instead of walked by one."""
     spec = spec or FoldSpec()
     name = spec.kernel_name
     what = "fold MXFP4 rows into E4M3 values with one fp32 scale per row"
@@ -429,6 +447,7 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         "out_width": "i32",
     }
     with row_tile_function(w, name, what, signature):
+        w.line(f"SCALE_GROUPS: tl.constexpr = {FOLD_SCALE_GROUPS}")
         w.line("pid_row = tl.program_id(0)")
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
         w.line("out_rows64 = out_rows.to(tl.int64)")
@@ -436,14 +455,17 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         w.line("n_groups = out_width // 32")
         w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
         w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
-        with w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):"):
-            w.line("groups = group0 + tl.arange(0, BLOCK_GROUPS)")
+        with w.block("for scale0 in range(0, n_groups, SCALE_GROUPS):"):
+            w.line("scale_groups = scale0 + tl.arange(0, SCALE_GROUPS)")
             w.line("row_ok = out_rows[:, None] < n_out_rows")
-            w.line("group_ok = groups[None, :] < n_groups")
+            w.line("group_ok = scale_groups[None, :] < n_groups")
             w.line(
-                "row_scale_bytes = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
+                "row_scale_bytes = tl.load(scales_ptr + out_rows64[:, None] * n_groups + scale_groups[None, :], "
                 "mask=row_ok & group_ok, other=0).to(tl.int32)"
             )
             _emit_fold_track(w)
-        _emit_fold_rows(w)
+        w.line("group0 = tl.program_id(1) * BLOCK_GROUPS")
+        w.comment("every program of a row finds the same row scale; the first of them stores it")
+        _emit_fold_row_scale(w, "group0 == 0")
+        _emit_fold_columns(w)
     return row_tile_kernel(name, w, spec, signature)

@@ -63,7 +63,8 @@ def quantize_configs(spec: QuantizeSpec) -> list[Config]:
 FOLD_CONFIGS = [
     Config.make(4, BLOCK_ROWS=4, BLOCK_GROUPS=32),
     Config.make(4, BLOCK_ROWS=8, BLOCK_GROUPS=16),
-    Config.make(8, BLOCK_ROWS=16, BLOCK_GROUPS=16),
+    Config.make(8, BLOCK_ROWS=8, BLOCK_GROUPS=32),
+    Config.make(4, BLOCK_ROWS=2, BLOCK_GROUPS=64),
 ]
 
 BIAS_GRAD_CONFIGS = [Config.make(4, BLOCK_T=64, BLOCK_N=128), Config.make(4, BLOCK_T=32, BLOCK_N=256)]

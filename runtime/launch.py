@@ -279,7 +279,8 @@ class FoldPlan:
         self.rows, self.width, self.device = rows, width, device
         self.kernel = None
         if rows and width:
-            grid_for = lambda cfg: (_cdiv(rows, cfg.kwargs["BLOCK_ROWS"]),)
+            groups = width // GROUP_SIZE
+            grid_for = lambda cfg: (_cdiv(rows, cfg.kwargs["BLOCK_ROWS"]), _cdiv(groups, cfg.kwargs["BLOCK_GROUPS"]))
             self.kernel = _Kernel(
                 kernels.fold_source(), target or device_target(device), kernels.FOLD_CONFIGS,
                 autotune.bucket(rows, width), grid_for, device, interpret, config,
