@@ -10,7 +10,8 @@ and with Blackwell's hardware E2M1 conversion (``QuantizeSpec.hardware_e2m1``).
 
 Each kernel is compiled ahead of time to PTX (as the CI's PTX checks do), assembled with
 the ``ptxas`` that ships with Triton and disassembled with its ``cuobjdump``.  The
-kernels are straight-line code (one group per thread, no loops except the fold's), so
+kernels are straight-line code (one group per thread; the fold's one loop over its rows' group scales runs once for
+rows up to 8 192 elements), so
 instructions per element = SASS instructions x threads per program / elements per program,
 close to what Nsight Compute counts as executed.  The bundled ``ptxas`` may be older than
 the PTX ISA version Triton writes into the header; the kernels use nothing newer than
@@ -28,7 +29,7 @@ import sys
 import tempfile
 
 import triton
-from fp4.codegen.spec import QuantizeSpec
+from fp4.codegen.spec import FoldSpec, QuantizeSpec
 from fp4.runtime import kernels
 from fp4.runtime.cache import compile_ahead_of_time
 
@@ -40,6 +41,7 @@ CASES = {
     "sr_quantize (last)": (QuantizeSpec("sr", "dense", "last", True, True, "bf16"), 8, 16),
     "sr_quantize (first)": (QuantizeSpec("sr", "dense", "first", True, True, "bf16"), 64, 2),
     "requantize_sr": (QuantizeSpec("sr", "mxfp4", "first", True, True, "u8"), 64, 2),
+    "fold_fp8 (tiles)": (FoldSpec(), 4, 32),
 }
 BLACKWELL_CASES = {
     f"quest_quantize (last), sm_{arch}a{', hardware E2M1' if hardware else ''}": (
@@ -89,7 +91,7 @@ def main() -> None:
     for name, (spec, block_rows, block_groups, arch) in cases.items():
         constexprs = dict(BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
         aligned = ("rows", "cols", "stride_x", "out_width")
-        source = kernels.quantize_source(spec)
+        source = kernels.fold_source(spec) if isinstance(spec, FoldSpec) else kernels.quantize_source(spec)
         compiled = compile_ahead_of_time(source, arch, constexprs, WARPS, aligned=aligned)
         with tempfile.TemporaryDirectory() as directory:
             report, cubin = _assemble(compiled.asm["ptx"], directory, arch)
