@@ -54,7 +54,7 @@ def main(argv=None):
         compare_launch(ops, args.tokens, args.graph_calls, args.reps, args.out)
         return
 
-    import fp4.runtime.launch  # noqa: F401
+    import fp4.runtime.calls  # noqa: F401
     from fp4.runtime import launch, reference
 
     fp4 = torch.ops.fp4

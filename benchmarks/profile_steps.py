@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-import fp4.runtime.launch  # noqa: F401  (the kernels as the CUDA implementations of the ops)
+import fp4.runtime.calls  # noqa: F401  (the kernels as the CUDA implementations of the ops)
 import torch
 from fp4.bench import block_steps, linear_steps
 

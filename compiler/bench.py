@@ -408,7 +408,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("fp4 bench needs a CUDA GPU", file=sys.stderr)
         return 2
-    import fp4.runtime.launch  # noqa: F401  (the kernels as the CUDA implementations of the ops)
+    import fp4.runtime.calls  # noqa: F401  (the kernels as the CUDA implementations of the ops)
     import triton
 
     out = Path(args.out)

@@ -495,7 +495,7 @@ def worker(spec_path: str) -> int:
     import fp4.runtime  # noqa: F401  (the fp4 ops; on a GPU their kernels)
 
     if device == "cuda":
-        import fp4.runtime.launch  # noqa: F401
+        import fp4.runtime.calls  # noqa: F401
 
     card = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({platform.machine()})"
     common = {

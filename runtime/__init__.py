@@ -5,7 +5,7 @@ ops (:mod:`.ops`), the FP8 fold ops (:mod:`.fold`), the gathered-weight marker (
 the ops the passes emit besides them (:mod:`.variants`) and the ops of the NVFP4 recipes (:mod:`.recipe_ops`,
 composed by :mod:`.recipes`); :data:`OPS` maps every op name to its
 definition.  The generated kernels then register themselves as the CUDA implementations
-(:mod:`.launch`) where a code generator is usable.
+(:mod:`.calls`, on the plans of :mod:`.launch`) where a code generator is usable.
 """
 
 # ops, fold and variants define the op set in the fp4 library (runtime/library.py) as they are imported.
@@ -28,7 +28,7 @@ OPS = {**ops.OPS, **fold.OPS, **variants.OPS, **gathered.OPS, **recipe_ops.OPS}
 
 try:  # the generated Triton kernels register themselves as the CUDA implementations of the ops
     from . import (
-        launch,  # noqa: F401
+        calls,  # noqa: F401
         launch_nvfp4,  # noqa: F401
     )
 except ImportError:  # no usable code generator here: every op keeps its reference implementation

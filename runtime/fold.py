@@ -17,7 +17,7 @@ scales of A and B multiplied into the fp32 accumulator, equals the MXFP4 GEMM
 up to the accumulation order (and those rounded tiny groups).
 
 Ops (``fp4::``; reference implementations here, CUDA kernels in
-:mod:`fp4.runtime.launch`):
+:mod:`fp4.runtime.calls`):
 
 ``fold_fp8(codes, scales) -> (values e4m3 [R, K], row_scales f32 [R])``
 ``quest_quantize_fold(x, rotate) -> (codes, scales, mask, values, row_scales)``

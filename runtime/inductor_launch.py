@@ -1,11 +1,11 @@
 """The Inductor launch path: fp4 kernels launched from Inductor's wrapper code instead of through launch plans.
 
-On the plan path (:mod:`fp4.runtime.launch`) a compiled graph calls each fp4
+On the plan path (:mod:`fp4.runtime.calls`) a compiled graph calls each fp4
 op through the dispatcher; its CUDA implementation looks the call signature up
 and launches the plan's kernel through Triton's compiled launcher.  Here every
-op in :data:`fp4.runtime.launch.CALLS` also exists as ``fp4_triton::<name>``
+op in :data:`fp4.runtime.calls.CALLS` also exists as ``fp4_triton::<name>``
 (same schema), registered with ``torch.library.triton_op``.  Its body builds the
-plan path's own call object for the signature (``launch.CALLS``: the same
+plan path's own call object for the signature (``calls.CALLS``: the same
 spec, kernel source, grid and argument list, built on fake tensors), lets the
 same autotuner choose each kernel's configuration (so it is the configuration
 the plan runs: the choice is shared per kernel source, target and shape
@@ -73,7 +73,8 @@ import torch
 import torch.fx
 
 from . import OPS, warmup
-from .launch import CALLS, CUBLAS, Epilogue, Fallback, GemmCall, cublas_fold_gemm, device_target
+from .calls import CALLS, Fallback, GemmCall
+from .launch import CUBLAS, Epilogue, cublas_fold_gemm, device_target
 
 log = logging.getLogger("fp4.inductor_launch")
 

@@ -2,7 +2,7 @@
 
 Importing this module makes the generated kernels the CUDA implementations of
 the quantizers and the GEMM of :mod:`fp4.runtime.recipe_ops`, through the same
-plan machinery as :mod:`fp4.runtime.launch`: the first call with a signature
+plan machinery as :mod:`fp4.runtime.calls`: the first call with a signature
 builds a plan (sources, configurations chosen by the autotuner, grid), later
 calls allocate the outputs and launch.
 
@@ -35,7 +35,8 @@ from fp4.core import NVFP4_GROUP_SIZE, QUARTET2_HADAMARD_SIZE
 
 from . import autotune, library, recipe_ops
 from .autotune import Config
-from .launch import COUNTERS, _cdiv, _Kernel, _reference_plan, device_target, planned
+from .calls import _reference_plan, planned
+from .launch import COUNTERS, _cdiv, _Kernel, device_target
 from .lowering import DTYPE_NAMES, Epilogue
 from .ops import _check_seed
 from .plans import tensor_key

@@ -6,7 +6,7 @@ reference in :mod:`fp4.runtime.reference`.  Every op returns dense row-major
 (contiguous) tensors whatever its inputs' layout, and its fake says exactly that:
 Inductor lays out buffers by the fake (``tests/test_ops.py`` checks shapes,
 dtypes and strides of every op and variant).  The GPU kernels register
-themselves as the CUDA implementations of the same ops (``fp4.runtime.launch``);
+themselves as the CUDA implementations of the same ops (``fp4.runtime.calls``);
 graphs never change when they do.
 
 A quantized operand travels as plain tensors:

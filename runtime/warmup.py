@@ -30,7 +30,7 @@ from collections import Counter
 import torch
 
 from . import autotune, plans
-from .launch import CUDA_IMPLEMENTATIONS
+from .calls import CUDA_IMPLEMENTATIONS
 
 log = logging.getLogger("fp4.warmup")
 

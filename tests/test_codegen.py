@@ -11,7 +11,7 @@ from fp4.codegen.quantize import emit_fold, emit_quantize
 from fp4.codegen.reduce import emit_bias_grad
 from fp4.codegen.source import GENERATOR_VERSION
 from fp4.codegen.spec import BiasGradSpec, EpilogueSpec, GemmSpec, QuantizeSpec
-from fp4.runtime import autotune, cache, fold, launch, reference
+from fp4.runtime import autotune, cache, calls, fold, launch, reference
 from fp4.runtime.formats import GROUP_SIZE
 
 
@@ -494,7 +494,7 @@ def test_cuda_implementations_are_registered_for_the_ops():
     # the dispatcher holds a CUDA kernel of its own for each op (not only the device-generic reference)
     from fp4.runtime import library
 
-    for name in launch.CUDA_IMPLEMENTATIONS:
+    for name in calls.CUDA_IMPLEMENTATIONS:
         assert library.has_cuda_kernel(name), name
     assert not library.has_cuda_kernel("fp4::dequantize")
 

@@ -16,7 +16,7 @@ import traceback
 
 import pytest
 import torch
-from fp4.runtime import fold, launch, plans, reference
+from fp4.runtime import calls, fold, launch, plans, reference
 
 
 def _bitwise(got, want):
@@ -49,24 +49,24 @@ def make_data():
 
 def case_quantizer_plans_match_the_reference(data):
     x, dy, w = data
-    _bitwise(_twice(launch.quest_quantize_cuda, x, True), reference.quest_quantize(x, True))
+    _bitwise(_twice(calls.quest_quantize_cuda, x, True), reference.quest_quantize(x, True))
     flat = x.reshape(-1, 64)
-    got = _twice(launch.quest_quantize_fold_cuda, flat, True)
+    got = _twice(calls.quest_quantize_fold_cuda, flat, True)
     want = reference.quest_quantize(flat, True)
     _bitwise(got, want + fold.fold_reference(*want[:2]))
     seed = torch.tensor(2**61 + 12345)
     for sign_stream, stream, transpose in ((0, 2, False), (1, 4, True), (-1, 2, False)):
         signs = reference.rotation_signs(int(seed), sign_stream) if sign_stream >= 0 else None
-        got = _twice(launch.sr_quantize_cuda, dy, seed, sign_stream, stream, transpose)
+        got = _twice(calls.sr_quantize_cuda, dy, seed, sign_stream, stream, transpose)
         _bitwise(got, reference.sr_quantize(dy, signs, int(seed), stream, transpose))
     codes, scales, _ = reference.quest_quantize(w, True)
-    got = _twice(launch.requantize_sr_cuda, codes, scales, seed, 0, 3)
+    got = _twice(calls.requantize_sr_cuda, codes, scales, seed, 0, 3)
     _bitwise(got, reference.requantize_sr(codes, scales, reference.rotation_signs(int(seed), 0), int(seed), 3))
-    _bitwise(_twice(launch.fold_fp8_cuda, codes, scales), fold.fold_reference(codes, scales))
+    _bitwise(_twice(calls.fold_fp8_cuda, codes, scales), fold.fold_reference(codes, scales))
     # the backward quantizers that write the FP8 fold too
-    got = _twice(launch.sr_quantize_fold_cuda, dy, seed, 1, 4, True)
+    got = _twice(calls.sr_quantize_fold_cuda, dy, seed, 1, 4, True)
     _bitwise(got, fold.sr_quantize_fold.function(dy, seed, 1, 4, True))
-    got = _twice(launch.requantize_sr_fold_cuda, codes, scales, seed, 0, 3)
+    got = _twice(calls.requantize_sr_fold_cuda, codes, scales, seed, 0, 3)
     _bitwise(got, fold.requantize_sr_fold.function(codes, scales, seed, 0, 3))
 
 
@@ -78,12 +78,12 @@ def case_gemm_and_bias_grad_plans_match_the_reference(data):
     epilogue = (0.5, bias, "gelu", None, None, None, False, torch.float32)
     want = reference.mxfp4_gemm(*a[:2], *b[:2], *epilogue)
     # the CPU target has no GEMM kernel: the plan is the reference, with its reason counted
-    _bitwise(_twice(launch.mxfp4_gemm_cuda, *a[:2], *b[:2], *epilogue), want)
+    _bitwise(_twice(calls.mxfp4_gemm_cuda, *a[:2], *b[:2], *epilogue), want)
     assert any(key.startswith("fallback.mxfp4_gemm.no GEMM kernel for cpu") for key in launch.COUNTERS)
     folded = fold.fold_reference(*a[:2]) + fold.fold_reference(*b[:2])
-    got = _twice(launch.fp8_fold_gemm_cuda, *folded, *epilogue)
+    got = _twice(calls.fp8_fold_gemm_cuda, *folded, *epilogue)
     _bitwise(got, fold.fp8_fold_gemm_reference(*folded, *epilogue))
-    got = _twice(launch.bias_grad_cuda, dy, torch.float32)
+    got = _twice(calls.bias_grad_cuda, dy, torch.float32)
     assert (got.double() - dy.double().sum(0)).abs().max() < 1e-5
 
 
@@ -91,11 +91,11 @@ def case_fallbacks_give_the_reference_and_say_why(data):
     x, dy, _ = data
     launch.COUNTERS.clear()
     half = x.reshape(-1, 64).to(torch.float64)
-    _bitwise(launch.quest_quantize_cuda(half, True), reference.quest_quantize(half, True))
+    _bitwise(calls.quest_quantize_cuda(half, True), reference.quest_quantize(half, True))
     assert launch.COUNTERS["fallback.quest_quantize.input dtype torch.float64"] == 1
     meta_seed = torch.tensor(5, device="meta")
     try:  # a seed on another device falls back to the reference, which cannot read a meta tensor
-        launch.sr_quantize_cuda(dy, meta_seed, 0, 2, False)
+        calls.sr_quantize_cuda(dy, meta_seed, 0, 2, False)
     except (NotImplementedError, RuntimeError):
         pass
     assert any(key.startswith("fallback.sr_quantize.the seed is on meta") for key in launch.COUNTERS)
