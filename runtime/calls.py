@@ -372,11 +372,4 @@ CUDA_IMPLEMENTATIONS = {
     "fp4::fp8_fold_gemm": fp8_fold_gemm_cuda,
 }
 
-
-def register() -> None:
-    """Make the kernels the CUDA implementations of the fp4 ops (idempotent)."""
-    for name, function in CUDA_IMPLEMENTATIONS.items():
-        library.register_cuda(name, function)
-
-
-register()
+library.register_cuda(CUDA_IMPLEMENTATIONS)

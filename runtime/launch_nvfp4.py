@@ -360,11 +360,4 @@ CUDA_IMPLEMENTATIONS = {
 }
 """The CUDA kernels of the NVFP4 recipes' ops (``nvfp4_transpose_2d`` keeps its device-generic PyTorch code)."""
 
-
-def register() -> None:
-    """Make the kernels the CUDA implementations of the NVFP4 ops (idempotent)."""
-    for name, function in CUDA_IMPLEMENTATIONS.items():
-        library.register_cuda(name, function)
-
-
-register()
+library.register_cuda(CUDA_IMPLEMENTATIONS)

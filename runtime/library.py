@@ -70,13 +70,14 @@ def fp4_op(qualname: str, *, tags: Sequence[torch.Tag] = ()) -> Callable[[Callab
     return lambda function: Fp4Op(qualname, function, tags)
 
 
-def register_cuda(qualname: str, function: Callable) -> None:
-    """Make ``function`` the CUDA kernel of ``qualname`` (once per process; a second call is a no-op)."""
-    name = qualname.partition("::")[2]
-    if name in _CUDA_REGISTERED:
-        return
-    LIBRARY.impl(name, checked_if_asked(qualname, function), "CUDA")
-    _CUDA_REGISTERED.add(name)
+def register_cuda(implementations: dict[str, Callable]) -> None:
+    """Make each function the CUDA kernel of its op (``{"fp4::<name>": function}``; once per process per op, a
+    second call is a no-op)."""
+    for qualname, function in implementations.items():
+        name = qualname.partition("::")[2]
+        if name not in _CUDA_REGISTERED:
+            LIBRARY.impl(name, checked_if_asked(qualname, function), "CUDA")
+            _CUDA_REGISTERED.add(name)
 
 
 def _not_finite(tensor: torch.Tensor) -> bool:
