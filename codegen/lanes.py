@@ -311,17 +311,23 @@ def emit_e2m1_decode(w: SourceWriter, code: str, out: str) -> None:
     w.line(f"{out} = {e2m1_bits(code)}.to(tl.float32, bitcast=True) * {E2M1_SUBNORMAL_SCALE!r}")
 
 
-def emit_e2m1_decode_bytes(w: SourceWriter, packed: str, shape: str, out: str) -> None:
+def emit_e2m1_decode_bytes(w: SourceWriter, packed: str, shape: str, out: str, positive_zero: bool = False) -> None:
     """``out`` (float32 ``shape``): the values of the codes in uint8 tile ``packed``, two per byte, low nibble first.
 
     The bytes are sign-extended to int32, so each nibble's bits take two or three
     integer operations (:func:`e2m1_bits`) and one exact multiplication by 2**126.
+    ``positive_zero``: the negative zero code decodes to +0 as well, at no cost: the multiplication becomes one
+    fused multiply-add of +0 (exact products, so the same values; -0 + +0 = +0 under round to nearest).
     """
     w.line(f"{out}_bytes = {packed}.to(tl.int8, bitcast=True).to(tl.int32)")
-    w.line(
-        f"{out} = tl.reshape(tl.join({e2m1_bits(out + '_bytes')}, {e2m1_bits(out + '_bytes', high=True)}), {shape})"
-        f".to(tl.float32, bitcast=True) * {E2M1_SUBNORMAL_SCALE!r}"
+    bits = (
+        f"tl.reshape(tl.join({e2m1_bits(out + '_bytes')}, {e2m1_bits(out + '_bytes', high=True)}), {shape})"
+        ".to(tl.float32, bitcast=True)"
     )
+    if positive_zero:
+        w.line(f"{out} = tl.fma({bits}, {E2M1_SUBNORMAL_SCALE!r}, 0.0)")
+    else:
+        w.line(f"{out} = {bits} * {E2M1_SUBNORMAL_SCALE!r}")
 
 
 def pack_words(w: SourceWriter, values: list, bits: int, prefix: str) -> list[str]:

@@ -280,7 +280,8 @@ def _emit_fold_columns(w: SourceWriter) -> None:
         "packed = tl.load(codes_ptr + out_rows64[:, None] * (out_width // 2) + byte_cols[None, :], "
         "mask=row_ok & (byte_cols[None, :] < out_width // 2), other=0)"
     )
-    L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_ROWS, BLOCK_GROUPS * 32]", "fold_value")
+    w.comment("zero codes fold to +0 (the sign of a zero carries nothing into a product)")
+    L.emit_e2m1_decode_bytes(w, "packed", "[BLOCK_ROWS, BLOCK_GROUPS * 32]", "fold_value", positive_zero=True)
     w.line(
         "fold_byte = tl.load(scales_ptr + out_rows64[:, None] * n_groups + groups[None, :], "
         "mask=row_ok & group_ok, other=0).to(tl.int32)"
@@ -296,8 +297,7 @@ def _emit_fold_columns(w: SourceWriter) -> None:
         "[BLOCK_ROWS, BLOCK_GROUPS * 32])"
     )
     w.line("value_cols = group0 * 32 + tl.arange(0, BLOCK_GROUPS * 32)")
-    w.comment("zero codes fold to +0 (the sign of a zero carries nothing into a product)")
-    w.line("fold_value = tl.where(fold_value == 0.0, 0.0, fold_value * fold_mult)")
+    w.line("fold_value = fold_value * fold_mult")
     w.line(
         "tl.store(fold_ptr + out_rows64[:, None] * out_width + value_cols[None, :], "
         "fold_value.to(tl.float8e4nv), mask=row_ok & (value_cols[None, :] < out_width))"

@@ -14,6 +14,7 @@ Compiled kernels are shared within the session through a fixture; nothing persis
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,9 @@ def test_sm80_dequant_gemm_uses_bf16_mma(compiled, tmp_path):
     filecheck(ptx, "CHECK: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32\n", tmp_path)
 
 
+FOLD_DECODE = re.compile(r"fma\.rn\.f32\s+%r\d+, %r\d+, 0f7E800000, 0f00000000;")
+"""The fold's decode of saved codes: times 2**126 plus +0 in one rounding (exact; a negative zero code gives +0)."""
+
 QUANTIZERS = [
     (QuantizeSpec(), dict(BLOCK_ROWS=8, BLOCK_GROUPS=16)),
     (QuantizeSpec(fold=True), dict(BLOCK_ROWS=4, BLOCK_GROUPS=32)),
@@ -158,6 +162,9 @@ QUANTIZERS = [
 @pytest.mark.parametrize("spec,constexprs", QUANTIZERS, ids=lambda v: getattr(v, "kernel_name", ""))
 def test_sm90_quantizers_round_like_the_reference(compiled, tmp_path, spec, constexprs):
     ptx = compiled(emit_quantize(spec), 90, constexprs)
+    if spec.fold:  # the fold's one deliberate fused op: saved codes times 2**126 plus +0, exact (-0 codes -> +0)
+        assert FOLD_DECODE.search(ptx)
+        ptx = FOLD_DECODE.sub("", ptx)
     no_fused_or_flushed = "CHECK-NOT: {{fma.rn.f32|\\.ftz}}\n"
     checks = "CHECK: .target sm_90a\n" + no_fused_or_flushed
     if spec.method == "quest":
@@ -173,6 +180,8 @@ def test_sm90_quantizers_round_like_the_reference(compiled, tmp_path, spec, cons
 def test_sm90_fold_kernel_converts_to_e4m3(compiled, tmp_path):
     ptx = compiled(emit_fold(), 90, dict(BLOCK_ROWS=4, BLOCK_GROUPS=32))
     filecheck(ptx, "CHECK: cvt.rn.satfinite.e4m3x2\n", tmp_path)
+    # the decode's +0 stays fused into its multiply (one instruction) and nothing else is fused
+    assert len(FOLD_DECODE.findall(ptx)) == ptx.count("fma.rn.f32") > 0
 
 
 @pytest.mark.parametrize("arch", [100, 120])
