@@ -90,7 +90,7 @@ def main() -> None:
     opcodes = {}
     for name, (spec, block_rows, block_groups, arch) in cases.items():
         constexprs = dict(BLOCK_ROWS=block_rows, BLOCK_GROUPS=block_groups)
-        aligned = ("rows", "cols", "stride_x", "out_width")
+        aligned = ("rows", "cols", "stride_x", "out_width", "n_groups")
         source = kernels.fold_source(spec) if isinstance(spec, FoldSpec) else kernels.quantize_source(spec)
         compiled = compile_ahead_of_time(source, arch, constexprs, WARPS, aligned=aligned)
         with tempfile.TemporaryDirectory() as directory:

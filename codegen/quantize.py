@@ -445,6 +445,7 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         "fold_scales_ptr": "*fp32",
         "rows": "i32",
         "out_width": "i32",
+        "n_groups": "i32",
     }
     with row_tile_function(w, name, what, signature):
         w.line(f"SCALE_GROUPS: tl.constexpr = {FOLD_SCALE_GROUPS}")
@@ -452,18 +453,22 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         w.line("out_rows = pid_row * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)")
         w.line("out_rows64 = out_rows.to(tl.int64)")
         w.line("n_out_rows = rows")
-        w.line("n_groups = out_width // 32")
-        w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
-        w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+        w.comment("n_groups = out_width // 32, an argument of its own: where it is a multiple of 16 (Triton")
+        w.comment("specializes that), each thread loads its scale bytes 16 at a time")
+        w.comment(f"the rows' largest scale byte (NaN: {E8M0_NAN}) and largest of byte + 1 wrapped to 8 bits: the")
+        w.comment("NaN scale wraps to 0 and each finite exponent e to e + 1, so no select per byte (masked: 0)")
+        w.line("top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+        w.line("finite_top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
         with w.block("for scale0 in range(0, n_groups, SCALE_GROUPS):"):
             w.line("scale_groups = scale0 + tl.arange(0, SCALE_GROUPS)")
-            w.line("row_ok = out_rows[:, None] < n_out_rows")
-            w.line("group_ok = scale_groups[None, :] < n_groups")
             w.line(
                 "row_scale_bytes = tl.load(scales_ptr + out_rows64[:, None] * n_groups + scale_groups[None, :], "
-                "mask=row_ok & group_ok, other=0).to(tl.int32)"
+                "mask=(out_rows[:, None] < n_out_rows) & (scale_groups[None, :] < n_groups), other=0).to(tl.int32)"
             )
-            _emit_fold_track(w)
+            w.line("top = tl.maximum(top, tl.max(row_scale_bytes, axis=1))")
+            w.line("finite_top = tl.maximum(finite_top, tl.max((row_scale_bytes + 1) & 255, axis=1))")
+        w.line(f"has_nan = (top == {E8M0_NAN}).to(tl.int32)")
+        w.line("exp_max = tl.maximum(finite_top - 1, 0)")
         w.line("group0 = tl.program_id(1) * BLOCK_GROUPS")
         w.comment("every program of a row finds the same row scale; the first of them stores it")
         _emit_fold_row_scale(w, "group0 == 0")

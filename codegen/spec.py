@@ -135,7 +135,7 @@ class FoldSpec:
         return "fold_mxfp4_to_fp8_tiles"
 
     def describe(self) -> list[str]:
-        return ["codes u8[R, K/2] + scales u8[R, K/32] -> values e4m3[R, K] + row scales f32[R]"]
+        return ["codes u8[R, K/2] + scales u8[R, K/32] -> values e4m3[R, K] + row scales f32[R]; n_groups = K/32"]
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,7 @@ class FoldPlan:
 
     def arguments(self, inputs, outputs, seed=None) -> list:
         """The kernel's argument list (``inputs``: codes and scales)."""
-        return [*inputs, *outputs, self.rows, self.width]
+        return [*inputs, *outputs, self.rows, self.width, self.width // GROUP_SIZE]
 
     def __call__(self, inputs, seed=None):
         outputs = self.allocate()

@@ -149,8 +149,9 @@ def test_sr_quantize_reproducible_and_unbiased(generator):
     assert_unbiased(lambda s: fp4.sr_quantize(x, s, -1, 2, False), x)
 
 
-@pytest.mark.parametrize("shape", [(256, 4096), (1000, 96), (3, 8192)])
+@pytest.mark.parametrize("shape", [(256, 4096), (1000, 96), (3, 8192), (64, 11008)])
 def test_fold_bitwise(shape, generator):
+    """Group counts that are multiples of 16 (scale bytes loaded 16 at a time) and others (344, 3)."""
     codes, scales, _ = reference.quest_quantize(random_activations(*shape, torch.float32, generator), True)
     got = fp4.fold_fp8(codes.cuda(), scales.cuda())
     for g, w, what in zip(got, fold.fold_reference(codes, scales), ("values", "row scales")):
