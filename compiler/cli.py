@@ -12,6 +12,7 @@
     fp4 study prepare --corpus python-docs --out corpus.fp4pack
     fp4 study --pack corpus.fp4pack --preset tiny --precisions bf16,fp4,fp4:quartet2 --out study-out
     fp4 tune export choices.json       # this machine's autotuning choices, for FP4_AUTOTUNE_CHOICES elsewhere
+    fp4 tune merge out.json a.json b.json   # one table of several, the first that has a choice winning
 """
 
 from __future__ import annotations
@@ -146,7 +147,14 @@ def _tune(argv: list[str]) -> int:
     export = commands.add_parser("export", help="write every stored choice to one table")
     export.add_argument("out", help="the table to write (JSON)")
     export.add_argument("--cache-dir", help="the kernel cache to read (default: $FP4_CACHE_DIR or ~/.cache/fp4)")
+    merge = commands.add_parser("merge", help="join choice tables into one, the first that has a choice winning")
+    merge.add_argument("out", help="the table to write (JSON; may be one of the inputs)")
+    merge.add_argument("tables", nargs="+", help="the tables to join, in order of precedence")
     args = parser.parse_args(argv)
+    if args.command == "merge":
+        count = autotune.merge_choices(args.out, args.tables)
+        print(f"wrote {count} choices to {args.out}")
+        return 0
     count = autotune.export_choices(args.out, KernelCache(args.cache_dir) if args.cache_dir else None)
     if not count:
         print(f"fp4 tune: no autotuning choices stored in the kernel cache; {args.out} holds none", file=sys.stderr)

@@ -305,6 +305,19 @@ def export_choices(path, cache: KernelCache | None = None) -> int:
     return sum(len(buckets) for kernels in table.values() for buckets in kernels.values())
 
 
+def merge_choices(path, sources) -> int:
+    """Write the choices of the tables ``sources`` to ``path`` as one table, the first table that has a choice for a
+    (target, kernel, bucket) winning (as when they are read); returns how many choices it holds.  ``path`` may be
+    one of the sources: how a tuning run's new choices join a shipped table without replacing any."""
+    table = _read_imported(sources, "fp4 tune merge")
+    with open(sources[0]) as stream:
+        triton = json.load(stream).get("triton", "")
+    with open(path, "w") as stream:
+        json.dump({"choices": table, "format": CHOICES_FORMAT, "triton": triton}, stream, indent=1, sort_keys=True)
+        stream.write("\n")
+    return sum(len(buckets) for kernels in table.values() for buckets in kernels.values())
+
+
 _IMPORTED: dict = {}
 
 

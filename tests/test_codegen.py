@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 import torch
@@ -401,6 +402,25 @@ def test_tune_export_with_nothing_stored_says_so(tmp_path, capsys):
 
     assert fp4_main(["tune", "export", str(tmp_path / "out.json"), "--cache-dir", str(tmp_path / "empty")]) == 1
     assert "no autotuning choices" in capsys.readouterr().err
+
+
+def test_tune_merge_joins_tables_the_first_winning(tmp_path, capsys):
+    """``fp4 tune merge``: a tuning run's new kernels and buckets join a shipped table, whose own choices stay."""
+    from fp4.cli import main as fp4_main
+
+    small, large = autotune.Config.make(4, BLOCK_ROWS=4).to_json(), autotune.Config.make(8, BLOCK_ROWS=8).to_json()
+    shipped = tmp_path / "h100.json"
+    run = tmp_path / "run.json"
+    table = lambda choices, triton: {"format": autotune.CHOICES_FORMAT, "triton": triton, "choices": choices}
+    shipped.write_text(json.dumps(table({"sm_90": {"fold": {"1x1": small}}}, "3.6.0")))
+    run.write_text(json.dumps(table({"sm_90": {"fold": {"1x1": large, "2x2": large}, "gemm": {"1x1": large}}}, "9")))
+    assert fp4_main(["tune", "merge", str(shipped), str(shipped), str(run)]) == 0
+    assert "wrote 3 choices" in capsys.readouterr().out
+    merged = json.loads(shipped.read_text())
+    assert merged == table({"sm_90": {"fold": {"1x1": small, "2x2": large}, "gemm": {"1x1": large}}}, "3.6.0")
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an fp4 choices table"):
+        fp4_main(["tune", "merge", str(tmp_path / "out.json"), str(tmp_path / "other.json")])
 
 
 def test_config_round_trips_through_json():
