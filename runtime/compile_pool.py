@@ -204,7 +204,12 @@ def job_of(fn_info, compile_kwargs: dict) -> tuple | None:
 def preload(module_name: str, path: str, function_name: str, specialization_data: str, triton_cache: str = "") -> str:
     """In a worker: import the generated kernel module as the parent did and compile the recorded specialization
     into Triton's cache (the parent's ``TRITON_CACHE_DIR`` when the job was queued, ``triton_cache``); returns the
-    function name."""
+    function name.
+
+    The compiled kernel's launcher is built here too: Triton compiles a small C module per argument signature at
+    a kernel's first launch (``CompiledKernel._init_handles``, cached on disk by its source), so made here, the
+    parent's first launch only loads it.  A Triton without that step, or one that fails here, leaves it to the
+    parent's first launch, which reports any error itself."""
     from pathlib import Path
 
     from .cache import _import_kernel
@@ -214,7 +219,13 @@ def preload(module_name: str, path: str, function_name: str, specialization_data
     else:
         os.environ.pop(TRITON_CACHE_ENV, None)
     function = _import_kernel(Path(path), function_name, module_name, interpret=False)  # warm-ups are GPU only
-    function.preload(specialization_data)
+    kernel = function.preload(specialization_data)
+    init_handles = getattr(kernel, "_init_handles", None)
+    if init_handles is not None:
+        try:
+            init_handles()
+        except Exception as error:  # noqa: BLE001  (the first launch builds it, or says why it cannot)
+            log.info("%s: launcher not built in the worker: %s", function_name, error)
     return function_name
 
 

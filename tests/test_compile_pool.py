@@ -109,11 +109,15 @@ def _kernel_module(tmp_path):
     path = tmp_path / "fake_kernel.py"
     path.write_text(
         "import pathlib\n"
+        "class Compiled:\n"
+        "    def _init_handles(self):\n"
+        "        pathlib.Path(__file__).with_suffix('.launcher').write_text('built')\n"
         "class Function:\n"
         "    def preload(self, data):\n"
         "        import os\n"
         "        cache = os.environ.get('TRITON_CACHE_DIR', '-')\n"
         "        pathlib.Path(__file__).with_suffix('.preloaded').write_text(__name__ + ' ' + data + ' ' + cache)\n"
+        "        return Compiled()\n"
         "kernel = Function()\n"
     )
     return path
@@ -121,14 +125,16 @@ def _kernel_module(tmp_path):
 
 def test_a_worker_process_replays_the_recorded_specialization(tmp_path):
     """The job goes to a real worker process, which imports the generated module under the parent's module name
-    and calls ``preload`` with the recorded data (on a GPU: Triton compiles into its cache); the same worker takes
-    the next job, and a job that fails comes back as an error (that kernel then compiles at its first launch)."""
+    and calls ``preload`` with the recorded data (on a GPU: Triton compiles into its cache), then builds the
+    compiled kernel's launcher; the same worker takes the next job, and a job that fails comes back as an error
+    (that kernel then compiles at its first launch)."""
     path = _kernel_module(tmp_path)
     pool = compile_pool.WorkerPool(1)
     try:
         job = ("fp4_kernels.fake_0123", str(path), "kernel", "{}", str(tmp_path / "triton"))
         assert pool.submit(job).result(120) == "kernel"
         assert path.with_suffix(".preloaded").read_text() == f"fp4_kernels.fake_0123 {{}} {tmp_path / 'triton'}"
+        assert path.with_suffix(".launcher").read_text() == "built"  # the launcher, too: the first launch loads it
         missing = pool.submit(("fp4_kernels.gone", str(tmp_path / "gone.py"), "kernel", "{}"))
         with pytest.raises(RuntimeError, match="gone"):
             missing.result(120)
