@@ -29,9 +29,7 @@ from . import fold, library, ops, reference
 from .formats import GROUP_SIZE
 from .launch import (
     COUNTERS,
-    LOWERINGS,
     BiasGradPlan,
-    Epilogue,
     FoldPlan,
     GemmPlan,
     cublas_fold_gemm,
@@ -39,10 +37,10 @@ from .launch import (
     device_target,
     requantize_plan,
 )
-from .lowering import DTYPE_NAMES, lowering_for
+from .lowering import DTYPE_NAMES, LOWERINGS, Epilogue, lowering_for
 from .plans import WARMUPS, PlanCache, tensor_key, wait_for_warmups
 
-log = logging.getLogger("fp4.launch")
+log = logging.getLogger("fp4.calls")
 
 
 def _fallback(op: str, reason: str) -> None:
