@@ -21,8 +21,11 @@ backward instead of model-dtype activations.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 from collections import Counter
+from pathlib import Path
 
 import torch
 import torch.fx
@@ -405,19 +408,53 @@ def _compile_plain(gm, example_inputs, rewriter: GraphRewriter):
     )(gm, example_inputs)
 
 
+class _Decompositions(dict):
+    """Inductor's decomposition table less :data:`KEEP_UNDECOMPOSED`; it enters Inductor's FX-graph cache key as
+    the function that makes it (some of its entries are C++ functions, which have no stable key of their own;
+    what it holds follows from the torch version and the fp4 sources, both in the key)."""
+
+    def __reduce__(self):
+        return inductor_decompositions, ()
+
+
 def inductor_decompositions() -> dict:
     from torch._inductor.decomposition import select_decomp_table
 
-    return {
-        op: fn
+    return _Decompositions(
+        (op, fn)
         for op, fn in select_decomp_table().items()
         if getattr(getattr(op, "overloadpacket", None), "__name__", None) not in KEEP_UNDECOMPOSED
-    }
+    )
+
+
+@functools.cache
+def _source_digest() -> str:
+    """A digest of the fp4 package's Python sources (what its passes and lowerings do)."""
+    import fp4
+    import fp4.codegen
+    import fp4.passes
+    import fp4.runtime
+
+    digest = hashlib.sha256()
+    for package in (fp4, fp4.passes, fp4.codegen, fp4.runtime):
+        root = Path(package.__file__).parent
+        for path in sorted(root.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_key(options: Options, target: Target) -> str:
+    """What the fp4 passes and partitioner depend on besides the graph: the fp4 sources, the options, the target.
+    Inductor keys its FX-graph cache on it (with the partitioned graph itself), so a warm re-run of the same
+    model skips Inductor's lowering and code generation of the fp4 graphs as it does for any other."""
+    return hashlib.sha256(f"{_source_digest()}|{options!r}|{target}".encode()).hexdigest()
 
 
 def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn
+
+    key = cache_key(rewriter.options, rewriter.target)
 
     class Fp4JointPass(CustomGraphPass):
         """The fp4 pipeline as Inductor's joint-graph pre-pass (training and inference graphs)."""
@@ -428,8 +465,10 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
                 raise AssertionError("fp4 passes must edit the graph in place")
 
         def uuid(self):
-            # None bypasses Inductor's FX graph cache: every compile runs the passes and reports.
-            return None
+            return key
+
+        def __reduce__(self):  # in Inductor's cache key: the key, not the rewriter it holds
+            return str, (key,)
 
     class Fp4Partitioner(CustomPartitionerFn):
         def __call__(self, joint, joint_inputs, **kwargs):
@@ -437,7 +476,10 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
             return partition(joint, joint_inputs, rewriter, compiler="inductor", **kwargs)
 
         def uuid(self):
-            return None
+            return key
+
+        def __reduce__(self):
+            return str, (key,)
 
     def inner_compile(graph, inputs, **kwargs):
         if not kwargs.get("is_backward") and kwargs.get("is_inference", False):
@@ -452,13 +494,16 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
     patches = {"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()}
     if rewriter.options.cudagraphs:
         patches["triton.cudagraphs"] = True
-    return compile_fx(
-        gm,
-        example_inputs,
-        inner_compile=inner_compile,
-        config_patches=patches,
-        decompositions=inductor_decompositions(),
-    )
+    # Inductor's FX-graph cache (the partitioned graphs' lowering and code) yes, AOTAutograd's cache no: a hit
+    # there would skip the passes and the partitioner, and with them the compile report and the warm-up.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(
+            gm,
+            example_inputs,
+            inner_compile=inner_compile,
+            config_patches=patches,
+            decompositions=inductor_decompositions(),
+        )
 
 
 def dump(report: report_lib.CompileReport, options: Options) -> None:
