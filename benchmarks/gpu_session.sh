@@ -18,6 +18,9 @@
 #                          FP4_AUTOTUNE_CHOICES on other machines (fp4 tune export OUT/choices.json); a step
 #                          takes the package's shipped tables where they have a choice, so to tune afresh run
 #                          the session with FP4_SHIPPED_CHOICES=0
+#   warm[=ARGS]            the first step from empty caches and again from the caches it left (a second launch of
+#                          the same script), bf16 Inductor and fp4 (python benchmarks/warm_compile.py --device cuda
+#                          ARGS; default the small model's sizes)
 #   cold=MODELS:MODES      whole-model training steps from empty kernel, Triton and Inductor caches, as on a fresh
 #                          machine, taking OUT/choices.json's autotuning choices where an earlier step exported
 #                          them (results under OUT/cold; OUT/cold-choices-MODE.json: the choices a mode timed
@@ -77,6 +80,11 @@ for step in "$@"; do
       FP4_CACHE_DIR=$(mktemp -d) FP4_AUTOTUNE_CHOICES="" FP4_SHIPPED_CHOICES=0 timeout "$budget" python3 benchmarks/backward_gemm_variants.py \
         --models "${arg:-llama1b,llama7b}" --out "$out/bwd_gemm.json" >"$out/bwd_gemm.txt" 2>&1
       echo "exit $?"; grep -v -i warn "$out/bwd_gemm.txt" | tail -n 14 ;;
+    warm)
+      # shellcheck disable=SC2086  # the arguments split on purpose
+      timeout "$budget" python3 benchmarks/warm_compile.py --device cuda ${arg:---dim 512 --layers 6 --batch 32 --seq 512} \
+        --out "$out/warm_compile.json" >"$out/warm.txt" 2>&1
+      echo "exit $?"; tail -n 6 "$out/warm.txt" ;;
     study)
       # shellcheck disable=SC2086  # STUDY_ARGS splits on purpose
       timeout "$budget" bash benchmarks/run_study.sh "$arg" "$out/study" ${STUDY_ARGS:-} >/dev/null 2>&1
