@@ -251,19 +251,25 @@ def _emit_store(w: SourceWriter, spec: QuantizeSpec, words: list[str], keeps: li
         )
 
 
-def _emit_fold_track(w: SourceWriter) -> None:
-    w.comment("track each row's largest finite group exponent and whether any group is NaN")
-    w.line(f"finite = row_ok & group_ok & (row_scale_bytes != {E8M0_NAN})")
-    w.line("exp_max = tl.maximum(exp_max, tl.max(tl.where(finite, row_scale_bytes, 0), axis=1))")
-    w.line(
-        f"has_nan = tl.maximum(has_nan, tl.max(tl.where(row_ok & group_ok & (row_scale_bytes == {E8M0_NAN}), 1, 0), "
-        "axis=1))"
-    )
+def _emit_fold_track_start(w: SourceWriter) -> None:
+    """Before a fold's pass over its rows' group scales (:func:`_emit_fold_track`)."""
+    w.comment(f"the rows' largest scale byte (NaN: {E8M0_NAN}) and largest of byte + 1 wrapped to 8 bits: the")
+    w.comment("NaN scale wraps to 0 and each finite exponent e to e + 1, so no select per byte")
+    w.line("top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+    w.line("finite_top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+
+
+def _emit_fold_track(w: SourceWriter, scale_bytes: str) -> None:
+    """Take one int32 tile of the rows' group scale bytes (``scale_bytes``, 0 where masked) into the two maxima."""
+    w.line(f"top = tl.maximum(top, tl.max({scale_bytes}, axis=1))")
+    w.line(f"finite_top = tl.maximum(finite_top, tl.max(({scale_bytes} + 1) & 255, axis=1))")
 
 
 def _emit_fold_row_scale(w: SourceWriter, when: str | None = None) -> None:
     """A fold's row scale from the row's largest group exponent; stored by the programs where ``when`` holds."""
-    w.comment(f"fold: row exponent = largest group exponent - {FOLD_HEADROOM} (at least 2**-126 as a scale)")
+    w.line(f"has_nan = (top == {E8M0_NAN}).to(tl.int32)")
+    w.line("exp_max = tl.maximum(finite_top - 1, 0)")
+    w.comment(f"fold: row exponent = largest finite group exponent - {FOLD_HEADROOM} (at least 2**-126 as a scale)")
     w.line(f"ref = tl.maximum(exp_max - {FOLD_HEADROOM}, 1)")
     w.line("row_scale = tl.where(has_nan != 0, 0x7FC00000, ref << 23).to(tl.float32, bitcast=True)")
     with w.block(f"if {when}:") if when else contextlib.nullcontext():
@@ -394,8 +400,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
                 for first in range(0, GROUP_SIZE, width):
                     w.line(f"sign_row{first:02d} = {_lane_sign(f'{first} + tl.arange(0, {width})')}")
         if spec.fold:
-            w.line("exp_max = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
-            w.line("has_nan = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+            _emit_fold_track_start(w)
             loop = w.block("for group0 in range(0, n_groups, BLOCK_GROUPS):")
         else:
             w.line("group0 = tl.program_id(1) * BLOCK_GROUPS")
@@ -419,7 +424,7 @@ def emit_quantize(spec: QuantizeSpec) -> KernelSource:
             words, keeps = _emit_sr(w, v, spec.wide_offsets), None
         _emit_store(w, spec, words, keeps)
         if spec.fold:
-            _emit_fold_track(w)
+            _emit_fold_track(w, "tl.where(row_ok & group_ok, row_scale_bytes, 0)")
             loop.__exit__(None, None, None)
             w.comment("the second pass reads back what this program's threads just stored")
             w.line("tl.debug_barrier()")
@@ -455,20 +460,14 @@ def emit_fold(spec: FoldSpec | None = None) -> KernelSource:
         w.line("n_out_rows = rows")
         w.comment("n_groups = out_width // 32, an argument of its own: where it is a multiple of 16 (Triton")
         w.comment("specializes that), each thread loads its scale bytes 16 at a time")
-        w.comment(f"the rows' largest scale byte (NaN: {E8M0_NAN}) and largest of byte + 1 wrapped to 8 bits: the")
-        w.comment("NaN scale wraps to 0 and each finite exponent e to e + 1, so no select per byte (masked: 0)")
-        w.line("top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
-        w.line("finite_top = tl.zeros([BLOCK_ROWS], dtype=tl.int32)")
+        _emit_fold_track_start(w)
         with w.block("for scale0 in range(0, n_groups, SCALE_GROUPS):"):
             w.line("scale_groups = scale0 + tl.arange(0, SCALE_GROUPS)")
             w.line(
                 "row_scale_bytes = tl.load(scales_ptr + out_rows64[:, None] * n_groups + scale_groups[None, :], "
                 "mask=(out_rows[:, None] < n_out_rows) & (scale_groups[None, :] < n_groups), other=0).to(tl.int32)"
             )
-            w.line("top = tl.maximum(top, tl.max(row_scale_bytes, axis=1))")
-            w.line("finite_top = tl.maximum(finite_top, tl.max((row_scale_bytes + 1) & 255, axis=1))")
-        w.line(f"has_nan = (top == {E8M0_NAN}).to(tl.int32)")
-        w.line("exp_max = tl.maximum(finite_top - 1, 0)")
+            _emit_fold_track(w, "row_scale_bytes")  # loaded as 0 where masked
         w.line("group0 = tl.program_id(1) * BLOCK_GROUPS")
         w.comment("every program of a row finds the same row scale; the first of them stores it")
         _emit_fold_row_scale(w, "group0 == 0")
