@@ -256,9 +256,10 @@ class FoldPlan:
 
     def __init__(self, rows, width, device, *, interpret=False, config=None, target=None):
         self.rows, self.width, self.device = rows, width, device
+        groups = width // GROUP_SIZE
+        self.scalars = [rows, width, groups]
         self.kernel = None
         if rows and width:
-            groups = width // GROUP_SIZE
             grid_for = lambda cfg: (_cdiv(rows, cfg.kwargs["BLOCK_ROWS"]), _cdiv(groups, cfg.kwargs["BLOCK_GROUPS"]))
             self.kernel = _Kernel(
                 kernels.fold_source(), target or device_target(device), kernels.FOLD_CONFIGS,
@@ -271,7 +272,7 @@ class FoldPlan:
 
     def arguments(self, inputs, outputs, seed=None) -> list:
         """The kernel's argument list (``inputs``: codes and scales)."""
-        return [*inputs, *outputs, self.rows, self.width, self.width // GROUP_SIZE]
+        return [*inputs, *outputs, *self.scalars]
 
     def __call__(self, inputs, seed=None):
         outputs = self.allocate()
