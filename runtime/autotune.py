@@ -299,10 +299,7 @@ def export_choices(path, cache: KernelCache | None = None) -> int:
     table: dict = {}
     for stored in (cache or default_cache()).stored_choices():
         table.setdefault(stored["target"], {}).setdefault(stored["kernel"], {}).update(stored["buckets"])
-    document = {"format": CHOICES_FORMAT, "triton": triton_version(), "choices": table}
-    with open(path, "w") as stream:
-        json.dump(document, stream, indent=1, sort_keys=True)
-    return sum(len(buckets) for kernels in table.values() for buckets in kernels.values())
+    return _write_choices(path, table, triton_version())
 
 
 def merge_choices(path, sources) -> int:
@@ -312,6 +309,11 @@ def merge_choices(path, sources) -> int:
     table = _read_imported(sources, "fp4 tune merge")
     with open(sources[0]) as stream:
         triton = json.load(stream).get("triton", "")
+    return _write_choices(path, table, triton)
+
+
+def _write_choices(path, table: dict, triton: str) -> int:
+    """Write a ``{target: {kernel name: {bucket: config}}}`` table as a choices file; returns how many it holds."""
     with open(path, "w") as stream:
         json.dump({"choices": table, "format": CHOICES_FORMAT, "triton": triton}, stream, indent=1, sort_keys=True)
         stream.write("\n")
