@@ -454,9 +454,19 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn
 
-    key = cache_key(rewriter.options, rewriter.target)
+    class Keyed:
+        """What Inductor keys its FX-graph cache on for the fp4 pass and partitioner: :func:`cache_key`, and
+        the same key where it pickles its config (not the rewriter they hold)."""
 
-    class Fp4JointPass(CustomGraphPass):
+        key = cache_key(rewriter.options, rewriter.target)
+
+        def uuid(self):
+            return self.key
+
+        def __reduce__(self):
+            return str, (self.key,)
+
+    class Fp4JointPass(Keyed, CustomGraphPass):
         """The fp4 pipeline as Inductor's joint-graph pre-pass (training and inference graphs)."""
 
         def __call__(self, graph: torch.fx.Graph) -> None:
@@ -464,22 +474,10 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
             if rewriter(module) is not module:
                 raise AssertionError("fp4 passes must edit the graph in place")
 
-        def uuid(self):
-            return key
-
-        def __reduce__(self):  # in Inductor's cache key: the key, not the rewriter it holds
-            return str, (key,)
-
-    class Fp4Partitioner(CustomPartitionerFn):
+    class Fp4Partitioner(Keyed, CustomPartitionerFn):
         def __call__(self, joint, joint_inputs, **kwargs):
             kwargs.pop("compiler", None)
             return partition(joint, joint_inputs, rewriter, compiler="inductor", **kwargs)
-
-        def uuid(self):
-            return key
-
-        def __reduce__(self):
-            return str, (key,)
 
     def inner_compile(graph, inputs, **kwargs):
         if not kwargs.get("is_backward") and kwargs.get("is_inference", False):
