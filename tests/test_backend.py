@@ -476,6 +476,63 @@ def test_a_training_compile_partitions_once_unless_asked():
     assert "unrewritten ->" in inspected.summary()
 
 
+def test_the_collector_is_paused_while_fp4_compiles(monkeypatch):
+    """Both of a training graph's Inductor compiles (the forward in the backend call, the backward at the first
+    backward) run with the cyclic collector off, and it is on again once they are done."""
+    import gc
+
+    import torch._inductor.compile_fx as compile_fx
+
+    seen = {}
+    original = compile_fx.compile_fx_inner
+
+    def spy(graph, inputs, **kwargs):
+        seen["backward" if kwargs.get("is_backward") else "forward"] = gc.isenabled()
+        return original(graph, inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", spy)
+    assert gc.isenabled()
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True)
+    out = torch.compile(nn.Linear(64, 64).to(torch.bfloat16), backend=configure(inductor=True))(x)
+    assert gc.isenabled()
+    out.sum().backward()
+    assert seen == {"forward": False, "backward": False} and gc.isenabled()
+
+
+def test_collector_pauses_nest_and_keep_a_collector_the_user_turned_off():
+    import gc
+    import threading
+
+    from fp4.capture import collector_paused
+
+    with collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        entered, release = threading.Event(), threading.Event()
+
+        def other_compile():
+            with collector_paused():
+                entered.set()
+                release.wait()
+
+        thread = threading.Thread(target=other_compile)
+        thread.start()
+        entered.wait()
+    assert not gc.isenabled()  # the other thread's compile still runs
+    release.set()
+    thread.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_saved_activations_are_fp4_codes():
     """The backward keeps FP4 codes + scales + masks of each layer input instead of the bf16 tensor (>= 3x less)."""
     torch.manual_seed(0)
