@@ -104,12 +104,14 @@ class GraphRewriter:
         self.unrewritten: torch.fx.GraphModule | None = None
         self.input_ranges: list[range] = []  # primal indices of each Dynamo input (flat_input_ranges)
         self.num_forward_outputs: int | None = None
+        self.ran = False  # the passes ran (not on a hit of AOTAutograd's cache)
+        self.report_key: str | None = None  # where the report is kept for later hits (report_lib.store)
 
     def parameter_names(self) -> set[str]:
         return {f"primals_{index + 1}" for index in self.parameters}
 
     def __call__(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-
+        self.ran = True
         joint = is_joint(gm.graph)
         self.report.kind = "training" if joint else "inference"
         if joint:
@@ -480,10 +482,27 @@ def _source_digest() -> str:
 
 
 def cache_key(options: Options, target: Target) -> str:
-    """What the fp4 passes and partitioner depend on besides the graph: the fp4 sources, the options, the target.
-    Inductor keys its FX-graph cache on it (with the partitioned graph itself), so a warm re-run of the same
-    model skips Inductor's lowering and code generation of the fp4 graphs as it does for any other."""
-    return hashlib.sha256(f"{_source_digest()}|{options!r}|{target}".encode()).hexdigest()
+    """What the fp4 passes and partitioner depend on besides the graph: the fp4 sources, the options, the target
+    and the seed salt (``rank_seeds``: each rank's graph holds its own).  Inductor keys its FX-graph cache and
+    AOTAutograd its cache on it (with the graph itself), so a warm re-run of the same model loads the compiled fp4
+    graphs as it does any other."""
+    salt = seed_salt(options.rank_seeds)
+    return hashlib.sha256(f"{_source_digest()}|{options!r}|{target}|{salt}".encode()).hexdigest()
+
+
+def report_key(gm: torch.fx.GraphModule, example_inputs, options: Options, target: Target) -> str:
+    """What a compile report depends on: :func:`cache_key`, the Dynamo graph's code, its inputs (type, shape,
+    strides, dtype, device type, ``requires_grad``) and the grad and autocast modes it is compiled under."""
+    parts = [cache_key(options, target), gm.code, str(torch.is_grad_enabled())]
+    autocast = [device for device in ("cpu", "cuda") if torch.is_autocast_enabled(device)]
+    parts += [f"{device}:{torch.get_autocast_dtype(device)}" for device in autocast]
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor):
+            layout = (tuple(value.shape), tuple(value.stride()), value.dtype, value.device.type, value.requires_grad)
+            parts.append(f"{type(value).__name__}{layout}")
+        else:
+            parts.append(repr(value))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
@@ -524,21 +543,36 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
             launches = inductor_launch.decompose(graph)  # inductor.<op> / plan.<op>.<reason>
             rewriter.report.counters.update({f"launch.{key}": count for key, count in launches.items()})
         with collector_paused():  # the backward's compile runs at the first backward, outside compile_graph
-            return compile_fx_inner(graph, inputs, **kwargs)
+            compiled = compile_fx_inner(graph, inputs, **kwargs)
+        if kwargs.get("is_backward") and rewriter.report_key:  # what the backward's compile added to the report
+            report_lib.store(rewriter.report, rewriter.report_key)
+        return compiled
 
     patches = {"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()}
     if rewriter.options.cudagraphs:
         patches["triton.cudagraphs"] = True
-    # Inductor's FX-graph cache (the partitioned graphs' lowering and code) yes, AOTAutograd's cache no: a hit
-    # there would skip the passes and the partitioner, and with them the compile report and the warm-up.
-    with torch._functorch.config.patch(enable_autograd_cache=False):
+
+    def compile_it():
         return compile_fx(
-            gm,
-            example_inputs,
-            inner_compile=inner_compile,
-            config_patches=patches,
+            gm, example_inputs, inner_compile=inner_compile, config_patches=patches,
             decompositions=inductor_decompositions(),
-        )
+        )  # fmt: skip
+
+    # AOTAutograd's cache (keyed on Keyed.key too) serves a warm re-run without tracing, the passes or the
+    # partition: the report is then the one its first compile kept (report_lib.store), and no warm-up runs (the
+    # kernels load from Triton's cache at their first launch).
+    kept_under = report_key(gm, example_inputs, rewriter.options, rewriter.target)
+    compiled = compile_it()
+    if not rewriter.ran:
+        stored = report_lib.stored(kept_under)
+        if stored is not None:
+            rewriter.report.restore(stored)
+            return compiled
+        with torch._functorch.config.patch(enable_autograd_cache=False):  # no report kept: compile to make one
+            compiled = compile_it()
+    rewriter.report_key = kept_under
+    report_lib.store(rewriter.report, kept_under)
+    return compiled
 
 
 def dump(report: report_lib.CompileReport, options: Options) -> None:

@@ -84,6 +84,19 @@ class CompileReport:
     region: object = None  # networkx.DiGraph of the rewritten region (fp4.svg)
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # code of this compile that Dynamo left outside every graph
+    cached: bool = False  # the compiled graphs came from AOTAutograd's cache; the passes' results from :func:`store`
+
+    PASS_RESULTS = (
+        "kind", "layers", "stages", "forward_graph", "backward_graph", "saved_before", "saved_after", "counters",
+        "region",
+    )  # fmt: skip
+    """What the passes and the partition of a compile put in its report (what a cache hit takes from the store)."""
+
+    def restore(self, stored: CompileReport) -> None:
+        """Take the passes' results from the report of the compile that filled AOTAutograd's cache."""
+        for name in self.PASS_RESULTS:
+            setattr(self, name, getattr(stored, name))
+        self.cached = True
 
     @property
     def saved_bytes_before(self) -> int | None:
@@ -166,6 +179,8 @@ class CompileReport:
         if not self.layers:
             lines.append("  (no linear layers in this graph)")
         lines.extend(f"  not captured: {note}" for note in self.notes)
+        if self.cached:
+            lines.append("  compiled graphs from AOTAutograd's cache (the layers of the compile that filled it)")
         fused = {k.split(".")[0]: v for k, v in self.counters.items() if k.endswith(".fused")}
         if fused:
             lines.append("  fused: " + ", ".join(f"{name} x{count}" for name, count in sorted(fused.items())))
@@ -229,6 +244,47 @@ def uncaptured_regions() -> list[str]:
             note += f" ({explanation})" if explanation else ""
         notes.append(note)
     return notes
+
+
+REPORTS_FOLDER = "fp4-reports"
+"""Where :func:`store` keeps reports: this folder of Inductor's cache directory, beside the compiled graphs."""
+
+
+def _stored_path(key: str):
+    from pathlib import Path
+
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / REPORTS_FOLDER / f"{key}.pickle"
+
+
+def store(report: CompileReport, key: str) -> None:
+    """Keep ``report`` under ``key`` (:func:`fp4.capture.report_key`) for a later process whose compile AOTAutograd's
+    cache serves (the passes do not run then).  A report that cannot be written is logged, not raised."""
+    import pickle
+
+    from .runtime.cache import write_atomically
+
+    try:
+        write_atomically(_stored_path(key), pickle.dumps(report))
+    except Exception as error:  # noqa: BLE001  (a later cache hit then compiles again to rebuild it)
+        log.warning("compile report not kept for the compile cache: %s", error)
+
+
+def stored(key: str) -> CompileReport | None:
+    """The report :func:`store` kept under ``key``; None when there is none (or it cannot be read)."""
+    import pickle
+
+    path = _stored_path(key)
+    try:
+        with open(path, "rb") as stream:
+            report = pickle.load(stream)
+    except FileNotFoundError:
+        return None
+    except Exception as error:  # noqa: BLE001  (an unreadable report counts as none)
+        log.warning("compile report %s unreadable: %s", path, error)
+        return None
+    return report if isinstance(report, CompileReport) else None
 
 
 def publish(report: CompileReport) -> None:

@@ -38,11 +38,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "fp4")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader (another process too) sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
+    with os.fdopen(handle, "wb" if isinstance(data, bytes) else "w") as stream:
+        stream.write(data)
     os.replace(temporary, path)
 
 
@@ -72,7 +73,7 @@ class KernelCache:
                 return cached
             path = self.path(source, target)
             if not path.exists() or path.read_text() != source.text:
-                _write_atomically(path, source.text)
+                write_atomically(path, source.text)
             function = _import_kernel(path, source.name, f"fp4_kernels.{source.name}_{key[:16]}", interpret)
             self._loaded[(key, interpret)] = function
             return function
@@ -93,7 +94,7 @@ class KernelCache:
             choices = self.read_choices(source, target)
             choices[bucket] = choice
             stored = {"kernel": source.name, "target": str(target), "triton": triton_version(), "buckets": choices}
-            _write_atomically(self._choices_path(source, target), json.dumps(stored, indent=1, sort_keys=True))
+            write_atomically(self._choices_path(source, target), json.dumps(stored, indent=1, sort_keys=True))
 
     def stored_choices(self) -> list[dict]:
         """Every choices file under the cache directory: ``{"kernel", "target", "triton", "buckets"}`` each

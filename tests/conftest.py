@@ -1,9 +1,14 @@
-"""Shared pytest setup: GPU tests skip themselves cleanly on machines without CUDA."""
+"""Shared pytest setup: GPU tests skip themselves cleanly on machines without CUDA; no AOTAutograd cache hits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch._functorch.config
+
+# Tests patch fp4's passes and runtime in this process; a hit in AOTAutograd's cache (keyed on the fp4 sources,
+# not on a patch) would skip them.  tests/test_compile_cache.py runs the cache in processes of its own.
+torch._functorch.config.enable_autograd_cache = False
 
 
 def pytest_collection_modifyitems(config, items):

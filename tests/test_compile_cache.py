@@ -1,5 +1,6 @@
-"""Inductor's FX-graph cache serves the fp4 graphs: a warm re-run of the same model skips Inductor's lowering and
-code generation, still runs the fp4 passes (the compile report is whole) and computes the same bits.
+"""AOTAutograd's and Inductor's caches serve the fp4 graphs: a warm re-run of the same model skips tracing, the fp4
+passes, the partition and Inductor's lowering, reports the layers its first compile rewrote and computes the same
+bits; without that report kept it compiles again to make one.
 
 Each run is a fresh process sharing one Inductor cache directory, as two launches of a training script are.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,8 +30,13 @@ _RUN = textwrap.dedent(
     loss.backward()
     grads = [p.grad.float().sum().item() for p in model.parameters() if p.grad is not None]
     cache = {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+    cache.update(counters["aot_autograd"])
     layers = [(layer.name, layer.status) for report in backend.reports for layer in report.layers]
-    print(json.dumps({"loss": loss.item(), "grads": grads, "cache": cache, "layers": layers}))
+    stages = [spec for report in backend.reports for spec, _ in report.stages]
+    cached = [report.cached for report in backend.reports]
+    print(json.dumps(
+        {"loss": loss.item(), "grads": grads, "cache": cache, "layers": layers, "stages": stages, "cached": cached}
+    ))
     """
 )
 
@@ -41,14 +48,29 @@ def _run(tmp_path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_a_warm_rerun_hits_inductors_cache_with_the_same_bits_and_report(tmp_path):
+def test_a_warm_rerun_hits_the_caches_with_the_same_bits_and_report(tmp_path):
     cold = _run(tmp_path)
     assert cold["cache"].get("fxgraph_cache_miss", 0) >= 2 and not cold["cache"].get("fxgraph_cache_bypass")
-    assert cold["layers"], "the compile report lists the rewritten layers"
+    assert cold["cache"].get("autograd_cache_saved") == 1, cold
+    assert cold["layers"] and cold["cached"] == [False], "the compile report lists the rewritten layers"
     warm = _run(tmp_path)
+    assert warm["cache"].get("autograd_cache_hit") == 1 and not warm["cache"].get("autograd_cache_miss"), warm
     assert warm["cache"].get("fxgraph_cache_hit", 0) >= 2 and not warm["cache"].get("fxgraph_cache_miss"), warm
-    assert warm["layers"] == cold["layers"]  # the passes ran: the report is whole
+    assert warm["cached"] == [True]  # the passes did not run...
+    assert warm["layers"] == cold["layers"] and warm["stages"] == cold["stages"]  # ...and the report is whole
     assert warm["loss"] == cold["loss"] and warm["grads"] == cold["grads"]  # bit for bit
+
+
+def test_a_hit_without_its_report_compiles_again(tmp_path):
+    """A cache hit whose report is gone (the report folder deleted) must not leave layers out of the report: the
+    graph is compiled again, passes and all, and the report kept for the next run."""
+    cold = _run(tmp_path)
+    shutil.rmtree(tmp_path / "inductor" / "fp4-reports")
+    again = _run(tmp_path)
+    assert again["cache"].get("autograd_cache_hit") == 1, again
+    assert again["cached"] == [False] and again["layers"] == cold["layers"] and again["stages"] == cold["stages"]
+    assert again["loss"] == cold["loss"] and again["grads"] == cold["grads"]
+    assert _run(tmp_path)["cached"] == [True]
 
 
 def test_the_key_follows_the_options_and_the_target():
@@ -60,3 +82,17 @@ def test_the_key_follows_the_options_and_the_target():
     assert key == cache_key(Options(), Target.parse("cpu"))  # stable
     assert key != cache_key(Options(rotate=False), Target.parse("cpu"))
     assert key != cache_key(Options(), Target.parse("sm_90"))
+
+
+def test_each_ranks_seed_salt_enters_the_key(monkeypatch):
+    """Under a process group each rank's graph holds its own seed salt (``rank_seeds``): a rank must never load
+    another rank's compiled graph from a shared cache."""
+    import fp4.capture as capture
+    from fp4.options import Options
+    from fp4.target import Target
+
+    keys = set()
+    for rank in range(2):
+        monkeypatch.setattr(capture, "seed_salt", lambda rank_seeds, rank=rank: rank + 1 if rank_seeds else 0)
+        keys.add(capture.cache_key(Options(rank_seeds=True), Target.parse("cpu")))
+    assert len(keys) == 2
