@@ -5,9 +5,9 @@ asks Triton's JIT to compile it (``JITFunction.warmup``).  On threads those
 compiles mostly wait for one another and slow the main thread's own compile
 beside them (an H100, small model: ~54 s of compiles took 22.6 s on 16 threads
 and Dynamo/Inductor's compile went from 15.6 s to 31.6 s; ``benchmarks/RESULTS.md``).
-With ``FP4_COMPILE_PROCESSES=N`` the warm-up thread instead hands each compile
-to one of ``N`` worker processes (:class:`WorkerPool`): Triton's ``jit_cache_hook`` is called before
-it would compile, with the specialization serialized
+So the warm-up thread instead hands each compile to one of ``N`` worker
+processes (:class:`WorkerPool`; :func:`processes`: ``FP4_COMPILE_PROCESSES``, by default up to 16):
+Triton's ``jit_cache_hook`` is called before it would compile, with the specialization serialized
 (``specialization_data``); the hook records the job and skips the compile in
 this process, and a worker imports the same generated module and replays it
 (``JITFunction.preload``), which writes Triton's on-disk cache.  The step's
@@ -17,12 +17,13 @@ the same cache key) and only loads it.
 The hook skips a compile only on a thread inside ``compile_ahead`` and only for
 a warm-up (never for a launch), so nothing else ever loses a kernel; a Triton
 without the hook, or a job a worker could not compile, leaves that kernel to
-compile at its first launch, as without the pool.  The workers start when a
+compile at its first launch, as without the pool, and workers that cannot start leave the compiles on
+threads (``FP4_COMPILE_PROCESSES=0`` asks for that).  The workers start when a
 graph for a GPU reaches the backend (:func:`start`), so their own start-up
 overlaps the graph's tracing and rewriting.  On an H100 the small model's
-autotuning first step took 70 s with 16 workers against 126-130 s on threads
-(``benchmarks/RESULTS.md``); off by default (``0``: the thread pool) until the
-GPU test that the results equal the threads' has run.
+autotuning first step took 70 s with 16 workers against 126-130 s on threads, and its first step with the
+shipped choices 30.7 s against bf16 Inductor's 17.4 s; the GPU test that the workers' kernels give the threads'
+results passed (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -45,12 +46,23 @@ STATS: Counter = Counter()
 
 _LOCK = threading.Lock()
 _POOL = None
+_UNAVAILABLE = False  # the workers could not start in this process (start()): compiles stay on threads
 _COLLECTING = threading.local()
 
 
+DEFAULT_MAX_PROCESSES = 16
+"""The most worker processes a process starts by default (each holds torch and Triton, ~0.5 GB of host memory)."""
+
+
 def processes() -> int:
-    """Worker processes for compiles ahead (``FP4_COMPILE_PROCESSES``; 0: compile on threads)."""
-    value = os.environ.get(PROCESSES_ENV, "0")
+    """Worker processes for compiles ahead: ``FP4_COMPILE_PROCESSES`` (0: compile on threads), by default this
+    process's share of the CPUs it may run on (over torchrun's ``LOCAL_WORLD_SIZE``), at most
+    :data:`DEFAULT_MAX_PROCESSES`."""
+    value = os.environ.get(PROCESSES_ENV)
+    if value is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        return max(1, min(DEFAULT_MAX_PROCESSES, cpus // local_ranks))
     try:
         return max(0, int(value))
     except ValueError:
@@ -174,7 +186,7 @@ def workers_in_use() -> int:
     """The worker processes compiles ahead go to: ``FP4_COMPILE_PROCESSES`` where this Triton has the hook, else 0
     (the thread pool)."""
     workers = processes()
-    return workers if workers and available() else 0
+    return workers if workers and available() and not _UNAVAILABLE else 0
 
 
 def start() -> int:
@@ -182,9 +194,15 @@ def start() -> int:
     graph for a GPU reaches the backend, before AOTAutograd traces it and the passes rewrite it, so the workers'
     start (importing torch and Triton, finding the device) is over when the warm-up hands them their first
     compiles."""
+    global _UNAVAILABLE
     workers = workers_in_use()
     if workers:
-        _pool(workers).start()
+        try:
+            _pool(workers).start()
+        except OSError as error:  # no processes here: compile on threads, as with FP4_COMPILE_PROCESSES=0
+            log.warning("compile worker processes could not start (%s); compiling on threads", error)
+            _UNAVAILABLE = True
+            return 0
     return workers
 
 

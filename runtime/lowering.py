@@ -184,9 +184,8 @@ class Fp8FoldLowering(GemmLowering):
     ``promote=False`` the tensor core accumulates (as ``use_fast_accum=True``).
     The ``cublas_epilogue`` variant is the epilogue kernel alone, on the fp32
     product cuBLAS computed (``GemmSpec.product == "cublas"``); it is a
-    candidate only with ``cublas_product`` (``FP4_CUBLAS_PRODUCT=1``) until it
-    has been timed in whole-model training, and runs wherever a configuration
-    names it.
+    candidate with ``cublas_product`` (the default; ``FP4_CUBLAS_PRODUCT=0``
+    turns it off), and runs wherever a configuration names it.
     """
 
     name = "fp8_fold"

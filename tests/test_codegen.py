@@ -551,8 +551,9 @@ def test_cublas_product_is_a_candidate_where_plain_cublas_cannot_run_the_epilogu
     names = lambda plan: {config.name for config in plan.candidates}  # noqa: E731
     mask = torch.zeros(64, 96 // 8, dtype=torch.uint8)
     backward = launch.Epilogue(0.5, None, "none", None, None, mask, True, torch.bfloat16)
-    assert names(_gemm_plan(backward)) == {"tma", "tma_persistent"}  # opt-in (FP4_CUBLAS_PRODUCT=1) for now
-    monkeypatch.setattr(launch.LOWERINGS["fp8_fold"], "cublas_product", True)
+    monkeypatch.setattr(launch.LOWERINGS["fp8_fold"], "cublas_product", False)  # FP4_CUBLAS_PRODUCT=0
+    assert names(_gemm_plan(backward)) == {"tma", "tma_persistent"}
+    monkeypatch.setattr(launch.LOWERINGS["fp8_fold"], "cublas_product", True)  # the default
     plan = _gemm_plan(backward)
     assert names(plan) == {"tma", "tma_persistent", "cublas_epilogue"} and not plan.cublas
     configs = [c for c in plan.candidates if c.name == "cublas_epilogue"]

@@ -39,7 +39,15 @@ def _hook_arguments(warmup=True, data='{"name": "k"}'):
 
 def test_processes_come_from_the_environment(monkeypatch):
     monkeypatch.delenv(compile_pool.PROCESSES_ENV, raising=False)
-    assert compile_pool.processes() == 0  # threads by default
+    monkeypatch.setattr(compile_pool.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert compile_pool.processes() == compile_pool.DEFAULT_MAX_PROCESSES  # by default: the CPUs, at most 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert compile_pool.processes() == 8  # each of 8 local ranks its share
+    monkeypatch.setattr(compile_pool.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert compile_pool.processes() == 1  # never none by default
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "0")
+    assert compile_pool.processes() == 0  # threads
     monkeypatch.setenv(compile_pool.PROCESSES_ENV, "6")
     assert compile_pool.processes() == 6
     monkeypatch.setenv(compile_pool.PROCESSES_ENV, "many")
@@ -171,6 +179,19 @@ def test_the_hook_is_installed_once_and_keeps_the_one_before(monkeypatch):
     compile_pool._install()
     compile_pool._install()
     assert runtime.jit_cache_hook is compile_pool._hook and compile_pool._PREVIOUS_HOOK is previous
+
+
+def test_workers_that_cannot_start_leave_the_compiles_on_threads(monkeypatch):
+    def no_processes(workers):
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(compile_pool, "available", lambda: True)
+    monkeypatch.setattr(compile_pool, "_UNAVAILABLE", False)
+    monkeypatch.setattr(compile_pool, "_pool", no_processes)
+    monkeypatch.setenv(compile_pool.PROCESSES_ENV, "2")
+    assert compile_pool.workers_in_use() == 2
+    assert compile_pool.start() == 0  # logged, not raised: the compile goes on
+    assert compile_pool.workers_in_use() == 0  # and its compiles ahead run on threads
 
 
 def test_workers_start_before_the_first_job_and_serve_it(tmp_path, monkeypatch):

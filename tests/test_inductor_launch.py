@@ -196,7 +196,7 @@ def test_a_gemm_given_to_cublas_product_and_the_epilogue_kernel_stays_on_its_pla
         config for config in candidates if config.name == "cublas_epilogue"
     )
     monkeypatch.setattr(autotune.AUTOTUNER, "choose", choose_product)
-    monkeypatch.setattr(launch.LOWERINGS["fp8_fold"], "cublas_product", True)  # a candidate (opt-in for now)
+    monkeypatch.setattr(launch.LOWERINGS["fp8_fold"], "cublas_product", True)  # a candidate (FP4_CUBLAS_PRODUCT)
 
     def backward(a, a_scales, b, b_scales, mask):
         return fp4.fp8_fold_gemm(a, a_scales, b, b_scales, 0.5, None, "none", None, None, mask, True, torch.bfloat16)
