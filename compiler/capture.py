@@ -351,7 +351,8 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, si
 def _compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, sink: list | None):
     options = resolve_options(gm, options)
     target = Target.parse(options.target) if options.target else _detect_target(example_inputs)
-    if options.compile_ahead and target.is_cuda and torch.cuda.is_available():
+    kept_under = report_key(gm, example_inputs, options, target) if options.inductor else None
+    if workers_wanted(options, target, kept_under):
         from .runtime import compile_pool
 
         compile_pool.start()  # FP4_COMPILE_PROCESSES workers, starting while the graph is traced and rewritten
@@ -363,7 +364,7 @@ def _compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, s
     rewriter = GraphRewriter(options, target, report, parameters, _parameter_names(gm, dynamo_parameters))
     rewriter.input_ranges = ranges
     compiled = (
-        _compile_inductor(gm, example_inputs, rewriter)
+        _compile_inductor(gm, example_inputs, rewriter, kept_under)
         if options.inductor
         else _compile_plain(gm, example_inputs, rewriter)
     )
@@ -372,6 +373,15 @@ def _compile_graph(gm: torch.fx.GraphModule, example_inputs, options: Options, s
         sink.append(report)
     dump(report, options)
     return compiled
+
+
+def workers_wanted(options: Options, target: Target, kept_under: str | None) -> bool:
+    """Whether to start the compile workers as the graph arrives: it will compile kernels ahead on a GPU, and its
+    report is not kept (where it is, AOTAutograd's cache most likely holds the compiled graph, which then compiles
+    nothing ahead: a warm re-run starts no process; a miss starts them at the first compile)."""
+    if not (options.compile_ahead and target.is_cuda and torch.cuda.is_available()):
+        return False
+    return kept_under is None or not report_lib.is_stored(kept_under)
 
 
 def _parameter_names(gm: torch.fx.GraphModule, parameters) -> list:
@@ -505,7 +515,7 @@ def report_key(gm: torch.fx.GraphModule, example_inputs, options: Options, targe
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
+def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter, kept_under: str):
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
     from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn
 
@@ -561,7 +571,6 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter):
     # AOTAutograd's cache (keyed on Keyed.key too) serves a warm re-run without tracing, the passes or the
     # partition: the report is then the one its first compile kept (report_lib.store), and no warm-up runs (the
     # kernels load from Triton's cache at their first launch).
-    kept_under = report_key(gm, example_inputs, rewriter.options, rewriter.target)
     compiled = compile_it()
     if not rewriter.ran:
         stored = report_lib.stored(kept_under)

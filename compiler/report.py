@@ -271,6 +271,11 @@ def store(report: CompileReport, key: str) -> None:
         log.warning("compile report not kept for the compile cache: %s", error)
 
 
+def is_stored(key: str) -> bool:
+    """Whether :func:`store` kept a report under ``key``."""
+    return _stored_path(key).exists()
+
+
 def stored(key: str) -> CompileReport | None:
     """The report :func:`store` kept under ``key``; None when there is none (or it cannot be read)."""
     import pickle

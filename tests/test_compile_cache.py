@@ -96,3 +96,23 @@ def test_each_ranks_seed_salt_enters_the_key(monkeypatch):
         monkeypatch.setattr(capture, "seed_salt", lambda rank_seeds, rank=rank: rank + 1 if rank_seeds else 0)
         keys.add(capture.cache_key(Options(rank_seeds=True), Target.parse("cpu")))
     assert len(keys) == 2
+
+
+def test_a_graph_whose_report_is_kept_starts_no_compile_workers(monkeypatch, tmp_path):
+    """A warm re-run's graphs come from AOTAutograd's cache and compile nothing ahead, so the backend starts no
+    compile worker for a graph whose report is kept (a miss starts them at its first compile)."""
+    import torch
+    from fp4 import report as report_lib
+    from fp4.capture import workers_wanted
+    from fp4.options import Options
+    from fp4.target import Target
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hopper = Target.parse("sm_90")
+    assert workers_wanted(Options(), hopper, "key")
+    report_lib.store(report_lib.CompileReport(), "key")
+    assert not workers_wanted(Options(), hopper, "key")
+    assert workers_wanted(Options(), hopper, None)  # no key (no Inductor): start them
+    assert not workers_wanted(Options(compile_ahead=False), hopper, None)
+    assert not workers_wanted(Options(), Target.parse("cpu"), None)
