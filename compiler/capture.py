@@ -520,8 +520,8 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter, kept_under: s
     from torch._inductor.custom_graph_pass import CustomGraphPass, CustomPartitionerFn
 
     class Keyed:
-        """What Inductor keys its FX-graph cache on for the fp4 pass and partitioner: :func:`cache_key`, and
-        the same key where it pickles its config (not the rewriter they hold)."""
+        """What Inductor's FX-graph cache and AOTAutograd's cache key on for the fp4 pass and partitioner:
+        :func:`cache_key`, and the same key where they pickle the config (not the rewriter they hold)."""
 
         key = cache_key(rewriter.options, rewriter.target)
 
