@@ -118,7 +118,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     step_ms, host_ms, losses, gc_ms = [], [], [], []
-    before, first_step, later = _compile_seconds(), {}, {}
+    before, first_step, later = compile_seconds(), {}, {}
     with GcPauses() as pauses:
         for i in range(steps):
             start = time.perf_counter()
@@ -129,7 +129,7 @@ def train_steps(shape: dict, mode: str, steps: int = 8, device="cuda", profile: 
             step_ms.append((done - start) * 1e3)
             host_ms.append((issued - start) * 1e3)
             gc_ms.append(round(pauses.take(), 3))
-            now = _compile_seconds()
+            now = compile_seconds()
             grown = growth(now, before)
             if i == 0:
                 first_step = grown
@@ -193,7 +193,7 @@ FIRST_STEP_COUNTS = (
 """The entries of ``first_step_seconds`` that are counts, not seconds."""
 
 
-def _compile_seconds(since: dict | None = None) -> dict:
+def compile_seconds(since: dict | None = None) -> dict:
     """Where compile time goes, as wall seconds by what: Dynamo/AOTAutograd/Inductor's own timers
     (``torch._dynamo.utils.compilation_time_metrics``, prefixed ``torch.``), and fp4's
     (:data:`fp4.runtime.autotune.SECONDS`: plan building, the autotuner's compiles and timing, compile-ahead)
@@ -214,7 +214,7 @@ def _compile_seconds(since: dict | None = None) -> dict:
 
 
 def growth(now: dict, since: dict) -> dict:
-    """What grew from the snapshot ``since`` to ``now`` (both :func:`_compile_seconds`), left out what did not."""
+    """What grew from the snapshot ``since`` to ``now`` (both :func:`compile_seconds`), left out what did not."""
     grown = {name: round(value - since.get(name, 0), 3) for name, value in now.items()}
     # seconds first, largest first; then the counts, so no count reads as a time
     ordered = sorted(grown.items(), key=lambda item: (item[0] in FIRST_STEP_COUNTS, -item[1]))

@@ -275,7 +275,7 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     monkeypatch.setattr(autotune.AUTOTUNER, "timings", {"a": {}})
     monkeypatch.setattr(autotune, "CHOICES", type(autotune.CHOICES)({"stored": 3}))
     monkeypatch.setattr(compile_pool, "STATS", type(compile_pool.STATS)())
-    before = bench_model._compile_seconds()
+    before = bench_model.compile_seconds()
     assert before == {"torch.compile_inner": 1.0, "autotune.timing": 0.5, "autotune.buckets": 1, "autotune.stored": 3}
     utils.compilation_time_metrics["compile_inner"].append(2.5)
     utils.compilation_time_metrics["compile_fx"] = [4.0]
@@ -283,7 +283,7 @@ def test_first_step_timers_report_growth_by_timer(monkeypatch):
     autotune.AUTOTUNER.timings["b"] = {}
     autotune.CHOICES["imported"] += 2  # choices taken without timing: counted like the timers
     compile_pool.STATS["compiled"] += 4  # compiles in worker processes: counted too
-    grown = bench_model._compile_seconds(since=before)
+    grown = bench_model.compile_seconds(since=before)
     assert grown == {"torch.compile_fx": 4.0, "torch.compile_inner": 2.5, "autotune.imported": 2,
                      "autotune.timing": 1.25, "autotune.buckets": 1, "compile_pool.compiled": 4}  # fmt: skip
     assert list(grown) == ["torch.compile_fx", "torch.compile_inner", "autotune.timing", "compile_pool.compiled",
