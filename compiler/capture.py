@@ -105,7 +105,6 @@ class GraphRewriter:
         self.input_ranges: list[range] = []  # primal indices of each Dynamo input (flat_input_ranges)
         self.num_forward_outputs: int | None = None
         self.ran = False  # the passes ran (not on a hit of AOTAutograd's cache)
-        self.report_key: str | None = None  # where the report is kept for later hits (report_lib.store)
 
     def parameter_names(self) -> set[str]:
         return {f"primals_{index + 1}" for index in self.parameters}
@@ -547,15 +546,16 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter, kept_under: s
     def inner_compile(graph, inputs, **kwargs):
         if not kwargs.get("is_backward") and kwargs.get("is_inference", False):
             rewriter.record_forward(graph, training=False)
-        if rewriter.options.launch == "inductor":
+        counts_launches = rewriter.options.launch == "inductor"
+        if counts_launches:
             from .runtime import inductor_launch
 
             launches = inductor_launch.decompose(graph)  # inductor.<op> / plan.<op>.<reason>
             rewriter.report.counters.update({f"launch.{key}": count for key, count in launches.items()})
         with collector_paused():  # the backward's compile runs at the first backward, outside compile_graph
             compiled = compile_fx_inner(graph, inputs, **kwargs)
-        if kwargs.get("is_backward") and rewriter.report_key:  # what the backward's compile added to the report
-            report_lib.store(rewriter.report, rewriter.report_key)
+        if kwargs.get("is_backward") and counts_launches and rewriter.ran:  # counted after the report was kept
+            report_lib.store(rewriter.report, kept_under)
         return compiled
 
     patches = {"joint_custom_pre_pass": Fp4JointPass(), "custom_partitioner_fn": Fp4Partitioner()}
@@ -579,7 +579,6 @@ def _compile_inductor(gm, example_inputs, rewriter: GraphRewriter, kept_under: s
             return compiled
         with torch._functorch.config.patch(enable_autograd_cache=False):  # no report kept: compile to make one
             compiled = compile_it()
-    rewriter.report_key = kept_under
     report_lib.store(rewriter.report, kept_under)
     return compiled
 
